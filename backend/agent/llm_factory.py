@@ -1,0 +1,765 @@
+"""The one place that creates LLM clients: `build_llm_runnable()` returns a `StubLLM` or an
+`OpenAICompatibleLLM`; the rest of the backend never instantiates a client itself.
+
+Every runnable has `.decision` (the `CostDecision` to record on the job), `.invoke(prompt, deadline=...)`
+and `await .ainvoke(prompt, deadline=...)`. Both return the same dict and never raise for upstream
+failures (see `RESULT_KEYS` and docs/llm.md):
+
+    content, provider, model, latency_ms, prompt_tokens, completion_tokens, usage_estimated,
+    cost_usd, cost_unknown, attempts, retry_after_sec, error  (None or {"code", "message"})
+
+Retries are counted once, here: the SDK's own retry is switched off (`max_retries=0` on the client)
+because it ignores the job's deadline and honours `Retry-After` up to two minutes; this module retries
+timeouts, connection errors, 429 and 5xx at most `LLM_MAX_RETRIES` times, within the deadline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import hashlib
+import importlib
+import logging
+import math
+import os
+import random
+import re
+import threading
+import time
+import traceback
+import weakref
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
+from types import ModuleType
+from typing import Any, Protocol
+
+from agent.config import PROVIDER_OPENAI_COMPATIBLE, PROVIDER_STUB, CostMode, LLMSettings, PriceTable
+from agent.cost_policy import (
+    STUB_MODEL,
+    CostDecision,
+    resolve_cost_decision,
+    select_api_key,
+)
+from agent.errors import ImproperlyConfigured
+from agent.language import detect_language
+from agent.prompts import GroundedPrompt, parse_grounded_prompt
+
+logger = logging.getLogger(__name__)
+
+Prompt = str | Sequence[Mapping[str, Any]]
+
+OPENAI_REQUIREMENT = "openai>=1.30.0"
+#: Used when LLM_BASE_URL is empty; passed explicitly so OPENAI_BASE_URL in the environment is ignored.
+DEFAULT_OPENAI_BASE_URL = "https://api.openai.com/v1"
+#: Connecting is quick or broken; waiting the whole budget for a SYN only delays the retry.
+CONNECT_TIMEOUT_SEC = 5.0
+#: Backoff between retries when the provider gives no Retry-After: 0.25 s, 0.5 s, 1 s ... (with jitter).
+BACKOFF_BASE_SEC = 0.25
+BACKOFF_MAX_SEC = 4.0
+#: A retry that would get less time than this is not worth an upstream call.
+MIN_ATTEMPT_SEC = 0.05
+#: Clients kept per process (per event loop for async); each user key gets its own entry.
+CLIENT_CACHE_SIZE = 64
+
+RESULT_KEYS = (
+    "content",
+    "provider",
+    "model",
+    "latency_ms",
+    "prompt_tokens",
+    "completion_tokens",
+    "usage_estimated",
+    "cost_usd",
+    "cost_unknown",
+    "attempts",
+    "retry_after_sec",
+    "error",
+)
+
+
+class LLMRunnable(Protocol):
+    """What `build_llm_runnable` returns."""
+
+    decision: CostDecision
+
+    def invoke(self, prompt: Prompt, *, deadline: float | None = None) -> dict[str, Any]: ...
+
+    async def ainvoke(self, prompt: Prompt, *, deadline: float | None = None) -> dict[str, Any]: ...
+
+
+def build_llm_runnable(
+    byo_api_key: str | None = None,
+    *,
+    settings: LLMSettings | None = None,
+    decision: CostDecision | None = None,
+    client_cache: bool = True,
+) -> StubLLM | OpenAICompatibleLLM:
+    """Return the runnable that the cost policy chooses for this request.
+
+    `byo_api_key` is the user's key from the `X-LLM-API-Key` header; it is used for this runnable only and
+    never stored or logged. `settings` defaults to `LLMSettings.from_env()`. Pass a recorded `decision` to
+    rebuild the same runnable on a retry instead of resolving the policy again. With `client_cache=False`
+    the runnable gets its own HTTP client (tests); otherwise clients are shared per base URL and key.
+
+    Raises `ImproperlyConfigured`: `byo_key` mode without a user key, a recorded decision whose key is
+    not available, or the `openai` package missing.
+    """
+    settings = settings if settings is not None else LLMSettings.from_env()
+    decision = decision if decision is not None else resolve_cost_decision(byo_api_key, settings)
+    if decision.provider == PROVIDER_STUB:
+        return StubLLM(model=decision.model, decision=decision)
+    api_key = select_api_key(decision, byo_api_key, settings)
+    if not api_key:
+        raise ImproperlyConfigured(f"The recorded LLM decision needs the {decision.key_source} API key.")
+    return OpenAICompatibleLLM(
+        settings=settings, decision=decision, api_key=api_key, client_cache=client_cache
+    )
+
+
+# --- results, tokens and cost -------------------------------------------------------------------------
+
+
+def estimate_tokens(text: str) -> int:
+    """Offline token estimate: about four characters per token (no tokenizer download)."""
+    return math.ceil(len(text) / 4) if text else 0
+
+
+def estimate_prompt_tokens(messages: Sequence[Mapping[str, Any]]) -> int:
+    """Estimate for a chat prompt: content tokens plus ~4 per message and 3 to prime the reply."""
+    return sum(4 + estimate_tokens(str(m.get("content") or "")) for m in messages) + 3
+
+
+def compute_cost(
+    model: str, prompt_tokens: int, completion_tokens: int, prices: PriceTable
+) -> tuple[float, bool]:
+    """Return (cost_usd, cost_unknown). An unpriced model costs 0 with cost_unknown=True."""
+    price = prices.get(model)
+    if price is None:
+        return 0.0, True
+    cost = (prompt_tokens * price[0] + completion_tokens * price[1]) / 1_000_000
+    return round(cost, 10), False
+
+
+def to_messages(prompt: Prompt) -> list[dict[str, str]]:
+    """Normalise a prompt to chat messages. Raises TypeError for anything else (a caller bug)."""
+    if isinstance(prompt, str):
+        return [{"role": "user", "content": prompt}]
+    if isinstance(prompt, Sequence) and all(isinstance(m, Mapping) and "content" in m for m in prompt):
+        return [{"role": str(m.get("role") or "user"), "content": str(m["content"] or "")} for m in prompt]
+    raise TypeError("prompt must be a string or a list of chat messages with 'role' and 'content'")
+
+
+def _result(
+    *,
+    provider: str,
+    model: str,
+    started: float,
+    content: str = "",
+    prompt_tokens: int = 0,
+    completion_tokens: int = 0,
+    usage_estimated: bool = False,
+    prices: PriceTable | None,
+    attempts: int = 0,
+    retry_after_sec: float | None = None,
+    error: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    """Build the result dict and log its one line. `prices=None` means free (the stub)."""
+    if prices is None:
+        cost, cost_unknown = 0.0, False
+    else:
+        cost, cost_unknown = compute_cost(model, prompt_tokens, completion_tokens, prices)
+    result = {
+        "content": content,
+        "provider": provider,
+        "model": model,
+        "latency_ms": round((time.monotonic() - started) * 1000, 1),
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "usage_estimated": usage_estimated,
+        "cost_usd": cost,
+        "cost_unknown": cost_unknown,
+        "attempts": attempts,
+        "retry_after_sec": retry_after_sec,
+        "error": error,
+    }
+    # One line per call; by construction it holds no key and no header.
+    logger.log(
+        logging.WARNING if error else logging.INFO,
+        "llm call provider=%s model=%s latency_ms=%.1f attempts=%d prompt_tokens=%d completion_tokens=%d "
+        "usage_estimated=%s cost_usd=%.6f error=%s",
+        provider,
+        model,
+        result["latency_ms"],
+        attempts,
+        prompt_tokens,
+        completion_tokens,
+        usage_estimated,
+        cost,
+        error["code"] if error else None,
+    )
+    return result
+
+
+def _deadline_error(attempts: int) -> dict[str, str]:
+    if attempts == 0:
+        return {"code": "timeout", "message": "The job deadline had passed before the LLM call."}
+    return {"code": "timeout", "message": f"The job deadline was reached after {attempts} LLM attempt(s)."}
+
+
+# --- the stub -----------------------------------------------------------------------------------------
+
+
+class StubLLM:
+    """A deterministic, offline LLM for development, tests and degraded mode.
+
+    Given a grounded prompt (agent.prompts) it lists the books it was shown with one line on why, in the
+    question's language, or says none matched; any other prompt gets a short echo. Tokens are estimated,
+    cost is 0.
+    """
+
+    provider = PROVIDER_STUB
+
+    def __init__(self, model: str = STUB_MODEL, *, decision: CostDecision | None = None):
+        self.model = model
+        self.decision = decision or CostDecision(
+            mode=CostMode.PAID.value, key_source="none", provider=PROVIDER_STUB, model=model
+        )
+
+    def __repr__(self) -> str:
+        return f"StubLLM(model={self.model!r})"
+
+    def invoke(self, prompt: Prompt, *, deadline: float | None = None) -> dict[str, Any]:
+        """Answer at once; a deadline <= 0 gives error "timeout" like the real client."""
+        started = time.monotonic()
+        messages = to_messages(prompt)
+        if deadline is not None and deadline <= 0:
+            return _result(
+                provider=self.provider,
+                model=self.model,
+                started=started,
+                prices=None,
+                error=_deadline_error(0),
+            )
+        content = stub_answer(messages)
+        return _result(
+            provider=self.provider,
+            model=self.model,
+            started=started,
+            content=content,
+            prompt_tokens=estimate_prompt_tokens(messages),
+            completion_tokens=estimate_tokens(content),
+            usage_estimated=True,
+            prices=None,
+        )
+
+    async def ainvoke(self, prompt: Prompt, *, deadline: float | None = None) -> dict[str, Any]:
+        return self.invoke(prompt, deadline=deadline)
+
+
+_STUB_TEXT = {
+    "es": {
+        "intro": "Según el catálogo, te recomiendo:",
+        "none": "No encontré libros en el catálogo que coincidan con tu consulta.",
+        "by": "«{title}», de {author}",
+        "genres": "Géneros: {genres}.",
+        "fallback": "Aparece entre los resultados de tu búsqueda.",
+    },
+    "en": {
+        "intro": "From the catalogue, I recommend:",
+        "none": "I found no books in the catalogue that match your question.",
+        "by": '"{title}" by {author}',
+        "genres": "Genres: {genres}.",
+        "fallback": "It appears among the results of your search.",
+    },
+}
+
+
+def stub_answer(messages: Sequence[Mapping[str, Any]]) -> str:
+    """The stub's deterministic reply to `messages` (see `StubLLM`)."""
+    grounded = parse_grounded_prompt(messages)
+    if grounded is None:
+        last = next((str(m.get("content") or "") for m in reversed(messages) if m.get("role") == "user"), "")
+        text = " ".join(last.split())
+        return f"Stub answer to: {text[:160]}" if text else "Stub answer."
+    return _grounded_stub_answer(grounded)
+
+
+def _grounded_stub_answer(grounded: GroundedPrompt) -> str:
+    language = grounded.language if grounded.language in _STUB_TEXT else detect_language(grounded.question)
+    text = _STUB_TEXT[language]
+    if not grounded.books:
+        return text["none"]
+    lines = [text["intro"]]
+    for number, book in enumerate(grounded.books, start=1):
+        year = f" ({book.year})" if book.year is not None else ""
+        if book.synopsis:
+            why = _first_sentence(book.synopsis)
+        elif book.genres:
+            why = text["genres"].format(genres=", ".join(book.genres))
+        else:
+            why = text["fallback"]
+        lines.append(
+            f"{number}. {text['by'].format(title=book.title, author=book.author)}{year}: {why} [id={book.id}]"
+        )
+    return "\n".join(lines)
+
+
+def _first_sentence(text: str, limit: int = 160) -> str:
+    match = re.match(r"(.+?[.!?])(\s|$)", text)
+    sentence = match[1] if match else text
+    return sentence if len(sentence) <= limit else sentence[: limit - 1].rstrip() + "…"
+
+
+# --- the OpenAI-compatible client ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Failure:
+    code: str
+    message: str
+    retryable: bool = False
+    retry_after: float | None = None
+
+
+@dataclass(frozen=True)
+class _Success:
+    content: str
+    prompt_tokens: int
+    completion_tokens: int
+    usage_estimated: bool
+
+
+class OpenAICompatibleLLM:
+    """Calls `/chat/completions` of an OpenAI-compatible server through the official `openai` client.
+
+    Build it with `build_llm_runnable`. `client` / `async_client` let tests inject fakes; otherwise
+    clients come from the process-wide cache (one connection pool per base URL, one client per key).
+    """
+
+    provider = PROVIDER_OPENAI_COMPATIBLE
+
+    def __init__(
+        self,
+        *,
+        settings: LLMSettings,
+        decision: CostDecision,
+        api_key: str,
+        client: Any = None,
+        async_client: Any = None,
+        client_cache: bool = True,
+    ):
+        self._openai = _import_openai()
+        self.decision = decision
+        self.model = decision.model
+        self._settings = settings
+        self._api_key = api_key
+        self._base_url = settings.base_url or DEFAULT_OPENAI_BASE_URL
+        self._client = client
+        self._async_client = async_client
+        self._client_cache = client_cache
+
+    def __repr__(self) -> str:
+        # Never the key: runnables show up in tracebacks and debug logs.
+        return (
+            f"OpenAICompatibleLLM(base_url={self._base_url!r}, model={self.model!r}, "
+            f"key_source={self.decision.key_source!r})"
+        )
+
+    def invoke(self, prompt: Prompt, *, deadline: float | None = None) -> dict[str, Any]:
+        """Call the model; `deadline` is the seconds left for the whole job (None: no job deadline).
+
+        Each attempt may last min(LLM_TIMEOUT_SEC, time left). Returns the result dict; never raises for
+        upstream failures (TypeError only for a prompt of the wrong type).
+        """
+        started = time.monotonic()
+        messages = to_messages(prompt)
+        end = None if deadline is None else started + deadline
+        attempts = 0
+        while True:
+            budget = self._attempt_budget(end)
+            if budget is None:
+                return self._finish(started, attempts, _Failure("timeout", ""), deadline_hit=True)
+            attempts += 1
+            try:
+                completion = self._sync_client().chat.completions.create(
+                    **self._request_kwargs(messages, budget)
+                )
+                outcome: _Success | _Failure = self._parse(completion, messages)
+            except Exception as exc:
+                outcome = self._classify(exc)
+            wait = self._retry_wait(outcome, attempts, end)
+            if wait is None:
+                return self._finish(started, attempts, outcome)
+            time.sleep(wait)
+
+    async def ainvoke(self, prompt: Prompt, *, deadline: float | None = None) -> dict[str, Any]:
+        """The async twin of `invoke`, with the same contract."""
+        started = time.monotonic()
+        messages = to_messages(prompt)
+        end = None if deadline is None else started + deadline
+        attempts = 0
+        while True:
+            budget = self._attempt_budget(end)
+            if budget is None:
+                return self._finish(started, attempts, _Failure("timeout", ""), deadline_hit=True)
+            attempts += 1
+            client = self._get_async_client()
+            try:
+                # httpx timeouts are per read; asyncio.timeout bounds the whole attempt (slow drip).
+                async with asyncio.timeout(budget):
+                    completion = await client.chat.completions.create(
+                        **self._request_kwargs(messages, budget)
+                    )
+                outcome: _Success | _Failure = self._parse(completion, messages)
+            except Exception as exc:
+                outcome = self._classify(exc)
+            finally:
+                if client is not self._async_client and not self._client_cache:
+                    await client.close()
+            wait = self._retry_wait(outcome, attempts, end)
+            if wait is None:
+                return self._finish(started, attempts, outcome)
+            await asyncio.sleep(wait)
+
+    def close(self) -> None:
+        """Close a client this runnable owns (only with client_cache=False); cached clients stay open."""
+        if not self._client_cache and self._client is not None:
+            self._client.close()
+
+    # -- one attempt --
+
+    def _attempt_budget(self, end: float | None) -> float | None:
+        if end is None:
+            return self._settings.timeout_sec
+        left = end - time.monotonic()
+        if left <= 0:
+            return None
+        return min(self._settings.timeout_sec, left)
+
+    def _request_kwargs(self, messages: list[dict[str, str]], budget: float) -> dict[str, Any]:
+        http = _http_module()
+        return {
+            "model": self.model,
+            "messages": messages,
+            "max_tokens": self._settings.max_tokens,
+            "timeout": http.Timeout(budget, connect=min(budget, CONNECT_TIMEOUT_SEC)),
+        }
+
+    def _parse(self, completion: Any, messages: list[dict[str, str]]) -> _Success | _Failure:
+        """Read content and usage defensively: compatible servers send all sorts of shapes."""
+        if isinstance(completion, str):
+            return _Failure("bad_response", "The provider answered with a body that is not JSON.")
+        try:
+            choices = getattr(completion, "choices", None)
+            if not isinstance(choices, list) or not choices:
+                return _Failure("bad_response", "The provider's response has no choices.")
+            content = getattr(getattr(choices[0], "message", None), "content", None)
+            if not isinstance(content, str) or not content.strip():
+                return _Failure("bad_response", "The provider's response has no message content.")
+            usage = getattr(completion, "usage", None)
+            prompt_tokens = getattr(usage, "prompt_tokens", None)
+            completion_tokens = getattr(usage, "completion_tokens", None)
+        except Exception as exc:  # a construct()ed model with an unexpected shape
+            return _Failure("bad_response", f"Unreadable provider response ({type(exc).__name__}).")
+        estimated = not (_is_count(prompt_tokens) and _is_count(completion_tokens))
+        if not _is_count(prompt_tokens):
+            prompt_tokens = estimate_prompt_tokens(messages)
+        if not _is_count(completion_tokens):
+            completion_tokens = estimate_tokens(content)
+        return _Success(content, prompt_tokens, completion_tokens, estimated)
+
+    def _classify(self, exc: BaseException) -> _Failure:
+        """Map an exception to an error code. Messages are scrubbed of the key."""
+        openai = self._openai
+        if isinstance(exc, TimeoutError | openai.APITimeoutError):
+            return _Failure("timeout", "The LLM call timed out.", retryable=True)
+        if isinstance(exc, openai.APIConnectionError):
+            return _Failure(
+                "connection_error", f"Could not reach the LLM provider at {self._base_url}.", True
+            )
+        if isinstance(exc, openai.APIStatusError):
+            return self._classify_status(exc)
+        if isinstance(exc, openai.APIResponseValidationError | ValueError):
+            return _Failure("bad_response", f"The provider's response is malformed ({type(exc).__name__}).")
+        # Not an upstream failure we know: probably a bug. Keep the traceback, without the key.
+        logger.error(
+            "Unexpected LLM client error:\n%s", self._scrub("".join(traceback.format_exception(exc)))
+        )
+        return _Failure("provider_error", f"Unexpected LLM client error ({type(exc).__name__}).")
+
+    def _classify_status(self, exc: Any) -> _Failure:
+        status = exc.status_code
+        detail = self._scrub(str(getattr(exc, "message", "") or exc))[:300]
+        message = f"HTTP {status} from the LLM provider: {detail}"
+        if status == 402 or (status == 429 and "insufficient_quota" in (exc.code, exc.type)):
+            return _Failure("quota_exceeded", message)
+        if status == 429:
+            return _Failure("rate_limited", message, retryable=True, retry_after=_retry_after(exc.response))
+        if status in (401, 403):
+            return _Failure("auth_failed", message)
+        retryable = status >= 500 or status == 408
+        return _Failure(
+            "provider_error", message, retryable=retryable, retry_after=_retry_after(exc.response)
+        )
+
+    def _retry_wait(self, outcome: _Success | _Failure, attempts: int, end: float | None) -> float | None:
+        """Seconds to wait before the next attempt, or None to stop here."""
+        if isinstance(outcome, _Success) or not outcome.retryable:
+            return None
+        if attempts > self._settings.max_retries:
+            return None
+        if outcome.retry_after is not None:
+            if outcome.retry_after > self._settings.retry_after_cap_sec:
+                return None  # waiting less than asked would only buy another 429
+            wait = outcome.retry_after
+        else:
+            wait = min(BACKOFF_MAX_SEC, BACKOFF_BASE_SEC * 2 ** (attempts - 1)) * (0.5 + random.random() / 2)
+            wait = min(wait, self._settings.retry_after_cap_sec)
+        if end is not None and time.monotonic() + wait > end - MIN_ATTEMPT_SEC:
+            return None
+        return wait
+
+    def _finish(
+        self, started: float, attempts: int, outcome: _Success | _Failure, *, deadline_hit: bool = False
+    ) -> dict[str, Any]:
+        common = {
+            "provider": self.provider,
+            "model": self.model,
+            "started": started,
+            "prices": self._settings.prices,
+            "attempts": attempts,
+        }
+        if isinstance(outcome, _Success):
+            return _result(
+                **common,
+                content=outcome.content,
+                prompt_tokens=outcome.prompt_tokens,
+                completion_tokens=outcome.completion_tokens,
+                usage_estimated=outcome.usage_estimated,
+            )
+        error = (
+            _deadline_error(attempts) if deadline_hit else {"code": outcome.code, "message": outcome.message}
+        )
+        return _result(**common, retry_after_sec=outcome.retry_after, error=error)
+
+    def _scrub(self, text: str) -> str:
+        return scrub_secrets(text, self._api_key)
+
+    # -- clients --
+
+    def _sync_client(self) -> Any:
+        if self._client is None:
+            make = _CLIENTS.sync_client if self._client_cache else _new_sync_client
+            self._client = make(self._openai, self._base_url, self._api_key, self._settings.http_pool_size)
+        return self._client
+
+    def _get_async_client(self) -> Any:
+        if self._async_client is not None:
+            return self._async_client
+        if not self._client_cache:
+            return _new_async_client(
+                self._openai, self._base_url, self._api_key, self._settings.http_pool_size
+            )
+        return _CLIENTS.async_client(
+            self._openai, self._base_url, self._api_key, self._settings.http_pool_size
+        )
+
+
+_SECRET_PATTERNS = (re.compile(r"(?i)bearer\s+\S+"), re.compile(r"\bsk-[A-Za-z0-9_\-]{8,}"))
+
+
+def scrub_secrets(text: str, *secrets: str | None) -> str:
+    """Remove `secrets` and anything that looks like a bearer token or an OpenAI key from `text`."""
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, "[REDACTED]")
+    for pattern in _SECRET_PATTERNS:
+        text = pattern.sub("[REDACTED]", text)
+    return text
+
+
+def _is_count(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _retry_after(response: Any) -> float | None:
+    """Seconds from `Retry-After` / `retry-after-ms` (number or HTTP date); None when absent or unreadable."""
+    headers = getattr(response, "headers", None) or {}
+    try:
+        if headers.get("retry-after-ms") is not None:
+            return max(0.0, float(headers["retry-after-ms"]) / 1000)
+        value = headers.get("retry-after")
+        if value is None:
+            return None
+        try:
+            seconds = float(value)
+        except ValueError:
+            seconds = parsedate_to_datetime(value).timestamp() - time.time()
+    except (TypeError, ValueError, OverflowError):
+        return None
+    return max(0.0, seconds) if math.isfinite(seconds) else None
+
+
+# --- client construction and the process-wide cache ---------------------------------------------------
+
+
+def _import_openai() -> ModuleType:
+    try:
+        return importlib.import_module("openai")
+    except ImportError:
+        raise ImproperlyConfigured(
+            f"LLM_PROVIDER=openai_compatible needs the 'openai' package (Falta la dependencia 'openai'): "
+            f"install {OPENAI_REQUIREMENT}."
+        ) from None
+
+
+@functools.cache
+def _http_module() -> ModuleType:
+    """The HTTP library of the installed `openai`: httpx2 for openai>=3, httpx before."""
+    try:
+        return importlib.import_module("httpx2")
+    except ImportError:
+        return importlib.import_module("httpx")
+
+
+@functools.cache
+def _deadline_transport_class() -> type:
+    """A transport that bounds each request's total time by its read timeout.
+
+    httpx timeouts apply per read, so a server that drips one byte at a time never times out. The sync
+    client has no task to cancel, so the response stream checks the clock between chunks instead.
+    """
+    http = _http_module()
+
+    class DeadlineStream(http.SyncByteStream):
+        def __init__(self, inner: Any, request: Any, end: float):
+            self._inner, self._request, self._end = inner, request, end
+
+        def __iter__(self):
+            for chunk in self._inner:
+                if time.monotonic() > self._end:
+                    raise http.ReadTimeout(
+                        "The response took longer than its timeout.", request=self._request
+                    )
+                yield chunk
+
+        def close(self) -> None:
+            self._inner.close()
+
+    class DeadlineTransport(http.BaseTransport):
+        def __init__(self, inner: Any):
+            self._inner = inner
+
+        def handle_request(self, request: Any) -> Any:
+            started = time.monotonic()
+            budget = (request.extensions.get("timeout") or {}).get("read")
+            response = self._inner.handle_request(request)
+            if budget is None:
+                return response
+            return http.Response(
+                status_code=response.status_code,
+                headers=response.headers,
+                stream=DeadlineStream(response.stream, request, started + budget),
+                extensions=response.extensions,
+            )
+
+        def close(self) -> None:
+            self._inner.close()
+
+    return DeadlineTransport
+
+
+def _limits(pool_size: int) -> Any:
+    return _http_module().Limits(max_connections=pool_size, max_keepalive_connections=pool_size)
+
+
+def _new_sync_http(pool_size: int) -> Any:
+    http = _http_module()
+    transport = _deadline_transport_class()(http.HTTPTransport(limits=_limits(pool_size)))
+    return http.Client(transport=transport)
+
+
+def _new_async_http(pool_size: int) -> Any:
+    return _http_module().AsyncClient(limits=_limits(pool_size))
+
+
+def _new_sync_client(
+    openai: ModuleType, base_url: str, api_key: str, pool_size: int, http: Any = None
+) -> Any:
+    # max_retries=0: retries are done (and budgeted) by OpenAICompatibleLLM, not stacked on the SDK's.
+    return openai.OpenAI(
+        base_url=base_url, api_key=api_key, max_retries=0, http_client=http or _new_sync_http(pool_size)
+    )
+
+
+def _new_async_client(
+    openai: ModuleType, base_url: str, api_key: str, pool_size: int, http: Any = None
+) -> Any:
+    return openai.AsyncOpenAI(
+        base_url=base_url, api_key=api_key, max_retries=0, http_client=http or _new_async_http(pool_size)
+    )
+
+
+class _ClientCache:
+    """One HTTP connection pool per base URL and one `openai` client per (base URL, key hash).
+
+    Thousands of jobs in a worker share the pool instead of opening a connection each. Keys are cached by
+    their sha256 only; evicted clients are dropped, not closed, because another thread may be using them.
+    Async clients are bound to an event loop, so they are cached per loop.
+    """
+
+    def __init__(self, maxsize: int = CLIENT_CACHE_SIZE):
+        self._maxsize = maxsize
+        self._lock = threading.Lock()
+        self.reset()
+
+    def reset(self) -> None:
+        self._sync_http: dict[tuple[str, int], Any] = {}
+        self._sync: OrderedDict[tuple[str, str], Any] = OrderedDict()
+        self._per_loop: weakref.WeakKeyDictionary[Any, tuple[dict, OrderedDict]] = weakref.WeakKeyDictionary()
+
+    def sync_client(self, openai: ModuleType, base_url: str, api_key: str, pool_size: int) -> Any:
+        key = (base_url, _key_hash(api_key))
+        with self._lock:
+            client = self._sync.get(key)
+            if client is None:
+                http = self._sync_http.get((base_url, pool_size))
+                if http is None:
+                    http = self._sync_http[(base_url, pool_size)] = _new_sync_http(pool_size)
+                client = _new_sync_client(openai, base_url, api_key, pool_size, http)
+                self._put(self._sync, key, client)
+            self._sync.move_to_end(key)
+            return client
+
+    def async_client(self, openai: ModuleType, base_url: str, api_key: str, pool_size: int) -> Any:
+        loop = asyncio.get_running_loop()
+        key = (base_url, _key_hash(api_key))
+        with self._lock:
+            https, clients = self._per_loop.setdefault(loop, ({}, OrderedDict()))
+            client = clients.get(key)
+            if client is None:
+                http = https.get((base_url, pool_size))
+                if http is None:
+                    http = https[(base_url, pool_size)] = _new_async_http(pool_size)
+                client = _new_async_client(openai, base_url, api_key, pool_size, http)
+                self._put(clients, key, client)
+            clients.move_to_end(key)
+            return client
+
+    def _put(self, clients: OrderedDict, key: tuple[str, str], client: Any) -> None:
+        clients[key] = client
+        while len(clients) > self._maxsize:
+            clients.popitem(last=False)
+
+
+def _key_hash(api_key: str) -> str:
+    return hashlib.sha256(api_key.encode()).hexdigest()
+
+
+_CLIENTS = _ClientCache()
+
+# A forked worker (Celery prefork) must not share its parent's sockets: start with an empty cache.
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_CLIENTS.reset)

@@ -1,0 +1,443 @@
+"""Chroma access and retrieval: `VectorStore.retrieve()` and the degraded path `exact_search()`.
+
+The store is opened once per process (per directory or server URL) and shared by all threads. Opening
+checks the manifest against the collection and the configured embedding model; anything missing,
+corrupt or mismatched raises `VectorStoreUnavailable`, which the pipeline turns into degraded mode.
+
+Layout of a record in the collection (the manifest's `metadata_schema` names this version):
+- `id`: the document id; `document`: the embedded text; `embedding`: a unit vector (cosine space).
+- metadata: the document's scalar metadata as is, and lists (genres) as Chroma list values. Chroma
+  1.5 stores lists and filters them with `{"genres": {"$contains": "fantasy"}}`, so no string
+  encoding ("|fantasy|") or per-genre boolean flags are needed; a store from an older layout is
+  refused by the schema check instead of answering filters wrongly.
+- `_content_hash`: sha256 of text + metadata + model id, used by incremental builds.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+import time
+import unicodedata
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+from .embeddings import Embedder, get_embedder
+from .errors import InvalidQuery, VectorStoreUnavailable
+from .types import Document, Filters, Hit
+from .vector_config import VectorSettings
+
+METADATA_SCHEMA = 1
+DISTANCE = "cosine"
+HASH_KEY = "_content_hash"
+MANIFEST_KEY = "librarian_manifest"  # the manifest, as JSON, in the collection's own metadata
+HIT_TOP_LEVEL = ("title", "author", "year")
+# Chroma returns the k nearest; ask for a few more so that a tie at the k-th place is broken by id.
+TIE_MARGIN = 8
+# A Chroma server cannot be watched like a local manifest file; re-check the build this often.
+SERVER_RECHECK_SEC = 30.0
+
+
+# --- Chroma clients, one per process and location ------------------------------------------------
+
+_CLIENTS: dict[str, Any] = {}
+_CLIENTS_LOCK = threading.Lock()
+
+
+def chroma_settings() -> Any:
+    """Chroma client settings: telemetry off (it would call out to the network)."""
+    from chromadb.config import Settings
+
+    return Settings(anonymized_telemetry=False, allow_reset=False)
+
+
+def location_key(settings: VectorSettings) -> str:
+    """Where the store lives: the server URL or the resolved directory."""
+    return settings.url or str(Path(settings.dir).resolve())
+
+
+def open_client(settings: VectorSettings) -> Any:
+    """The process-wide Chroma client for `settings` (HttpClient when `url` is set).
+
+    Raises `VectorStoreUnavailable` when the embedded store does not exist: a PersistentClient would
+    silently create an empty one.
+    """
+    key = location_key(settings)
+    with _CLIENTS_LOCK:
+        client = _CLIENTS.get(key)
+        if client is None:
+            client = _new_client(settings)
+            _CLIENTS[key] = client
+        return client
+
+
+def _new_client(settings: VectorSettings) -> Any:
+    import chromadb
+
+    try:
+        if settings.url:
+            parsed = urlparse(settings.url)
+            if parsed.scheme not in ("http", "https") or not parsed.hostname:
+                raise VectorStoreUnavailable(f"VECTOR_DB_URL={settings.url!r} is not an http(s) URL")
+            return chromadb.HttpClient(
+                host=parsed.hostname,
+                port=parsed.port or (443 if parsed.scheme == "https" else 8000),
+                ssl=parsed.scheme == "https",
+                settings=chroma_settings(),
+            )
+        if not (Path(settings.dir) / "chroma.sqlite3").is_file():
+            raise VectorStoreUnavailable(
+                f"no vector store at {settings.dir}: run `manage.py build_vector_db` or `import_vector_db`"
+            )
+        return chromadb.PersistentClient(path=str(settings.dir), settings=chroma_settings())
+    except VectorStoreUnavailable:
+        raise
+    except Exception as exc:  # Chroma raises many types (sqlite, rust bindings, HTTP); all mean "unavailable"
+        raise VectorStoreUnavailable(f"cannot open the vector store: {type(exc).__name__}: {exc}") from exc
+
+
+def release_client(settings: VectorSettings) -> None:
+    """Close and forget the cached client and store for `settings` (after a rebuild swapped the files)."""
+    key = location_key(settings)
+    with _CLIENTS_LOCK:
+        client = _CLIENTS.pop(key, None)
+    with _STORES_LOCK:
+        for store_key in [store_key for store_key in _STORES if store_key[0] == key]:
+            del _STORES[store_key]
+    if client is not None:
+        try:
+            client.close()
+        except Exception:  # noqa: S110 - closing a client whose files were swapped away may fail; it is gone anyway
+            pass
+
+
+# --- Metadata layout ------------------------------------------------------------------------------
+
+
+def to_chroma_metadata(metadata: dict[str, Any], content_hash: str) -> dict[str, Any]:
+    """Document metadata as stored: None and empty lists dropped (Chroma refuses them), genres normalised."""
+    out: dict[str, Any] = {}
+    for key, value in metadata.items():
+        if value is None or value == []:
+            continue
+        if key == "genres":
+            value = [normalise_genre(g) for g in value]
+        elif key == "language" and isinstance(value, str):
+            value = value.strip().lower()
+        out[key] = value
+    out[HASH_KEY] = content_hash
+    return out
+
+
+def from_chroma_metadata(metadata: dict[str, Any] | None) -> dict[str, Any]:
+    """Stored metadata without internal keys; genres always a list."""
+    out = {key: value for key, value in (metadata or {}).items() if not key.startswith("_")}
+    if "genres" in out and isinstance(out["genres"], str):
+        out["genres"] = [out["genres"]]
+    out.setdefault("genres", [])
+    return out
+
+
+def normalise_genre(genre: str) -> str:
+    """Genre slugs compare lower-case, with spaces and hyphens as underscores ("Science fiction" -> science_fiction)."""
+    return re.sub(r"[\s\-]+", "_", str(genre).strip().lower())
+
+
+def where_clause(filters: Filters | None) -> dict[str, Any] | None:
+    """The Chroma `where` filter for `filters`; several genres match any of them."""
+    if filters is None:
+        return None
+    clauses: list[dict[str, Any]] = []
+    if filters.language:
+        clauses.append({"language": {"$eq": filters.language.strip().lower()}})
+    genres = [normalise_genre(g) for g in filters.genres if g]
+    if len(genres) == 1:
+        clauses.append({"genres": {"$contains": genres[0]}})
+    elif genres:
+        clauses.append({"$or": [{"genres": {"$contains": g}} for g in genres]})
+    if filters.year_min is not None:
+        clauses.append({"year": {"$gte": int(filters.year_min)}})
+    if filters.year_max is not None:
+        clauses.append({"year": {"$lte": int(filters.year_max)}})
+    if not clauses:
+        return None
+    return clauses[0] if len(clauses) == 1 else {"$and": clauses}
+
+
+def id_sort_key(doc_id: str) -> tuple[int, int, str]:
+    """Ids sort numerically when they are numbers ("2" before "10"), then as text."""
+    return (0, int(doc_id), "") if doc_id.isdigit() else (1, 0, doc_id)
+
+
+def make_hit(doc_id: str, score: float, metadata: dict[str, Any], text: str = "") -> Hit:
+    """A `Hit` from public metadata: title/author/year on top, the rest (synopsis, genres, ...) in `metadata`."""
+    rest = {key: value for key, value in metadata.items() if key not in HIT_TOP_LEVEL}
+    year = metadata.get("year")
+    return Hit(
+        id=doc_id,
+        title=str(metadata.get("title") or text[:80]),
+        author=str(metadata.get("author") or ""),
+        year=int(year) if isinstance(year, int | float) and not isinstance(year, bool) else None,
+        score=score,
+        metadata=rest,
+    )
+
+
+# --- Manifest -------------------------------------------------------------------------------------
+
+
+def read_manifest(path: Path) -> dict[str, Any]:
+    """The manifest at `path`. Raises `VectorStoreUnavailable` when it is missing or not a JSON object."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise VectorStoreUnavailable(f"no manifest at {path}: the vector store was never built") from None
+    except (OSError, ValueError) as exc:
+        raise VectorStoreUnavailable(f"the manifest at {path} is unreadable: {exc}") from exc
+    if not isinstance(data, dict):
+        raise VectorStoreUnavailable(f"the manifest at {path} is not a JSON object")
+    return data
+
+
+def manifest_problems(
+    manifest: dict[str, Any], *, collection_name: str, embedder: Embedder | None, count: int, stored: dict[str, Any] | None
+) -> list[str]:
+    """Why `manifest` does not describe this collection and model (empty when it does)."""
+    problems = []
+    if manifest.get("metadata_schema") != METADATA_SCHEMA:
+        problems.append(f"metadata schema {manifest.get('metadata_schema')!r}, this code reads {METADATA_SCHEMA}")
+    if manifest.get("collection") != collection_name:
+        problems.append(f"collection {manifest.get('collection')!r}, configured {collection_name!r}")
+    if manifest.get("distance") != DISTANCE:
+        problems.append(f"distance {manifest.get('distance')!r}, expected {DISTANCE!r}")
+    if manifest.get("document_count") != count:
+        problems.append(f"{manifest.get('document_count')!r} documents in the manifest, {count} in the collection")
+    if stored is not None and stored.get("build_id") != manifest.get("build_id"):
+        problems.append(f"build {manifest.get('build_id')!r} in the manifest, {stored.get('build_id')!r} in the collection")
+    if embedder is not None:
+        model = manifest.get("embedding") or {}
+        if model.get("model") != embedder.name or model.get("version") != embedder.version:
+            problems.append(
+                f"built with {model.get('model')!r} ({model.get('version')!r}), configured {embedder.name!r} ({embedder.version!r})"
+            )
+        elif model.get("dimension") != embedder.dim:
+            problems.append(f"dimension {model.get('dimension')!r}, the model gives {embedder.dim}")
+    return problems
+
+
+# --- The store ------------------------------------------------------------------------------------
+
+
+class VectorStore:
+    """An opened, checked collection. Thread-safe: Chroma clients may be shared between threads."""
+
+    def __init__(self, *, settings: VectorSettings, embedder: Embedder, client: Any | None = None):
+        """Open and check the store. Raises `VectorStoreUnavailable` with the reason."""
+        self.settings = settings
+        self.embedder = embedder
+        self._client = client if client is not None else open_client(settings)
+        try:
+            self._collection = self._client.get_collection(settings.collection, embedding_function=None)
+            count = self._collection.count()
+            stored_raw = (self._collection.metadata or {}).get(MANIFEST_KEY)
+        except Exception as exc:  # a missing collection, a corrupt sqlite file, an unreachable server
+            raise VectorStoreUnavailable(
+                f"cannot open collection {settings.collection!r}: {type(exc).__name__}: {exc}"
+            ) from exc
+        stored = json.loads(stored_raw) if stored_raw else None
+        if settings.url:
+            # Worker machines of a server deployment have no manifest file: the collection carries it.
+            if stored is None:
+                raise VectorStoreUnavailable(f"collection {settings.collection!r} on {settings.url} has no manifest")
+            self.manifest = stored
+        else:
+            self.manifest = read_manifest(settings.manifest_path)
+        problems = manifest_problems(
+            self.manifest, collection_name=settings.collection, embedder=embedder, count=count, stored=stored
+        )
+        if problems:
+            raise VectorStoreUnavailable("the vector store does not match its manifest: " + "; ".join(problems))
+        self.count = count
+        self.opened_at = time.monotonic()
+        self.signature = _manifest_signature(settings)
+
+    def retrieve(self, query: str, k: int = 5, filters: Filters | None = None) -> list[Hit]:
+        """The `k` most similar documents to `query` that pass `filters`, best first.
+
+        `score` is the cosine similarity clipped to [0, 1], rounded to 6 places; equal scores are
+        ordered by id, so the same query on the same store always gives the same list. Raises
+        `InvalidQuery` for k < 1 and `VectorStoreUnavailable` when Chroma or the embedder fails.
+        """
+        if k < 1:
+            raise InvalidQuery(f"k must be at least 1, got {k}")
+        if not query.strip() or self.count == 0:
+            return []
+        vector = self.embedder.embed_query(query)
+        try:
+            result = self._collection.query(
+                query_embeddings=[vector.tolist()],
+                n_results=min(k + TIE_MARGIN, self.count),
+                where=where_clause(filters),
+                include=["metadatas", "distances", "documents"],
+            )
+        except Exception as exc:
+            raise VectorStoreUnavailable(f"vector query failed: {type(exc).__name__}: {exc}") from exc
+        hits = [
+            make_hit(doc_id, round(min(1.0, max(0.0, 1.0 - float(distance))), 6), from_chroma_metadata(meta), text or "")
+            for doc_id, distance, meta, text in zip(
+                result["ids"][0], result["distances"][0], result["metadatas"][0], result["documents"][0], strict=True
+            )
+        ]
+        hits.sort(key=lambda hit: (-hit.score, id_sort_key(hit.id)))
+        return hits[:k]
+
+
+def _manifest_signature(settings: VectorSettings) -> tuple[int, int] | None:
+    """Changes when a build swaps in a new store (new inode, new mtime)."""
+    try:
+        stat = Path(settings.manifest_path).stat()
+    except OSError:
+        return None
+    return (stat.st_ino, stat.st_mtime_ns)
+
+
+_STORES: dict[tuple[str, int], VectorStore] = {}
+_STORES_LOCK = threading.Lock()
+
+
+def get_vector_store(settings: VectorSettings, *, embedder: Embedder | None = None) -> VectorStore:
+    """The process-wide opened store for `settings`, reopened when a rebuild swapped in a new one.
+
+    Raises `VectorStoreUnavailable` (missing, corrupt, mismatched) each time it is called while the
+    store is unusable, so that a fixed store is picked up without restarting the worker.
+    """
+    embedder = embedder or get_embedder(settings)
+    # Keyed by the embedder too (tests pass their own); the store keeps it alive, so its id stays unique.
+    key = (location_key(settings), id(embedder))
+    with _STORES_LOCK:
+        store = _STORES.get(key)
+        if store is not None and _still_current(store, settings):
+            return store
+    if store is not None:
+        release_client(settings)
+    store = VectorStore(settings=settings, embedder=embedder)
+    with _STORES_LOCK:
+        _STORES[key] = store
+    return store
+
+
+def _still_current(store: VectorStore, settings: VectorSettings) -> bool:
+    if settings.url:
+        return time.monotonic() - store.opened_at < SERVER_RECHECK_SEC
+    return store.signature is not None and store.signature == _manifest_signature(settings)
+
+
+def retrieve(query: str, k: int = 5, filters: Filters | None = None, *, settings: VectorSettings) -> list[Hit]:
+    """`get_vector_store(settings).retrieve(query, k, filters)`."""
+    return get_vector_store(settings).retrieve(query, k, filters)
+
+
+# --- Exact search: the degraded path, no vector store ---------------------------------------------
+
+# Words that carry no meaning for a catalogue search, in the two languages of the catalogue.
+STOPWORDS = frozenset(
+    """
+    a al algo algun alguna algunas alguno algunos ante antes aqui asi busco como con contra cual cuales
+    cuando de del desde donde durante el ella ellas ello ellos en entre era es esa esas ese eso esos esta
+    estas este esto estos ha hay la las le les libro libros lo los mas me mi mis muy no nos novela novelas
+    o otra otro para pero poco por porque que quiero quien se sea ser si sin sobre su sus tambien tan te
+    tiene todo tu un una unas uno unos y ya yo
+    about after an and any are as at be book books but by can do does find for from has have how i in into
+    is it its like me my novel novels of on or over some something that the their them there these this
+    those to under want was what when where which who with without would you your
+    """.split()
+)
+FIELD_WEIGHTS = (("title", 1.0), ("author", 1.0), ("genres", 0.6), ("synopsis", 0.4))
+PREFIX_FACTOR = 0.8  # "dragon" also matches "dragones": a stem match counts a little less
+MIN_PREFIX = 4
+
+
+def fold(text: str) -> str:
+    """Lower-case and strip accents: "Corazón" -> "corazon", "Ñandú" -> "nandu"."""
+    decomposed = unicodedata.normalize("NFKD", text)
+    return "".join(ch for ch in decomposed if not unicodedata.combining(ch)).casefold()
+
+
+def keywords(text: str) -> list[str]:
+    """The folded words of `text` without stopwords, in order (underscores split: literary_fiction)."""
+    return [word for word in re.split(r"[^0-9a-z]+", fold(text)) if word and word not in STOPWORDS]
+
+
+def _field_text(doc: Document, field: str) -> str:
+    value = doc.metadata.get(field)
+    if field == "synopsis" and not value:
+        value = doc.text  # a generic dataset has no synopsis: its text is the searchable body
+    if isinstance(value, list | tuple):
+        return " ".join(str(v) for v in value)
+    return str(value or "")
+
+
+def _passes(doc: Document, filters: Filters | None) -> bool:
+    if filters is None:
+        return True
+    meta = doc.metadata
+    if filters.language and str(meta.get("language", "")).lower() != filters.language.strip().lower():
+        return False
+    if filters.genres:
+        genres = {normalise_genre(g) for g in meta.get("genres") or []}
+        if not genres & {normalise_genre(g) for g in filters.genres}:
+            return False
+    year = meta.get("year")
+    if filters.year_min is not None and (year is None or year < filters.year_min):
+        return False
+    return not (filters.year_max is not None and (year is None or year > filters.year_max))
+
+
+def _stem_match(term: str, word: str) -> bool:
+    return word.startswith(term) or (len(word) >= MIN_PREFIX and term.startswith(word))
+
+
+def _term_weight(term: str, fields: list[tuple[set[str], float]]) -> float:
+    best = 0.0
+    for words, weight in fields:
+        if term in words:
+            best = max(best, weight)
+        elif len(term) >= MIN_PREFIX and any(_stem_match(term, word) for word in words):
+            best = max(best, weight * PREFIX_FACTOR)
+    return best
+
+
+def exact_search(
+    query: str,
+    k: int = 5,
+    filters: Filters | None = None,
+    catalogue: Iterable[Document] | Callable[[], Iterable[Document]] = (),
+) -> list[Hit]:
+    """Keyword search over `catalogue` (documents, or a callable returning them): the degraded path.
+
+    Case- and accent-insensitive; stopwords (Spanish, English) ignored. Each query word scores the
+    weight of the best field it appears in (title and author 1.0, genres 0.6, synopsis 0.4; a prefix
+    match 80% of that); a document's score is the mean over the query words, in [0, 1], rounded to 6
+    places. Documents with no match are left out; ties are ordered by id. Raises `InvalidQuery` for k < 1.
+    """
+    if k < 1:
+        raise InvalidQuery(f"k must be at least 1, got {k}")
+    terms = list(dict.fromkeys(keywords(query)))
+    if not terms:
+        return []
+    documents = catalogue() if callable(catalogue) else catalogue
+    hits = []
+    for doc in documents:
+        if not _passes(doc, filters):
+            continue
+        fields = [(set(keywords(_field_text(doc, name))), weight) for name, weight in FIELD_WEIGHTS]
+        score = round(sum(_term_weight(term, fields) for term in terms) / len(terms), 6)
+        if score > 0:
+            metadata = {key: value for key, value in doc.metadata.items() if value is not None}
+            metadata.setdefault("genres", [])
+            hits.append(make_hit(doc.id, score, metadata, doc.text))
+    hits.sort(key=lambda hit: (-hit.score, id_sort_key(hit.id)))
+    return hits[:k]

@@ -1,0 +1,263 @@
+"""The agent HTTP API: one view per operation, an input serializer, a service call, an output serializer."""
+
+from __future__ import annotations
+
+from django.urls import reverse
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiExample, OpenApiParameter, OpenApiResponse, extend_schema
+from rest_framework import status
+from rest_framework.pagination import LimitOffsetPagination
+from rest_framework.permissions import AllowAny
+from rest_framework.response import Response
+from rest_framework.throttling import UserRateThrottle
+from rest_framework.views import APIView
+
+from agent.config import BYO_KEY_HEADER
+from agent.types import AgentOptions, Filters
+from apps.agent import selectors
+from apps.agent.errors import ValidationFailed
+from apps.agent.models import AgentJob
+from apps.agent.serializers import (
+    AgentQuerySerializer,
+    AgentResponseSerializer,
+    ErrorResponseSerializer,
+    HealthSerializer,
+    JobAcceptedSerializer,
+    JobCreateInputSerializer,
+    JobSerializer,
+    JobSummarySerializer,
+)
+from apps.agent.services import jobs as job_services
+from apps.agent.services.health import health_check
+
+IDEMPOTENCY_HEADER = "Idempotency-Key"
+POLL_AFTER_SEC = 1
+
+ERRORS = {
+    400: OpenApiResponse(ErrorResponseSerializer, description="Invalid input (the error shape)."),
+    401: OpenApiResponse(ErrorResponseSerializer, description="Missing or invalid credentials."),
+    404: OpenApiResponse(ErrorResponseSerializer, description="No such object for this user."),
+}
+BYO_PARAM = OpenApiParameter(
+    BYO_KEY_HEADER,
+    OpenApiTypes.STR,
+    OpenApiParameter.HEADER,
+    description="Your own LLM provider key (cost modes byo_key and hybrid). Used for this job only, never stored.",
+)
+IDEMPOTENCY_PARAM = OpenApiParameter(
+    IDEMPOTENCY_HEADER,
+    OpenApiTypes.STR,
+    OpenApiParameter.HEADER,
+    description="Repeat-safe submissions: the same key and body return the same job; another body gets 422.",
+)
+
+
+class JobCreateThrottle(UserRateThrottle):
+    scope = "job_create"
+
+
+def _options(data: dict) -> AgentOptions:
+    return AgentOptions(top_k=data["top_k"], filters=Filters.from_dict(data.get("filters")))
+
+
+def _byo_key(request) -> str | None:
+    return request.headers.get(BYO_KEY_HEADER) or None
+
+
+def _idempotency_key(request) -> str:
+    key = (request.headers.get(IDEMPOTENCY_HEADER) or "").strip()
+    if len(key) > 200:
+        raise ValidationFailed("The Idempotency-Key header is longer than 200 characters.", code="invalid_header")
+    return key
+
+
+def _validate_webhook_url(url: str) -> str:
+    if not url:
+        return ""
+    from apps.webhooks.ssrf import WebhookURLRejected, validate_webhook_url
+
+    try:
+        validate_webhook_url(url)
+    except WebhookURLRejected as exc:
+        raise ValidationFailed(f"webhook_url is not allowed: {exc}", code="webhook_url_rejected") from None
+    return url
+
+
+def job_payload(job: AgentJob, request) -> dict:
+    """The full view of a job, as documented by `JobSerializer`."""
+    result = job.result or {}
+    queue_ms = run_ms = None
+    if job.started_at:
+        queue_ms = (job.started_at - job.created_at).total_seconds() * 1000
+    if job.finished_at and job.started_at:
+        run_ms = (job.finished_at - job.started_at).total_seconds() * 1000
+    webhook = None
+    if job.webhook_url:
+        from apps.webhooks.selectors import delivery_state_for_job
+
+        webhook = delivery_state_for_job(job)
+    return {
+        "id": job.id,
+        "status": job.status,
+        "query": job.query,
+        "options": job.options,
+        "degraded": job.degraded,
+        "message": result.get("message"),
+        "results": result.get("results", []),
+        "actions": result.get("actions", []),
+        "trace": selectors.job_trace(job=job) if job.is_terminal else [],
+        "error": job.error,
+        "attempts": job.attempts,
+        "cancel_requested": job.cancel_requested,
+        "timings": {
+            "created_at": job.created_at,
+            "started_at": job.started_at,
+            "finished_at": job.finished_at,
+            "queue_ms": queue_ms,
+            "run_ms": run_ms,
+        },
+        "usage": {
+            "prompt_tokens": job.prompt_tokens,
+            "completion_tokens": job.completion_tokens,
+            "estimated": job.usage_estimated,
+        },
+        "cost_usd": float(job.cost_usd),
+        "cost": {"mode": job.cost_mode, "key_source": job.key_source, "provider": job.provider, "model": job.model},
+        "vector_store": job.vector_store,
+        "parent_id": job.parent_id,
+        "batch_id": job.batch_id,
+        "webhook": webhook,
+        "poll_url": reverse("agent-job-detail", args=[job.id]),
+    }
+
+
+class JobListCreateApi(APIView):
+    def get_throttles(self):
+        return [JobCreateThrottle()] if self.request.method == "POST" else []
+
+    @extend_schema(
+        operation_id="agent_jobs_create",
+        summary="Submit a question as an asynchronous job",
+        request=JobCreateInputSerializer,
+        parameters=[BYO_PARAM, IDEMPOTENCY_PARAM],
+        responses={
+            202: JobAcceptedSerializer,
+            **ERRORS,
+            422: OpenApiResponse(ErrorResponseSerializer, description="Idempotency-Key reused with another body."),
+            429: OpenApiResponse(ErrorResponseSerializer, description="Throttled."),
+            503: OpenApiResponse(ErrorResponseSerializer, description="A required service is down."),
+        },
+        examples=[
+            OpenApiExample(
+                "Fantasy for children",
+                value={"query": "fantasy novels for children with dragons", "top_k": 3, "filters": {"language": "en"}},
+                request_only=True,
+            )
+        ],
+    )
+    def post(self, request):
+        data = JobCreateInputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        webhook_url = _validate_webhook_url(data.validated_data.get("webhook_url", ""))
+        job, created = job_services.job_create(
+            owner=request.user,
+            query=data.validated_data["query"],
+            options=_options(data.validated_data),
+            webhook_url=webhook_url,
+            idempotency_key=_idempotency_key(request),
+            byo_api_key=_byo_key(request),
+        )
+        poll_url = reverse("agent-job-detail", args=[job.id])
+        body = JobAcceptedSerializer({"id": job.id, "status": job.status, "poll_url": poll_url}).data
+        return Response(
+            body,
+            status=status.HTTP_202_ACCEPTED,
+            headers={"Location": poll_url, "Retry-After": str(POLL_AFTER_SEC)},
+        )
+
+    @extend_schema(
+        operation_id="agent_jobs_list",
+        summary="List your jobs, newest first",
+        parameters=[OpenApiParameter("status", OpenApiTypes.STR, enum=["queued", "running", "succeeded", "failed", "cancelled"])],
+        responses={200: JobSummarySerializer(many=True), **ERRORS},
+    )
+    def get(self, request):
+        qs = selectors.job_list(user=request.user, status=request.query_params.get("status"))
+        paginator = LimitOffsetPagination()
+        page = paginator.paginate_queryset(qs.only("id", "status", "query", "degraded", "created_at", "finished_at"), request, view=self)
+        rows = [
+            {
+                "id": job.id,
+                "status": job.status,
+                "query": job.query,
+                "degraded": job.degraded,
+                "created_at": job.created_at,
+                "finished_at": job.finished_at,
+                "poll_url": reverse("agent-job-detail", args=[job.id]),
+            }
+            for job in page
+        ]
+        return paginator.get_paginated_response(JobSummarySerializer(rows, many=True).data)
+
+
+class JobDetailApi(APIView):
+    @extend_schema(
+        operation_id="agent_jobs_retrieve",
+        summary="Poll a job",
+        responses={200: JobSerializer, **ERRORS},
+    )
+    def get(self, request, job_id):
+        job = selectors.job_get(user=request.user, job_id=job_id)
+        headers = {} if job.is_terminal else {"Retry-After": str(POLL_AFTER_SEC)}
+        return Response(JobSerializer(job_payload(job, request)).data, headers=headers)
+
+
+class JobCancelApi(APIView):
+    @extend_schema(
+        operation_id="agent_jobs_cancel",
+        summary="Cancel a job",
+        request=None,
+        responses={
+            202: JobSerializer,
+            **ERRORS,
+            409: OpenApiResponse(ErrorResponseSerializer, description="The job already ended."),
+        },
+    )
+    def post(self, request, job_id):
+        job = selectors.job_get(user=request.user, job_id=job_id)
+        job = job_services.job_cancel(job=job)
+        return Response(JobSerializer(job_payload(job, request)).data, status=status.HTTP_202_ACCEPTED)
+
+
+class AgentSyncApi(APIView):
+    throttle_classes = [JobCreateThrottle]
+
+    @extend_schema(
+        operation_id="agent_run_sync",
+        summary="Ask the agent and wait for the answer (same pipeline, within the request)",
+        request=AgentQuerySerializer,
+        parameters=[BYO_PARAM],
+        responses={200: AgentResponseSerializer, **ERRORS},
+    )
+    def post(self, request):
+        data = AgentQuerySerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        result, decision = job_services.agent_run_sync(
+            query=data.validated_data["query"], options=_options(data.validated_data), byo_api_key=_byo_key(request)
+        )
+        body = {**result.to_dict(), "cost": decision.to_dict()}
+        return Response(AgentResponseSerializer(body).data)
+
+
+class HealthApi(APIView):
+    authentication_classes: list = []
+    permission_classes = [AllowAny]
+
+    @extend_schema(
+        operation_id="health",
+        summary="Can the service accept and run jobs?",
+        responses={200: HealthSerializer, 503: HealthSerializer},
+    )
+    def get(self, request):
+        ready, report = health_check()
+        return Response(report, status=status.HTTP_200_OK if ready else status.HTTP_503_SERVICE_UNAVAILABLE)

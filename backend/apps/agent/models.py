@@ -1,0 +1,136 @@
+"""Jobs, their trace steps, and batches. The job row is the truth about a job; Celery is transport."""
+
+from __future__ import annotations
+
+import uuid
+
+from django.conf import settings
+from django.db import models
+
+
+class JobStatus(models.TextChoices):
+    QUEUED = "queued", "Queued"
+    RUNNING = "running", "Running"
+    SUCCEEDED = "succeeded", "Succeeded"
+    FAILED = "failed", "Failed"
+    CANCELLED = "cancelled", "Cancelled"
+
+
+TERMINAL_STATUSES = (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED)
+
+
+class Batch(models.Model):
+    """A group of jobs created together, typically re-runs of past jobs with overrides."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="agent_batches")
+    source = models.CharField(max_length=16, help_text="queries | jobs")
+    selection = models.JSONField(default=dict, blank=True)
+    overrides = models.JSONField(default=dict, blank=True)
+    webhook_url = models.URLField(max_length=2000, blank=True, default="")
+    idempotency_key = models.CharField(max_length=200, blank=True, default="")
+    request_fingerprint = models.CharField(max_length=64, blank=True, default="")
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    completed_at = models.DateTimeField(null=True, blank=True)
+    cancelled_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["owner", "idempotency_key"],
+                condition=~models.Q(idempotency_key=""),
+                name="agent_batch_owner_idempotency_key",
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"Batch {self.id}"
+
+
+class AgentJob(models.Model):
+    """One question to the agent, from submission to a terminal state."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="agent_jobs")
+    query = models.TextField()
+    options = models.JSONField(default=dict, blank=True, help_text="top_k and filters.")
+    status = models.CharField(max_length=16, choices=JobStatus.choices, default=JobStatus.QUEUED, db_index=True)
+    degraded = models.BooleanField(default=False)
+    result = models.JSONField(null=True, blank=True, help_text="message, results, actions (contract fields).")
+    error = models.JSONField(null=True, blank=True, help_text='{"code", "message"} when the job failed.')
+    attempts = models.PositiveIntegerField(default=0)
+    timeout_sec = models.FloatField(help_text="Deadline of the whole job, in seconds from its first start.")
+
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    enqueued_at = models.DateTimeField(null=True, blank=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    cancel_requested = models.BooleanField(default=False)
+
+    # The cost decision, resolved once at submission and reused on retry. Never a key.
+    cost_mode = models.CharField(max_length=16)
+    key_source = models.CharField(max_length=16)
+    provider = models.CharField(max_length=32)
+    model = models.CharField(max_length=200)
+
+    prompt_tokens = models.PositiveIntegerField(default=0)
+    completion_tokens = models.PositiveIntegerField(default=0)
+    usage_estimated = models.BooleanField(default=False)
+    cost_usd = models.DecimalField(max_digits=12, decimal_places=6, default=0)
+    latency_ms = models.FloatField(null=True, blank=True, help_text="Time from first start to finish.")
+
+    vector_store = models.JSONField(default=dict, blank=True, help_text="Manifest identity of the store used.")
+    parent = models.ForeignKey("self", null=True, blank=True, on_delete=models.SET_NULL, related_name="reruns")
+    batch = models.ForeignKey(Batch, null=True, blank=True, on_delete=models.CASCADE, related_name="jobs")
+    webhook_url = models.URLField(max_length=2000, blank=True, default="")
+    idempotency_key = models.CharField(max_length=200, blank=True, default="")
+    request_fingerprint = models.CharField(max_length=64, blank=True, default="")
+
+    class Meta:
+        ordering = ["-created_at"]
+        indexes = [
+            models.Index(fields=["owner", "-created_at"]),
+            models.Index(fields=["status", "enqueued_at"]),
+        ]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["owner", "idempotency_key"],
+                condition=~models.Q(idempotency_key=""),
+                name="agent_job_owner_idempotency_key",
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"Job {self.id} ({self.status})"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.status in TERMINAL_STATUSES
+
+
+class TraceStep(models.Model):
+    """One step of one attempt of a job: retrieve, prompt, llm, compose. Stored as rows to query them."""
+
+    job = models.ForeignKey(AgentJob, on_delete=models.CASCADE, related_name="trace_steps")
+    attempt = models.PositiveIntegerField()
+    position = models.PositiveIntegerField()
+    name = models.CharField(max_length=32)
+    started_at = models.DateTimeField()
+    duration_ms = models.FloatField()
+    inputs = models.JSONField(default=dict, blank=True)
+    outputs = models.JSONField(default=dict, blank=True)
+    prompt_tokens = models.PositiveIntegerField(null=True, blank=True)
+    completion_tokens = models.PositiveIntegerField(null=True, blank=True)
+    cost_usd = models.FloatField(null=True, blank=True)
+    error = models.JSONField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["attempt", "position"]
+        constraints = [
+            models.UniqueConstraint(fields=["job", "attempt", "position"], name="agent_trace_step_unique")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.job_id} #{self.attempt}.{self.position} {self.name}"

@@ -1,0 +1,398 @@
+"""Services that write agent jobs: create, enqueue, run, cancel, sweep.
+
+The job row is the truth. Work is claimed with conditional updates so that a redelivered Celery
+message, the periodic sweep and a second worker can never run one attempt twice.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import time
+import uuid
+from datetime import timedelta
+from decimal import Decimal
+from typing import Any
+
+from django.conf import settings
+from django.db import DatabaseError, transaction
+from django.db.models import F, Q
+from django.utils import timezone
+
+from agent import pipeline
+from agent.config import LLMSettings
+from agent.cost_policy import CostDecision, resolve_cost_decision
+from agent.errors import Cancelled, ImproperlyConfigured
+from agent.llm_factory import build_llm_runnable
+from agent.types import AgentOptions, AgentResult
+from apps.agent.errors import Conflict, IdempotencyMismatch, ServiceUnavailable, ValidationFailed
+from apps.agent.models import AgentJob, Batch, JobStatus, TraceStep
+from apps.agent.services import key_vault
+from apps.agent.services.retrieval import exact_search, get_retriever, store_identity
+
+logger = logging.getLogger(__name__)
+
+EVENT_BY_STATUS = {
+    JobStatus.SUCCEEDED: "agent.job.succeeded",
+    JobStatus.FAILED: "agent.job.failed",
+    JobStatus.CANCELLED: "agent.job.cancelled",
+}
+
+
+# --- submission -----------------------------------------------------------------------------------
+
+
+def cost_decision_resolve(*, byo_api_key: str | None, overrides: dict[str, Any] | None = None) -> CostDecision:
+    """Resolve the cost policy for a submission. Raises `ValidationFailed` (400) when a key is required."""
+    try:
+        return resolve_cost_decision(byo_api_key or None, llm_settings(overrides))
+    except ImproperlyConfigured as exc:
+        raise ValidationFailed(str(exc), code="byo_key_required") from None
+
+
+def llm_settings(overrides: dict[str, Any] | None = None) -> LLMSettings:
+    """The process LLM settings with per-job overrides (model, cost mode) applied."""
+    base: LLMSettings = settings.LLM
+    overrides = overrides or {}
+    changes: dict[str, Any] = {}
+    if overrides.get("model"):
+        changes["model"] = overrides["model"]
+    if overrides.get("cost_mode"):
+        changes["cost_mode"] = type(base.cost_mode)(overrides["cost_mode"])
+    return dataclasses.replace(base, **changes) if changes else base
+
+
+def request_fingerprint(payload: dict[str, Any]) -> str:
+    """A stable hash of a request body, to tell an idempotent repeat from a different request."""
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def job_create(
+    *,
+    owner,
+    query: str,
+    options: AgentOptions,
+    webhook_url: str = "",
+    idempotency_key: str = "",
+    byo_api_key: str | None = None,
+    overrides: dict[str, Any] | None = None,
+    parent: AgentJob | None = None,
+    batch: Batch | None = None,
+    enqueue: bool = True,
+) -> tuple[AgentJob, bool]:
+    """Create a queued job and enqueue it after commit. Returns (job, created).
+
+    A repeat with the same `idempotency_key` and body returns the existing job (created=False); with a
+    different body it raises `IdempotencyMismatch`. Raises `ValidationFailed` when the cost policy
+    needs a key that was not given, and `ServiceUnavailable` when a BYO key cannot be handed off.
+    """
+    query = query.strip()
+    fingerprint = request_fingerprint(
+        {"query": query, "options": options.to_dict(), "webhook_url": webhook_url, "overrides": overrides or {}}
+    )
+    if idempotency_key:
+        existing = AgentJob.objects.filter(owner=owner, idempotency_key=idempotency_key).first()
+        if existing is not None:
+            return _idempotent_repeat(existing, fingerprint), False
+
+    decision = cost_decision_resolve(byo_api_key=byo_api_key, overrides=overrides)
+    job_id = uuid.uuid4()
+    if decision.key_source == "user":
+        # Stored before the row exists: if Redis is down we refuse the job rather than lose the key.
+        try:
+            key_vault.key_put(job_id=job_id, api_key=byo_api_key or "")
+        except key_vault.KeyVaultUnavailable:
+            raise ServiceUnavailable(
+                "The key hand-off store is unavailable; retry later.", code="key_vault_unavailable"
+            ) from None
+
+    try:
+        with transaction.atomic():
+            job = AgentJob.objects.create(
+                id=job_id,
+                owner=owner,
+                query=query,
+                options=options.to_dict(),
+                timeout_sec=settings.AGENT_JOB_TIMEOUT_SEC,
+                cost_mode=decision.mode,
+                key_source=decision.key_source,
+                provider=decision.provider,
+                model=decision.model,
+                parent=parent,
+                batch=batch,
+                webhook_url=webhook_url,
+                idempotency_key=idempotency_key,
+                request_fingerprint=fingerprint,
+            )
+            if enqueue:
+                transaction.on_commit(lambda: job_enqueue(job=job))
+    except DatabaseError:
+        # A concurrent request with the same idempotency key won the insert.
+        if idempotency_key:
+            existing = AgentJob.objects.filter(owner=owner, idempotency_key=idempotency_key).first()
+            if existing is not None:
+                key_vault.key_delete(job_id=job_id)
+                return _idempotent_repeat(existing, fingerprint), False
+        raise
+    return job, True
+
+
+def _idempotent_repeat(existing: AgentJob, fingerprint: str) -> AgentJob:
+    if existing.request_fingerprint != fingerprint:
+        raise IdempotencyMismatch("This Idempotency-Key was used with a different request body.")
+    return existing
+
+
+def job_enqueue(*, job: AgentJob) -> bool:
+    """Publish the job's task. Returns False (and leaves the job for the sweep) when the broker is down."""
+    from apps.agent.tasks import batch_job_run_task, job_run_task
+
+    task = batch_job_run_task if job.batch_id else job_run_task
+    try:
+        task.apply_async(args=[str(job.id)])
+    except Exception as exc:  # broker down: the sweep enqueues queued jobs that were never published
+        logger.warning("could not enqueue job %s (%s); the sweep will retry", job.id, type(exc).__name__)
+        return False
+    AgentJob.objects.filter(id=job.id, status=JobStatus.QUEUED).update(enqueued_at=timezone.now())
+    return True
+
+
+# --- running --------------------------------------------------------------------------------------
+
+
+def _stale_before(job_timeout: float) -> Any:
+    return timezone.now() - timedelta(seconds=job_timeout + settings.AGENT_RUNNING_GRACE_SEC)
+
+
+def job_claim(*, job_id: uuid.UUID | str) -> AgentJob | None:
+    """Move a job to `running` for a new attempt, or return None if it is not ours to run.
+
+    Claims a queued job, or a running one whose attempt outlived its deadline plus a grace period
+    (its worker vanished). A job that has used `AGENT_MAX_ATTEMPTS` is failed with `max_attempts`.
+    """
+    job = AgentJob.objects.filter(id=job_id).only("id", "status", "attempts", "timeout_sec").first()
+    if job is None or job.is_terminal:
+        return None
+    now = timezone.now()
+    claimable = Q(status=JobStatus.QUEUED) | Q(status=JobStatus.RUNNING, heartbeat_at__lt=_stale_before(job.timeout_sec))
+    base = AgentJob.objects.filter(claimable, id=job_id, attempts=job.attempts)
+    if job.attempts >= settings.AGENT_MAX_ATTEMPTS:
+        with transaction.atomic():
+            changed = base.update(
+                status=JobStatus.FAILED,
+                finished_at=now,
+                error={"code": "max_attempts", "message": f"The job was attempted {job.attempts} times."},
+            )
+            if changed:
+                _terminal_effects(job_id=job.id)
+        return None
+    changed = base.update(status=JobStatus.RUNNING, attempts=F("attempts") + 1, heartbeat_at=now, started_at=now)
+    if not changed:
+        return None
+    return AgentJob.objects.get(id=job_id)
+
+
+def job_run(*, job_id: uuid.UUID | str) -> str | None:
+    """Claim and run one attempt of a job, storing result and trace in one transaction.
+
+    Returns the job's final status, or None when the job was not claimed (already running elsewhere,
+    terminal, or cancelled). Never raises for agent failures: they are stored on the job.
+    """
+    job = job_claim(job_id=job_id)
+    if job is None:
+        return None
+    attempt = job.attempts
+    deadline = time.monotonic() + job.timeout_sec
+
+    byo_key = None
+    if job.key_source == "user":
+        byo_key = key_vault.key_get(job_id=job.id)
+        if not byo_key:
+            return _job_finish_failed(
+                job,
+                attempt,
+                {"code": "byo_key_unavailable", "message": "The job's API key expired before it ran; submit again."},
+            )
+    llm = _runnable_for(job, byo_key)
+    options = AgentOptions.from_dict(job.options)
+
+    def is_cancelled() -> bool:
+        return AgentJob.objects.filter(id=job.id, cancel_requested=True).exists()
+
+    try:
+        result = pipeline.run(
+            job.query,
+            options,
+            llm,
+            get_retriever(),
+            deadline,
+            exact_search=exact_search,
+            is_cancelled=is_cancelled,
+        )
+    except Cancelled:
+        return _job_finish_cancelled(job, attempt)
+    return _job_finish(job, attempt, result)
+
+
+def _runnable_for(job: AgentJob, byo_key: str | None):
+    """Rebuild the runnable from the decision recorded at submission (reused on every retry)."""
+    base: LLMSettings = settings.LLM
+    changes: dict[str, Any] = {"model": job.model, "cost_mode": type(base.cost_mode)(job.cost_mode)}
+    if job.provider == "stub":
+        changes["provider"] = "stub"
+    if job.key_source == "none":
+        changes["api_key"] = None
+    return build_llm_runnable(byo_api_key=byo_key if job.key_source == "user" else None, settings=dataclasses.replace(base, **changes))
+
+
+def _terminal_effects(*, job_id: uuid.UUID) -> None:
+    """Inside the terminal transaction: queue the webhook event; after commit, forget the BYO key."""
+    from apps.agent.services.events import job_terminal_event
+
+    job_terminal_event(job_id=job_id)
+    transaction.on_commit(lambda: key_vault.key_delete(job_id=job_id))
+
+
+def _job_finish(job: AgentJob, attempt: int, result: AgentResult) -> str | None:
+    status = JobStatus.FAILED if result.error else JobStatus.SUCCEEDED
+    now = timezone.now()
+    with transaction.atomic():
+        changed = AgentJob.objects.filter(id=job.id, status=JobStatus.RUNNING, attempts=attempt).update(
+            status=status,
+            degraded=result.degraded,
+            result={"message": result.message, "results": result.results, "actions": result.actions},
+            error=result.error,
+            finished_at=now,
+            prompt_tokens=result.prompt_tokens,
+            completion_tokens=result.completion_tokens,
+            usage_estimated=any(s.outputs.get("usage_estimated") for s in result.trace if s.name == "llm"),
+            cost_usd=Decimal(str(round(result.cost_usd, 6))),
+            latency_ms=(now - job.started_at).total_seconds() * 1000,
+            vector_store=store_identity(),
+        )
+        if not changed:
+            # Another attempt took over (we were presumed dead) or the job was cancelled meanwhile.
+            return None
+        _trace_store(job, attempt, result)
+        _terminal_effects(job_id=job.id)
+    return status
+
+
+def _trace_store(job: AgentJob, attempt: int, result: AgentResult) -> None:
+    TraceStep.objects.bulk_create(
+        [
+            TraceStep(
+                job_id=job.id,
+                attempt=attempt,
+                position=position,
+                name=step.name,
+                started_at=step.started_at,
+                duration_ms=step.duration_ms,
+                inputs=step.inputs,
+                outputs=step.outputs,
+                prompt_tokens=step.prompt_tokens,
+                completion_tokens=step.completion_tokens,
+                cost_usd=step.cost_usd,
+                error=step.error,
+            )
+            for position, step in enumerate(result.trace)
+        ]
+    )
+
+
+def _job_finish_failed(job: AgentJob, attempt: int, error: dict[str, Any]) -> str | None:
+    with transaction.atomic():
+        changed = AgentJob.objects.filter(id=job.id, status=JobStatus.RUNNING, attempts=attempt).update(
+            status=JobStatus.FAILED, error=error, finished_at=timezone.now()
+        )
+        if changed:
+            _terminal_effects(job_id=job.id)
+    return JobStatus.FAILED if changed else None
+
+
+def _job_finish_cancelled(job: AgentJob, attempt: int) -> str | None:
+    with transaction.atomic():
+        changed = AgentJob.objects.filter(id=job.id, status=JobStatus.RUNNING, attempts=attempt).update(
+            status=JobStatus.CANCELLED, finished_at=timezone.now()
+        )
+        if changed:
+            _terminal_effects(job_id=job.id)
+    return JobStatus.CANCELLED if changed else None
+
+
+def job_release(*, job_id: uuid.UUID | str, attempt: int) -> bool:
+    """Give a running attempt back to the queue after an infrastructure error (e.g. the database dropped)."""
+    return bool(
+        AgentJob.objects.filter(id=job_id, status=JobStatus.RUNNING, attempts=attempt).update(status=JobStatus.QUEUED)
+    )
+
+
+# --- cancel, sweep ----------------------------------------------------------------------------------
+
+
+def job_cancel(*, job: AgentJob) -> AgentJob:
+    """Cancel a job: queued → cancelled at once; running → cancelled at the next step boundary.
+
+    Raises `Conflict` (409) when the job already ended.
+    """
+    with transaction.atomic():
+        changed = AgentJob.objects.filter(id=job.id, status=JobStatus.QUEUED).update(
+            status=JobStatus.CANCELLED, finished_at=timezone.now(), cancel_requested=True
+        )
+        if changed:
+            _terminal_effects(job_id=job.id)
+            job.refresh_from_db()
+            return job
+        changed = AgentJob.objects.filter(id=job.id, status=JobStatus.RUNNING).update(cancel_requested=True)
+    job.refresh_from_db()
+    if not changed and job.is_terminal:
+        raise Conflict(f"The job already ended with status {job.status}.", code="job_terminal")
+    return job
+
+
+def jobs_sweep() -> dict[str, int]:
+    """Make sure no job waits forever: enqueue queued jobs nobody picked up; recover abandoned running ones.
+
+    Returns counts of what it did. Safe to run concurrently with workers (claims are conditional).
+    """
+    now = timezone.now()
+    stale_queue = now - timedelta(seconds=settings.AGENT_QUEUED_STALE_SEC)
+    counts = {"enqueued": 0, "recovered": 0, "failed": 0}
+    queued = AgentJob.objects.filter(status=JobStatus.QUEUED).filter(
+        Q(enqueued_at__isnull=True, created_at__lt=now - timedelta(seconds=2)) | Q(enqueued_at__lt=stale_queue)
+    )
+    for job in queued.only("id", "batch_id")[:1000]:
+        if job_enqueue(job=job):
+            counts["enqueued"] += 1
+    running = AgentJob.objects.filter(status=JobStatus.RUNNING).only("id", "timeout_sec", "heartbeat_at", "attempts", "batch_id")
+    for job in running[:1000]:
+        if job.heartbeat_at and job.heartbeat_at >= _stale_before(job.timeout_sec):
+            continue
+        if job.attempts >= settings.AGENT_MAX_ATTEMPTS:
+            with transaction.atomic():
+                changed = AgentJob.objects.filter(id=job.id, status=JobStatus.RUNNING, attempts=job.attempts).update(
+                    status=JobStatus.FAILED,
+                    finished_at=now,
+                    error={"code": "max_attempts", "message": f"The job was attempted {job.attempts} times."},
+                )
+                if changed:
+                    _terminal_effects(job_id=job.id)
+            counts["failed"] += changed
+        elif job_release(job_id=job.id, attempt=job.attempts):
+            counts["recovered"] += 1
+            job_enqueue(job=job)
+    return counts
+
+
+# --- synchronous run (POST /api/agent/) ---------------------------------------------------------------
+
+
+def agent_run_sync(*, query: str, options: AgentOptions, byo_api_key: str | None) -> tuple[AgentResult, CostDecision]:
+    """Run the pipeline within the request, bounded by the same job timeout. Stores nothing."""
+    decision = cost_decision_resolve(byo_api_key=byo_api_key)
+    llm = build_llm_runnable(byo_api_key=byo_api_key if decision.key_source == "user" else None, settings=settings.LLM)
+    deadline = time.monotonic() + settings.AGENT_JOB_TIMEOUT_SEC
+    result = pipeline.run(query, options, llm, get_retriever(), deadline, exact_search=exact_search)
+    return result, decision

@@ -1,0 +1,73 @@
+"""Adapts the framework-free retrieval core to this process: one store and one catalogue per process."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+from django.conf import settings
+
+from agent.errors import VectorStoreUnavailable
+from agent.types import Document, Filters, Hit
+
+_lock = threading.Lock()
+_catalogue: tuple[float, list[Document]] | None = None
+#: The degraded path reads the catalogue table; a short cache keeps it to one query per minute.
+CATALOGUE_TTL_SEC = 60.0
+
+
+class _Retriever:
+    """Opens the vector store lazily and reports a broken one as `VectorStoreUnavailable` per call."""
+
+    def retrieve(self, query: str, k: int, filters: Filters) -> list[Hit]:
+        from agent.vector_store import open_store
+
+        store = open_store(settings.VECTOR)
+        return store.retrieve(query, k, filters)
+
+
+_retriever = _Retriever()
+
+
+def get_retriever() -> _Retriever:
+    return _retriever
+
+
+def catalogue_documents() -> list[Document]:
+    global _catalogue
+    with _lock:
+        if _catalogue is None or time.monotonic() - _catalogue[0] > CATALOGUE_TTL_SEC:
+            from apps.libros.catalogue import libro_documents
+
+            _catalogue = (time.monotonic(), libro_documents())
+        return _catalogue[1]
+
+
+def exact_search(query: str, k: int, filters: Filters) -> list[Hit]:
+    """The degraded path: keyword search over the catalogue table, no vector store involved."""
+    from agent.vector_store import exact_search as core_exact_search
+
+    return core_exact_search(query, k, filters, catalogue_documents())
+
+
+def store_identity() -> dict[str, Any]:
+    """Which build of the store answered (from its manifest), recorded on each job."""
+    from agent.vector_store import read_manifest
+
+    try:
+        manifest = read_manifest(settings.VECTOR)
+    except VectorStoreUnavailable:
+        return {}
+    keys = ("collection", "document_count", "built_at", "dataset_sha256", "embedding_model", "embedding_dim")
+    return {key: manifest.get(key) for key in keys if key in manifest}
+
+
+def store_health() -> dict[str, Any]:
+    from agent.vector_store import open_store
+
+    try:
+        store = open_store(settings.VECTOR)
+    except VectorStoreUnavailable as exc:
+        return {"ok": False, "error": exc.message}
+    return {"ok": True, **store_identity(), "documents": store.count()}

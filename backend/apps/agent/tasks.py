@@ -1,0 +1,53 @@
+"""Celery tasks: thin wrappers that take ids, call one service, and own the retry decision."""
+
+from __future__ import annotations
+
+import logging
+
+from celery import shared_task
+from django.db import InterfaceError, OperationalError, close_old_connections
+
+from apps.agent.services import jobs
+
+logger = logging.getLogger(__name__)
+
+
+def _run(task, job_id: str) -> str | None:
+    try:
+        return jobs.job_run(job_id=job_id)
+    except (OperationalError, InterfaceError) as exc:
+        # The database dropped under us: drop the broken connection, hand the attempt back, try again.
+        logger.warning("database error while running job %s: %s; retrying", job_id, type(exc).__name__)
+        close_old_connections()
+        try:
+            from apps.agent.models import AgentJob
+
+            job = AgentJob.objects.only("attempts").get(id=job_id)
+            jobs.job_release(job_id=job_id, attempt=job.attempts)
+        except (OperationalError, InterfaceError):
+            pass  # still down: the sweep recovers the job once the database is back
+        raise task.retry(countdown=1, max_retries=5) from None
+
+
+@shared_task(bind=True, name="agent.job_run", acks_late=True, max_retries=5)
+def job_run_task(self, job_id: str) -> str | None:
+    """Run one interactive agent job by id."""
+    return _run(self, job_id)
+
+
+@shared_task(bind=True, name="agent.batch_job_run", acks_late=True, max_retries=5)
+def batch_job_run_task(self, job_id: str) -> str | None:
+    """Run one job of a batch by id; routed to the low-priority `batch` queue."""
+    return _run(self, job_id)
+
+
+@shared_task(name="agent.jobs_sweep", ignore_result=True)
+def jobs_sweep_task() -> dict[str, int]:
+    """Periodic (Celery beat): enqueue forgotten queued jobs, recover or fail abandoned running ones."""
+    return jobs.jobs_sweep()
+
+
+@shared_task(name="agent.noop")
+def noop_task() -> str:
+    """A task that does nothing: the baseline of the overhead benchmark and a broker round-trip probe."""
+    return "ok"

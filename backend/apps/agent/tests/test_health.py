@@ -1,0 +1,65 @@
+"""GET /api/health: 200 when every part answers, 503 naming the part that does not."""
+
+from __future__ import annotations
+
+import pytest
+
+from apps.agent.services import health
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def all_ok(monkeypatch):
+    for name in ("broker", "workers", "vector_store"):
+        monkeypatch.setitem(health.CHECKS, name, lambda: {"ok": True})
+
+
+def test_green_when_every_part_answers(client, all_ok):
+    response = client.get("/api/health")
+    assert response.status_code == 200
+    body = response.json()
+    assert body["status"] == "ok" and body["failing"] == []
+    assert body["checks"]["database"]["ok"] is True
+    assert body["checks"]["llm"]["provider"] == "stub"
+
+
+@pytest.mark.parametrize("part", ["database", "broker", "workers", "vector_store", "llm"])
+def test_each_failing_part_gives_503_and_names_itself(client, all_ok, monkeypatch, part):
+    def broken():
+        raise ConnectionError(f"{part} is down")
+
+    monkeypatch.setitem(health.CHECKS, part, broken)
+    response = client.get("/api/health")
+    assert response.status_code == 503
+    body = response.json()
+    assert body["status"] == "unavailable"
+    assert body["failing"] == [part]
+    assert body["checks"][part] == {"ok": False, "error": f"ConnectionError: {part} is down"}
+
+
+def test_no_worker_is_reported(client, all_ok, monkeypatch):
+    monkeypatch.setitem(health.CHECKS, "workers", health._workers)
+    from config.celery_app import app
+
+    monkeypatch.setattr(app.control, "ping", lambda timeout: [])
+    response = client.get("/api/health")
+    assert response.status_code == 503
+    assert response.json()["failing"] == ["workers"]
+
+
+def test_real_broker_probe_against_unreachable_redis(client, all_ok, monkeypatch, settings):
+    monkeypatch.setitem(health.CHECKS, "broker", health._broker)
+    settings.CELERY_BROKER_URL = "redis://127.0.0.1:1/0"
+    response = client.get("/api/health")
+    assert response.status_code == 503
+    assert response.json()["failing"] == ["broker"]
+
+
+def test_health_never_shows_a_key(client, all_ok, settings):
+    import dataclasses
+
+    settings.LLM = dataclasses.replace(settings.LLM, provider="openai_compatible", api_key="sk-secret-health")
+    response = client.get("/api/health")
+    assert "sk-secret-health" not in response.content.decode()
+    assert response.json()["checks"]["llm"]["key_source"] == "server"

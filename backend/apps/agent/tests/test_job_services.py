@@ -1,0 +1,102 @@
+"""Job services: the claim, attempts, the sweep."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from django.utils import timezone
+
+from agent.types import AgentOptions
+from apps.agent.models import AgentJob, JobStatus
+from apps.agent.services import jobs
+
+pytestmark = pytest.mark.django_db
+
+
+def make_job(user, **fields) -> AgentJob:
+    job, _ = jobs.job_create(owner=user, query="whales", options=AgentOptions(top_k=2), enqueue=False)
+    if fields:
+        AgentJob.objects.filter(id=job.id).update(**fields)
+        job.refresh_from_db()
+    return job
+
+
+def test_second_delivery_does_nothing(user, store):
+    job = make_job(user)
+    assert jobs.job_run(job_id=job.id) == JobStatus.SUCCEEDED
+    assert jobs.job_run(job_id=job.id) is None
+    job.refresh_from_db()
+    assert job.attempts == 1
+    assert job.trace_steps.count() == 4
+
+
+def test_running_job_is_not_claimed_twice(user, store):
+    job = make_job(user)
+    claimed = jobs.job_claim(job_id=job.id)
+    assert claimed is not None and claimed.status == JobStatus.RUNNING
+    assert jobs.job_claim(job_id=job.id) is None
+
+
+def test_stale_running_job_is_taken_over(user, store, settings):
+    job = make_job(user, status=JobStatus.RUNNING, attempts=1, heartbeat_at=timezone.now() - timedelta(hours=1))
+    assert jobs.job_run(job_id=job.id) == JobStatus.SUCCEEDED
+    job.refresh_from_db()
+    assert job.attempts == 2
+
+
+def test_max_attempts_fails_the_job(user, store, settings):
+    settings.AGENT_MAX_ATTEMPTS = 3
+    job = make_job(user, attempts=3)
+    assert jobs.job_run(job_id=job.id) is None
+    job.refresh_from_db()
+    assert job.status == JobStatus.FAILED
+    assert job.error["code"] == "max_attempts"
+    assert store.calls == []
+
+
+def test_old_attempt_cannot_overwrite_a_newer_one(user, store):
+    job = make_job(user)
+    claimed = jobs.job_claim(job_id=job.id)
+    AgentJob.objects.filter(id=job.id).update(attempts=2)  # another worker took over meanwhile
+    from agent.types import AgentResult
+
+    assert jobs._job_finish(claimed, 1, AgentResult(message="late", results=[], actions=[], trace=[])) is None
+    job.refresh_from_db()
+    assert job.status == JobStatus.RUNNING and job.result is None
+
+
+def test_sweep_enqueues_forgotten_and_recovers_abandoned(user, store, monkeypatch, settings):
+    settings.AGENT_MAX_ATTEMPTS = 3
+    published: list[str] = []
+    monkeypatch.setattr(jobs, "job_enqueue", lambda *, job: published.append(str(job.id)) or True)
+    old = timezone.now() - timedelta(hours=1)
+    forgotten = make_job(user)
+    AgentJob.objects.filter(id=forgotten.id).update(created_at=old)
+    fresh = make_job(user)
+    abandoned = make_job(user, status=JobStatus.RUNNING, attempts=1, heartbeat_at=old)
+    exhausted = make_job(user, status=JobStatus.RUNNING, attempts=3, heartbeat_at=old)
+    healthy = make_job(user, status=JobStatus.RUNNING, attempts=1, heartbeat_at=timezone.now())
+
+    counts = jobs.jobs_sweep()
+
+    assert counts == {"enqueued": 1, "recovered": 1, "failed": 1}
+    assert sorted(published) == sorted([str(forgotten.id), str(abandoned.id)])
+    statuses = {j.id: j.status for j in AgentJob.objects.all()}
+    assert statuses[abandoned.id] == JobStatus.QUEUED
+    assert statuses[exhausted.id] == JobStatus.FAILED
+    assert statuses[healthy.id] == JobStatus.RUNNING
+    assert statuses[fresh.id] == JobStatus.QUEUED
+
+
+def test_enqueue_failure_leaves_job_for_sweep(user, store, monkeypatch):
+    from apps.agent import tasks
+
+    def broken(*args, **kwargs):
+        raise ConnectionError("redis down")
+
+    monkeypatch.setattr(tasks.job_run_task, "apply_async", broken)
+    job = make_job(user)
+    assert jobs.job_enqueue(job=job) is False
+    job.refresh_from_db()
+    assert job.status == JobStatus.QUEUED and job.enqueued_at is None

@@ -1,0 +1,322 @@
+"""Django settings, read from the environment with django-environ.
+
+Every variable is listed, grouped and commented in `.env.example` at the repository root. A bad value
+fails at start-up with a message that names the variable.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import environ
+
+from agent.config import LLMSettings
+from agent.errors import env_error
+from agent.vector_config import VectorSettings
+
+BACKEND_DIR = Path(__file__).resolve().parent.parent
+REPO_DIR = BACKEND_DIR.parent
+
+env = environ.Env()
+# A developer's `.env` at the repository root; real environment variables win over it.
+if (REPO_DIR / ".env").is_file():
+    environ.Env.read_env(REPO_DIR / ".env", overwrite=False)
+
+
+def _int(name: str, default: int, *, minimum: int = 0) -> int:
+    raw = os.environ.get(name, "")
+    if raw.strip() == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise env_error(name, raw, "an integer") from None
+    if value < minimum:
+        raise env_error(name, raw, f"an integer >= {minimum}")
+    return value
+
+
+def _float(name: str, default: float, *, minimum: float = 0.0) -> float:
+    raw = os.environ.get(name, "")
+    if raw.strip() == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise env_error(name, raw, "a number") from None
+    if value < minimum:
+        raise env_error(name, raw, f"a number >= {minimum}")
+    return value
+
+
+def _bool(name: str, default: bool) -> bool:
+    raw = os.environ.get(name, "").strip().lower()
+    if raw == "":
+        return default
+    if raw in {"1", "true", "yes", "on"}:
+        return True
+    if raw in {"0", "false", "no", "off"}:
+        return False
+    raise env_error(name, raw, "true or false")
+
+
+# --- Django -------------------------------------------------------------------------------------
+SECRET_KEY = env.str("SECRET_KEY", default="dev-insecure-change-me-librarian")
+DEBUG = _bool("DEBUG", False)
+ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["localhost", "127.0.0.1", "[::1]", "testserver"])
+CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "rest_framework",
+    "rest_framework.authtoken",
+    "drf_spectacular",
+    "drf_spectacular_sidecar",
+    "apps.libros",
+    "apps.agent",
+    "apps.webhooks",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "config.urls"
+WSGI_APPLICATION = "config.wsgi.application"
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ]
+        },
+    }
+]
+
+# --- Database -----------------------------------------------------------------------------------
+VAR_DIR = Path(env.str("VAR_DIR", default=str(REPO_DIR / "var")))
+if not VAR_DIR.is_absolute():
+    VAR_DIR = REPO_DIR / VAR_DIR
+VAR_DIR.mkdir(parents=True, exist_ok=True)
+DATABASES = {"default": env.db("DATABASE_URL", default=f"sqlite:///{VAR_DIR / 'db.sqlite3'}")}
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    # A file, not memory, so that end-to-end tests can share the test database with a worker process.
+    DATABASES["default"]["TEST"] = {"NAME": str(VAR_DIR / "test_db.sqlite3")}
+    # WAL lets the API read while a worker thread writes; the timeout waits out short write locks.
+    DATABASES["default"].setdefault("OPTIONS", {}).update(
+        {"timeout": 20, "transaction_mode": "IMMEDIATE", "init_command": "PRAGMA journal_mode=WAL;"}
+    )
+else:
+    # Persistent connections, checked before reuse so that a dropped connection is replaced.
+    DATABASES["default"]["CONN_MAX_AGE"] = _int("DB_CONN_MAX_AGE", 60)
+    DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+# --- Redis, cache -------------------------------------------------------------------------------
+REDIS_URL = env.str("REDIS_URL", default="redis://127.0.0.1:6379/0")
+CACHES = {
+    "default": {
+        # Shared across processes: throttling counters and BYO-key hand-off need one view.
+        "BACKEND": "django.core.cache.backends.redis.RedisCache",
+        "LOCATION": env.str("CACHE_URL", default=REDIS_URL),
+        "TIMEOUT": 300,
+    }
+}
+
+# --- Celery -------------------------------------------------------------------------------------
+CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default=REDIS_URL)
+# The job row is the truth; the result backend only serves bare round trips (benchmarks, inspect).
+CELERY_RESULT_BACKEND = env.str("CELERY_RESULT_BACKEND", default=CELERY_BROKER_URL)
+CELERY_RESULT_EXPIRES = 3600
+# JSON only: task arguments are ids, and pickle would let a broker write execute code.
+CELERY_TASK_SERIALIZER = "json"
+CELERY_RESULT_SERIALIZER = "json"
+CELERY_ACCEPT_CONTENT = ["json"]
+# Ack after the task ran, and re-queue if the worker process dies, so that a killed worker loses
+# nothing; the job claim (conditional update) makes the second delivery harmless.
+CELERY_TASK_ACKS_LATE = True
+CELERY_TASK_REJECT_ON_WORKER_LOST = True
+# One message reserved per pool slot: a slow job never hides queued ones from idle workers.
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_TASK_TRACK_STARTED = True
+# Flower shows tasks live only when workers send events.
+CELERY_WORKER_SEND_TASK_EVENTS = True
+CELERY_TASK_SEND_SENT_EVENT = True
+CELERY_TASK_DEFAULT_QUEUE = "agent"
+CELERY_TASK_ROUTES = {
+    "agent.job_run": {"queue": "agent"},
+    "agent.batch_job_run": {"queue": "batch"},
+    "agent.delivery_send": {"queue": "webhooks"},
+}
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+CELERY_BROKER_CONNECTION_TIMEOUT = _float("CELERY_BROKER_CONNECTION_TIMEOUT", 3.0, minimum=0.1)
+CELERY_BROKER_TRANSPORT_OPTIONS = {
+    # Unacked messages return to the queue after this many seconds; it must outlast the longest job
+    # or a slow job would be delivered twice (checked below).
+    "visibility_timeout": _int("CELERY_VISIBILITY_TIMEOUT", 3600, minimum=1),
+    # Fail fast when Redis is down so that the API can answer 503 instead of hanging.
+    "max_retries": 2,
+    "interval_start": 0,
+    "interval_step": 0.5,
+    "interval_max": 1,
+    "socket_connect_timeout": 3,
+    "socket_timeout": 5,
+}
+CELERY_TASK_TIME_LIMIT = _int("CELERY_TASK_TIME_LIMIT", 300, minimum=1)
+CELERY_TASK_SOFT_TIME_LIMIT = max(1, CELERY_TASK_TIME_LIMIT - 10)
+if CELERY_BROKER_TRANSPORT_OPTIONS["visibility_timeout"] <= CELERY_TASK_TIME_LIMIT:
+    raise env_error(
+        "CELERY_VISIBILITY_TIMEOUT",
+        CELERY_BROKER_TRANSPORT_OPTIONS["visibility_timeout"],
+        f"more seconds than CELERY_TASK_TIME_LIMIT ({CELERY_TASK_TIME_LIMIT})",
+    )
+CELERY_TASK_ALWAYS_EAGER = _bool("CELERY_TASK_ALWAYS_EAGER", False)
+
+# --- Agent --------------------------------------------------------------------------------------
+LLM = LLMSettings.from_env(os.environ)
+VECTOR = VectorSettings.from_env(os.environ, repo_dir=REPO_DIR)
+AGENT_JOB_TIMEOUT_SEC = _float("AGENT_JOB_TIMEOUT_SEC", 60.0, minimum=0.1)
+AGENT_MAX_ATTEMPTS = _int("AGENT_MAX_ATTEMPTS", 3, minimum=1)
+AGENT_QUERY_MAX_CHARS = 4000
+AGENT_TOP_K_DEFAULT = _int("AGENT_TOP_K_DEFAULT", 5, minimum=1)
+AGENT_SWEEP_INTERVAL_SEC = _float("AGENT_SWEEP_INTERVAL_SEC", 30.0, minimum=1.0)
+# A queued job not picked up within this many seconds is enqueued again by the sweep.
+AGENT_QUEUED_STALE_SEC = _float("AGENT_QUEUED_STALE_SEC", 60.0, minimum=1.0)
+if AGENT_JOB_TIMEOUT_SEC >= CELERY_TASK_TIME_LIMIT:
+    raise env_error(
+        "AGENT_JOB_TIMEOUT_SEC", AGENT_JOB_TIMEOUT_SEC, f"fewer seconds than CELERY_TASK_TIME_LIMIT ({CELERY_TASK_TIME_LIMIT})"
+    )
+CELERY_BEAT_SCHEDULE = {
+    "agent-sweep": {"task": "agent.jobs_sweep", "schedule": AGENT_SWEEP_INTERVAL_SEC},
+}
+HEALTH_WORKER_TIMEOUT_SEC = _float("HEALTH_WORKER_TIMEOUT_SEC", 1.0, minimum=0.1)
+
+# --- REST framework -----------------------------------------------------------------------------
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "rest_framework.authentication.TokenAuthentication",
+        "rest_framework.authentication.SessionAuthentication",
+    ],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.LimitOffsetPagination",
+    "PAGE_SIZE": 20,
+    "EXCEPTION_HANDLER": "apps.agent.errors.exception_handler",
+    "DEFAULT_THROTTLE_RATES": {
+        "job_create": env.str("THROTTLE_JOB_CREATE", default="120/min"),
+        "batch_create": env.str("THROTTLE_BATCH_CREATE", default="10/min"),
+    },
+    # Throttle by authenticated user; never trust X-Forwarded-For for identity.
+    "NUM_PROXIES": 0,
+}
+SPECTACULAR_SETTINGS = {
+    "TITLE": "Librarian API",
+    "DESCRIPTION": "Asynchronous LLM agent jobs over a book catalogue.",
+    "VERSION": "0.1.0",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
+    "COMPONENT_SPLIT_REQUEST": True,
+}
+DATA_UPLOAD_MAX_MEMORY_SIZE = _int("DATA_UPLOAD_MAX_MEMORY_SIZE", 64 * 1024, minimum=1024)
+
+# --- i18n, static -------------------------------------------------------------------------------
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+STATIC_URL = "static/"
+STATIC_ROOT = VAR_DIR / "static"
+
+# --- Logging ------------------------------------------------------------------------------------
+LOG_LEVEL = env.str("LOG_LEVEL", default="INFO")
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": LOG_LEVEL},
+    # httpx logs request lines at INFO; quiet it so nothing about outbound calls leaks by accident.
+    "loggers": {"httpx": {"level": "WARNING"}, "httpcore": {"level": "WARNING"}},
+}
+
+# --- Bring-your-own key hand-off ----------------------------------------------------------------
+# How long an encrypted BYO key waits in Redis for its job; it is deleted as soon as the job ends.
+BYO_KEY_TTL_SEC = _int("BYO_KEY_TTL_SEC", 900, minimum=10)
+# A running attempt whose deadline passed this long ago is presumed lost (its worker died).
+AGENT_RUNNING_GRACE_SEC = _float("AGENT_RUNNING_GRACE_SEC", 15.0, minimum=0.0)
+CELERY_TASK_PUBLISH_RETRY_POLICY = {"max_retries": 2, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.5}
+
+# --- Webhooks -----------------------------------------------------------------------------------
+# Delivery of terminal job/batch events (apps.webhooks, docs/webhooks.md). Everything below is read
+# by apps.webhooks only.
+
+
+def _durations(name: str, default: str) -> list[float]:
+    """A comma-separated list of durations: plain seconds or with a unit, e.g. "5s,5m,30m,2h"."""
+    raw = os.environ.get(name, "").strip() or default
+    units = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+    values: list[float] = []
+    for item in (part.strip().lower() for part in raw.split(",")):
+        unit = next((u for u in ("ms", "s", "m", "h") if item.endswith(u)), "")
+        try:
+            value = float(item[: len(item) - len(unit)] if unit else item) * units.get(unit, 1.0)
+        except ValueError:
+            raise env_error(name, raw, 'comma-separated durations such as "5s,5m,30m,2h"') from None
+        if value < 0:
+            raise env_error(name, raw, "non-negative durations")
+        values.append(value)
+    return values
+
+
+# Connect and read timeouts of one attempt, and a cap on the whole attempt (a receiver that drips bytes
+# must not hold a worker for long).
+WEBHOOK_CONNECT_TIMEOUT_SEC = _float("WEBHOOK_CONNECT_TIMEOUT_SEC", 3.0, minimum=0.01)
+WEBHOOK_READ_TIMEOUT_SEC = _float("WEBHOOK_READ_TIMEOUT_SEC", 5.0, minimum=0.01)
+WEBHOOK_ATTEMPT_DEADLINE_SEC = _float("WEBHOOK_ATTEMPT_DEADLINE_SEC", 15.0, minimum=0.01)
+# Delays before the 2nd, 3rd, ... attempt (the Standard Webhooks schedule); attempts = len + 1.
+WEBHOOK_RETRY_SCHEDULE = _durations("WEBHOOK_RETRY_SCHEDULE", "5s,5m,30m,2h,5h,10h,10h")
+# Each delay is multiplied by a random factor in [1 - jitter, 1 + jitter] so retries do not align.
+WEBHOOK_RETRY_JITTER = _float("WEBHOOK_RETRY_JITTER", 0.2, minimum=0.0)
+# A receiver's Retry-After (on 429/503) is honoured up to this many seconds.
+WEBHOOK_RETRY_AFTER_MAX_SEC = _float("WEBHOOK_RETRY_AFTER_MAX_SEC", 3600.0, minimum=0.0)
+# Bytes of a response body read at most, and characters of it kept on the attempt row.
+WEBHOOK_RESPONSE_MAX_BYTES = _int("WEBHOOK_RESPONSE_MAX_BYTES", 4096, minimum=0)
+WEBHOOK_RESPONSE_EXCERPT_CHARS = _int("WEBHOOK_RESPONSE_EXCERPT_CHARS", 256, minimum=0)
+# After a rotation the previous secret still signs (a second signature) for this many seconds.
+WEBHOOK_SECRET_GRACE_SEC = _float("WEBHOOK_SECRET_GRACE_SEC", 86400.0, minimum=0.0)
+# Key that encrypts stored webhook secrets at rest; defaults to one derived from SECRET_KEY.
+WEBHOOK_SECRETS_ENCRYPTION_KEY = env.str("WEBHOOK_SECRETS_ENCRYPTION_KEY", default="")
+# Hosts (names or IPs, exact match) that may resolve to loopback/private addresses. Empty in production.
+WEBHOOK_ALLOWED_HOSTS = env.list("WEBHOOK_ALLOWED_HOSTS", default=[])
+WEBHOOK_USER_AGENT = env.str("WEBHOOK_USER_AGENT", default="Librarian-Webhooks/0.1")
+# Pending deliveries whose attempt is this overdue (a lost message, a broker outage) are re-enqueued.
+WEBHOOK_SWEEP_INTERVAL_SEC = _float("WEBHOOK_SWEEP_INTERVAL_SEC", 60.0, minimum=1.0)
+WEBHOOK_SWEEP_OVERDUE_SEC = _float("WEBHOOK_SWEEP_OVERDUE_SEC", 120.0, minimum=1.0)
+if WEBHOOK_CONNECT_TIMEOUT_SEC + WEBHOOK_READ_TIMEOUT_SEC > CELERY_TASK_SOFT_TIME_LIMIT:
+    raise env_error(
+        "WEBHOOK_READ_TIMEOUT_SEC",
+        WEBHOOK_READ_TIMEOUT_SEC,
+        f"connect + read timeouts below CELERY_TASK_SOFT_TIME_LIMIT ({CELERY_TASK_SOFT_TIME_LIMIT})",
+    )
+CELERY_TASK_ROUTES["agent.deliveries_sweep"] = {"queue": "webhooks"}
+CELERY_BEAT_SCHEDULE["webhooks-sweep"] = {"task": "agent.deliveries_sweep", "schedule": WEBHOOK_SWEEP_INTERVAL_SEC}
+# --- end of Webhooks ----------------------------------------------------------------------------

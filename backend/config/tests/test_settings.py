@@ -1,0 +1,74 @@
+"""Settings fail at start-up on bad values, naming the variable."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BACKEND = Path(__file__).resolve().parents[2]
+
+
+def start_django(**env: str) -> subprocess.CompletedProcess:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("LLM_", "AGENT_", "CELERY_", "VECTOR_", "EMBEDDINGS_"))}
+    clean.update(env)
+    clean["DJANGO_SETTINGS_MODULE"] = "config.settings"
+    return subprocess.run(
+        [sys.executable, "-c", "import django; django.setup(); print('started')"],
+        cwd=BACKEND,
+        env=clean,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_defaults_start():
+    result = start_django()
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "started"
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("LLM_COST_MODE", "free"),
+        ("LLM_PROVIDER", "skynet"),
+        ("LLM_TIMEOUT_SEC", "soon"),
+        ("LLM_ALLOW_BYO_KEY", "perhaps"),
+        ("AGENT_MAX_ATTEMPTS", "three"),
+        ("AGENT_JOB_TIMEOUT_SEC", "-1"),
+        ("EMBEDDINGS_PROVIDER", "magic"),
+        ("CELERY_VISIBILITY_TIMEOUT", "10"),
+        ("DEBUG", "maybe"),
+    ],
+)
+def test_bad_value_fails_naming_the_variable(variable, value):
+    result = start_django(**{variable: value})
+    assert result.returncode != 0
+    assert "ImproperlyConfigured" in result.stderr
+    assert variable in result.stderr.splitlines()[-1]
+
+
+def test_job_timeout_must_fit_in_task_time_limit():
+    result = start_django(AGENT_JOB_TIMEOUT_SEC="400", CELERY_TASK_TIME_LIMIT="300", CELERY_VISIBILITY_TIMEOUT="900")
+    assert result.returncode != 0
+    assert "AGENT_JOB_TIMEOUT_SEC" in result.stderr.splitlines()[-1]
+
+
+def test_postgres_url_switches_engine_without_code_change():
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import django; django.setup(); from django.conf import settings; print(settings.DATABASES['default']['ENGINE'])",
+        ],
+        cwd=BACKEND,
+        env={**os.environ, "DJANGO_SETTINGS_MODULE": "config.settings", "DATABASE_URL": "postgres://u@127.0.0.1:5432/x"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "django.db.backends.postgresql"
