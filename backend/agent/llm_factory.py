@@ -19,6 +19,7 @@ import asyncio
 import functools
 import hashlib
 import importlib
+import itertools
 import logging
 import math
 import os
@@ -27,7 +28,6 @@ import re
 import threading
 import time
 import traceback
-import weakref
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -60,8 +60,10 @@ BACKOFF_BASE_SEC = 0.25
 BACKOFF_MAX_SEC = 4.0
 #: A retry that would get less time than this is not worth an upstream call.
 MIN_ATTEMPT_SEC = 0.05
-#: Clients kept per process (per event loop for async); each user key gets its own entry.
-CLIENT_CACHE_SIZE = 64
+#: Clients kept per process (per event loop for async); each user key and pool shard is one entry.
+CLIENT_CACHE_SIZE = 256
+#: Connections per HTTP pool shard (see `_ClientSet`); LLM_HTTP_POOL_SIZE is split into such shards.
+POOL_SHARD_SIZE = 50
 
 RESULT_KEYS = (
     "content",
@@ -202,10 +204,10 @@ def _result(
     return result
 
 
-def _deadline_error(attempts: int) -> dict[str, str]:
+def _deadline_message(attempts: int) -> str:
     if attempts == 0:
-        return {"code": "timeout", "message": "The job deadline had passed before the LLM call."}
-    return {"code": "timeout", "message": f"The job deadline was reached after {attempts} LLM attempt(s)."}
+        return "The job deadline had passed before the LLM call."
+    return f"The job deadline was reached after {attempts} LLM attempt(s)."
 
 
 # --- the stub -----------------------------------------------------------------------------------------
@@ -240,7 +242,7 @@ class StubLLM:
                 model=self.model,
                 started=started,
                 prices=None,
-                error=_deadline_error(0),
+                error={"code": "timeout", "message": _deadline_message(0)},
             )
         content = stub_answer(messages)
         return _result(
@@ -380,7 +382,7 @@ class OpenAICompatibleLLM:
         while True:
             budget = self._attempt_budget(end)
             if budget is None:
-                return self._finish(started, attempts, _Failure("timeout", ""), deadline_hit=True)
+                return self._finish(started, attempts, _Failure("timeout", _deadline_message(attempts)))
             attempts += 1
             try:
                 completion = self._sync_client().chat.completions.create(
@@ -403,7 +405,7 @@ class OpenAICompatibleLLM:
         while True:
             budget = self._attempt_budget(end)
             if budget is None:
-                return self._finish(started, attempts, _Failure("timeout", ""), deadline_hit=True)
+                return self._finish(started, attempts, _Failure("timeout", _deadline_message(attempts)))
             attempts += 1
             client = self._get_async_client()
             try:
@@ -521,9 +523,7 @@ class OpenAICompatibleLLM:
             return None
         return wait
 
-    def _finish(
-        self, started: float, attempts: int, outcome: _Success | _Failure, *, deadline_hit: bool = False
-    ) -> dict[str, Any]:
+    def _finish(self, started: float, attempts: int, outcome: _Success | _Failure) -> dict[str, Any]:
         common = {
             "provider": self.provider,
             "model": self.model,
@@ -539,9 +539,7 @@ class OpenAICompatibleLLM:
                 completion_tokens=outcome.completion_tokens,
                 usage_estimated=outcome.usage_estimated,
             )
-        error = (
-            _deadline_error(attempts) if deadline_hit else {"code": outcome.code, "message": outcome.message}
-        )
+        error = {"code": outcome.code, "message": outcome.message}
         return _result(**common, retry_after_sec=outcome.retry_after, error=error)
 
     def _scrub(self, text: str) -> str:
@@ -654,14 +652,19 @@ def _deadline_transport_class() -> type:
 
         def handle_request(self, request: Any) -> Any:
             started = time.monotonic()
-            budget = (request.extensions.get("timeout") or {}).get("read")
+            timeouts = request.extensions.get("timeout") or {}
+            budget = timeouts.get("read")
             response = self._inner.handle_request(request)
             if budget is None:
                 return response
+            end = started + budget
+            # Headers that came late leave less time for the body: httpcore reads the body's read
+            # timeout from these extensions when the body is first read, i.e. after this point.
+            request.extensions["timeout"] = {**timeouts, "read": max(end - time.monotonic(), 0.001)}
             return http.Response(
                 status_code=response.status_code,
                 headers=response.headers,
-                stream=DeadlineStream(response.stream, request, started + budget),
+                stream=DeadlineStream(response.stream, request, end),
                 extensions=response.extensions,
             )
 
@@ -702,12 +705,45 @@ def _new_async_client(
     )
 
 
-class _ClientCache:
-    """One HTTP connection pool per base URL and one `openai` client per (base URL, key hash).
+class _ClientSet:
+    """The clients of the process (sync) or of one event loop (async).
 
-    Thousands of jobs in a worker share the pool instead of opening a connection each. Keys are cached by
-    their sha256 only; evicted clients are dropped, not closed, because another thread may be using them.
-    Async clients are bound to an event loop, so they are cached per loop.
+    One set of HTTP connection pools per base URL, shared by every key, and one light `openai` client per
+    (base URL, key hash, shard). httpcore scans its whole pool for each request, which grows
+    quadratically under load, so a pool of N connections is split into shards of at most
+    `POOL_SHARD_SIZE`; successive callers take the shards in turn.
+    """
+
+    def __init__(self, new_http: Any, new_client: Any, maxsize: int):
+        self._new_http, self._new_client, self._maxsize = new_http, new_client, maxsize
+        self._http: dict[tuple[str, int, int], Any] = {}
+        self._clients: OrderedDict[tuple[str, str, int], Any] = OrderedDict()
+        self._turn = itertools.count()
+
+    def get(self, openai: ModuleType, base_url: str, api_key: str, pool_size: int) -> Any:
+        shards = math.ceil(pool_size / POOL_SHARD_SIZE)
+        shard = next(self._turn) % shards
+        key = (base_url, _key_hash(api_key), shard)
+        client = self._clients.get(key)
+        if client is None:
+            http = self._http.get((base_url, pool_size, shard))
+            if http is None:
+                http = self._http[(base_url, pool_size, shard)] = self._new_http(
+                    math.ceil(pool_size / shards)
+                )
+            client = self._clients[key] = self._new_client(openai, base_url, api_key, pool_size, http)
+            while len(self._clients) > self._maxsize:
+                # Dropped, not closed: another thread may be using it; the shared pool stays open anyway.
+                self._clients.popitem(last=False)
+        self._clients.move_to_end(key)
+        return client
+
+
+class _ClientCache:
+    """Process-wide clients so thousands of jobs share connections instead of opening one each.
+
+    Keys are cached by their sha256 only. Async clients are bound to an event loop, so each loop gets its
+    own set; the sets of closed loops are dropped on the next lookup.
     """
 
     def __init__(self, maxsize: int = CLIENT_CACHE_SIZE):
@@ -716,42 +752,27 @@ class _ClientCache:
         self.reset()
 
     def reset(self) -> None:
-        self._sync_http: dict[tuple[str, int], Any] = {}
-        self._sync: OrderedDict[tuple[str, str], Any] = OrderedDict()
-        self._per_loop: weakref.WeakKeyDictionary[Any, tuple[dict, OrderedDict]] = weakref.WeakKeyDictionary()
+        self._sync = _ClientSet(_new_sync_http, _new_sync_client, self._maxsize)
+        # id(loop) -> (loop, clients). Not a WeakKeyDictionary: the clients refer to their loop, so its
+        # entries would never die.
+        self._per_loop: dict[int, tuple[Any, _ClientSet]] = {}
 
     def sync_client(self, openai: ModuleType, base_url: str, api_key: str, pool_size: int) -> Any:
-        key = (base_url, _key_hash(api_key))
         with self._lock:
-            client = self._sync.get(key)
-            if client is None:
-                http = self._sync_http.get((base_url, pool_size))
-                if http is None:
-                    http = self._sync_http[(base_url, pool_size)] = _new_sync_http(pool_size)
-                client = _new_sync_client(openai, base_url, api_key, pool_size, http)
-                self._put(self._sync, key, client)
-            self._sync.move_to_end(key)
-            return client
+            return self._sync.get(openai, base_url, api_key, pool_size)
 
     def async_client(self, openai: ModuleType, base_url: str, api_key: str, pool_size: int) -> Any:
         loop = asyncio.get_running_loop()
-        key = (base_url, _key_hash(api_key))
         with self._lock:
-            https, clients = self._per_loop.setdefault(loop, ({}, OrderedDict()))
-            client = clients.get(key)
-            if client is None:
-                http = https.get((base_url, pool_size))
-                if http is None:
-                    http = https[(base_url, pool_size)] = _new_async_http(pool_size)
-                client = _new_async_client(openai, base_url, api_key, pool_size, http)
-                self._put(clients, key, client)
-            clients.move_to_end(key)
-            return client
-
-    def _put(self, clients: OrderedDict, key: tuple[str, str], client: Any) -> None:
-        clients[key] = client
-        while len(clients) > self._maxsize:
-            clients.popitem(last=False)
+            for loop_id in [i for i, (other, _) in self._per_loop.items() if other.is_closed()]:
+                del self._per_loop[loop_id]
+            entry = self._per_loop.get(id(loop))
+            if entry is None:
+                entry = self._per_loop[id(loop)] = (
+                    loop,
+                    _ClientSet(_new_async_http, _new_async_client, self._maxsize),
+                )
+            return entry[1].get(openai, base_url, api_key, pool_size)
 
 
 def _key_hash(api_key: str) -> str:

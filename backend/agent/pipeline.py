@@ -138,7 +138,12 @@ def run(
             name="compose",
             started_at=clock.started_at,
             duration_ms=clock.ms(),
-            outputs={"results": len(results), "actions": len(actions), "degraded": degraded, "source": source},
+            outputs={
+                "results": len(results),
+                "actions": len(actions),
+                "degraded": degraded,
+                "source": source,
+            },
         )
     )
     return AgentResult(
@@ -181,7 +186,13 @@ def _retrieve(
         store_error = {"code": exc.code, "message": exc.message}
         logger.warning("vector store unavailable, using exact search: %s", exc.message)
         trace.append(
-            TraceStep(name="retrieve", started_at=clock.started_at, duration_ms=clock.ms(), inputs=inputs, error=store_error)
+            TraceStep(
+                name="retrieve",
+                started_at=clock.started_at,
+                duration_ms=clock.ms(),
+                inputs=inputs,
+                error=store_error,
+            )
         )
         clock = _Clock()
         hits = exact_search(query, options.top_k, options.filters)
@@ -247,20 +258,30 @@ def _result_row(hit: Hit, message: str, source: str) -> dict[str, Any]:
 
 def build_actions(hits: Sequence[Hit], options: AgentOptions) -> list[dict[str, Any]]:
     """Actions from a fixed vocabulary that point only at catalogue ids or at our own search filters."""
-    actions: list[dict[str, Any]] = [{"type": "view_book", "book_id": hit.id, "label": hit.title} for hit in hits]
+    actions: list[dict[str, Any]] = [
+        {"type": "view_book", "book_id": hit.id, "label": hit.title} for hit in hits
+    ]
     genres: dict[str, int] = {}
     for hit in hits:
         for genre in hit.metadata.get("genres") or []:
             genres[genre] = genres.get(genre, 0) + 1
     if genres and not options.filters.genres:
         top = sorted(genres.items(), key=lambda kv: (-kv[1], kv[0]))[0][0]
-        actions.append({"type": "refine_search", "label": f"Only {top.replace('_', ' ')}", "filters": {"genres": [top]}})
+        actions.append(
+            {"type": "refine_search", "label": f"Only {top.replace('_', ' ')}", "filters": {"genres": [top]}}
+        )
     return actions
 
 
 _FALLBACK = {
-    "es": ("No pude consultar el modelo de lenguaje. Estos son los libros del catálogo más cercanos a tu pregunta:", "No encontré libros del catálogo para tu pregunta."),
-    "en": ("The language model could not be reached. These are the closest books in the catalogue:", "No books in the catalogue match your question."),
+    "es": (
+        "No pude consultar el modelo de lenguaje. Estos son los libros del catálogo más cercanos a tu pregunta:",
+        "No encontré libros del catálogo para tu pregunta.",
+    ),
+    "en": (
+        "The language model could not be reached. These are the closest books in the catalogue:",
+        "No books in the catalogue match your question.",
+    ),
 }
 
 

@@ -46,7 +46,7 @@ its synopsis or genres, and cite it as [id=...]."""
 
 _BOOK_LINE = re.compile(
     r"^\d+\. \[id=(?P<id>[^\]]*)\] (?P<title>.*?) — (?P<author>.*?)(?: \((?P<year>-?\d+)\))?"
-    r" \| genres: (?P<genres>.*?) \| synopsis: (?P<synopsis>.*)$"
+    r" \| genres:(?P<genres>.*?) \| synopsis:(?P<synopsis>.*)$"
 )
 
 
@@ -97,7 +97,10 @@ def build_grounded_prompt(query: str, hits: Sequence[Hit], language: str) -> lis
 
 def parse_grounded_prompt(prompt: str | Sequence[dict[str, Any]]) -> GroundedPrompt | None:
     """Read a prompt built by `build_grounded_prompt` back; None if `prompt` is not one."""
-    text = prompt if isinstance(prompt, str) else "\n".join(str(m.get("content") or "") for m in prompt)
+    if isinstance(prompt, str):
+        text = prompt
+    else:  # the system message quotes the tags too; the data is in the user message
+        text = "\n".join(str(m.get("content") or "") for m in prompt if m.get("role") == "user")
     books_block = _block(text, "books")
     if books_block is None:
         return None
@@ -133,10 +136,10 @@ def _book_line(number: int, hit: Hit) -> str:
     if len(synopsis) > SYNOPSIS_MAX_CHARS:
         synopsis = synopsis[: SYNOPSIS_MAX_CHARS - 1].rstrip() + "…"
     year = f" ({hit.year})" if hit.year is not None else ""
+    genre_list = ", ".join(g for g in (_clean(g).replace(",", " ") for g in genres) if g)
     return (
         f"{number}. [id={_clean(hit.id).replace(']', ')')}] {_clean(hit.title)} — {_clean(hit.author)}{year}"
-        f" | genres: {', '.join(g for g in (_clean(g).replace(',', ' ') for g in genres) if g)}"
-        f" | synopsis: {synopsis}"
+        f" | genres:{' ' if genre_list else ''}{genre_list} | synopsis:{' ' if synopsis else ''}{synopsis}"
     )
 
 
@@ -148,5 +151,6 @@ def _clean(value: object, *, keep_pipes: bool = False) -> str:
 
 
 def _block(text: str, tag: str) -> str | None:
-    match = re.search(rf"<{tag}>\n?(.*?)\n?</{tag}>", text, flags=re.DOTALL)
-    return match[1] if match else None
+    # The last block wins: the data comes after any text that merely mentions the tags.
+    matches = re.findall(rf"<{tag}>\n?(.*?)\n?</{tag}>", text, flags=re.DOTALL)
+    return matches[-1] if matches else None

@@ -58,6 +58,9 @@ class VectorSettings:
             dataset_path=Path(dataset) if dataset else None,
             url=get("VECTOR_DB_URL") or None,
             embeddings_provider=provider,
-            embeddings_model=get("EMBEDDINGS_MODEL", "multilingual-e5-small-q4" if provider == "local" else "text-embedding-3-small"),
+            embeddings_model=get(
+                "EMBEDDINGS_MODEL",
+                "multilingual-e5-small-q4" if provider == "local" else "text-embedding-3-small",
+            ),
             embeddings_batch_size=batch,
         )

@@ -15,6 +15,7 @@ Layout of a record in the collection (the manifest's `metadata_schema` names thi
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import threading
@@ -108,10 +109,9 @@ def release_client(settings: VectorSettings) -> None:
         for store_key in [store_key for store_key in _STORES if store_key[0] == key]:
             del _STORES[store_key]
     if client is not None:
-        try:
+        # Closing a client whose files were swapped away may fail; it is gone either way.
+        with contextlib.suppress(Exception):
             client.close()
-        except Exception:  # noqa: S110 - closing a client whose files were swapped away may fail; it is gone anyway
-            pass
 
 
 # --- Metadata layout ------------------------------------------------------------------------------
@@ -189,8 +189,18 @@ def make_hit(doc_id: str, score: float, metadata: dict[str, Any], text: str = ""
 # --- Manifest -------------------------------------------------------------------------------------
 
 
-def read_manifest(path: Path) -> dict[str, Any]:
-    """The manifest at `path`. Raises `VectorStoreUnavailable` when it is missing or not a JSON object."""
+def read_manifest(settings: VectorSettings | Path) -> dict[str, Any]:
+    """The manifest of the store at `settings` (or the manifest file at a path).
+
+    In server mode (`url` set) it is the one the collection carries. Raises `VectorStoreUnavailable`
+    when it is missing or not a JSON object.
+    """
+    if isinstance(settings, VectorSettings):
+        if settings.url:
+            return open_store(settings).manifest
+        path = Path(settings.manifest_path)
+    else:
+        path = Path(settings)
     try:
         data = json.loads(Path(path).read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -203,28 +213,39 @@ def read_manifest(path: Path) -> dict[str, Any]:
 
 
 def manifest_problems(
-    manifest: dict[str, Any], *, collection_name: str, embedder: Embedder | None, count: int, stored: dict[str, Any] | None
+    manifest: dict[str, Any],
+    *,
+    collection_name: str,
+    embedder: Embedder | None,
+    count: int,
+    stored: dict[str, Any] | None,
 ) -> list[str]:
     """Why `manifest` does not describe this collection and model (empty when it does)."""
     problems = []
     if manifest.get("metadata_schema") != METADATA_SCHEMA:
-        problems.append(f"metadata schema {manifest.get('metadata_schema')!r}, this code reads {METADATA_SCHEMA}")
+        problems.append(
+            f"metadata schema {manifest.get('metadata_schema')!r}, this code reads {METADATA_SCHEMA}"
+        )
     if manifest.get("collection") != collection_name:
         problems.append(f"collection {manifest.get('collection')!r}, configured {collection_name!r}")
     if manifest.get("distance") != DISTANCE:
         problems.append(f"distance {manifest.get('distance')!r}, expected {DISTANCE!r}")
     if manifest.get("document_count") != count:
-        problems.append(f"{manifest.get('document_count')!r} documents in the manifest, {count} in the collection")
+        problems.append(
+            f"{manifest.get('document_count')!r} documents in the manifest, {count} in the collection"
+        )
     if stored is not None and stored.get("build_id") != manifest.get("build_id"):
-        problems.append(f"build {manifest.get('build_id')!r} in the manifest, {stored.get('build_id')!r} in the collection")
+        problems.append(
+            f"build {manifest.get('build_id')!r} in the manifest, {stored.get('build_id')!r} in the collection"
+        )
     if embedder is not None:
-        model = manifest.get("embedding") or {}
-        if model.get("model") != embedder.name or model.get("version") != embedder.version:
+        model, version = manifest.get("embedding_model"), manifest.get("embedding_version")
+        if model != embedder.name or version != embedder.version:
             problems.append(
-                f"built with {model.get('model')!r} ({model.get('version')!r}), configured {embedder.name!r} ({embedder.version!r})"
+                f"built with {model!r} ({version!r}), configured {embedder.name!r} ({embedder.version!r})"
             )
-        elif model.get("dimension") != embedder.dim:
-            problems.append(f"dimension {model.get('dimension')!r}, the model gives {embedder.dim}")
+        elif manifest.get("embedding_dim") != embedder.dim:
+            problems.append(f"dimension {manifest.get('embedding_dim')!r}, the model gives {embedder.dim}")
     return problems
 
 
@@ -251,16 +272,20 @@ class VectorStore:
         if settings.url:
             # Worker machines of a server deployment have no manifest file: the collection carries it.
             if stored is None:
-                raise VectorStoreUnavailable(f"collection {settings.collection!r} on {settings.url} has no manifest")
+                raise VectorStoreUnavailable(
+                    f"collection {settings.collection!r} on {settings.url} has no manifest"
+                )
             self.manifest = stored
         else:
-            self.manifest = read_manifest(settings.manifest_path)
+            self.manifest = read_manifest(Path(settings.manifest_path))
         problems = manifest_problems(
             self.manifest, collection_name=settings.collection, embedder=embedder, count=count, stored=stored
         )
         if problems:
-            raise VectorStoreUnavailable("the vector store does not match its manifest: " + "; ".join(problems))
-        self.count = count
+            raise VectorStoreUnavailable(
+                "the vector store does not match its manifest: " + "; ".join(problems)
+            )
+        self._count = count
         self.opened_at = time.monotonic()
         self.signature = _manifest_signature(settings)
 
@@ -273,26 +298,39 @@ class VectorStore:
         """
         if k < 1:
             raise InvalidQuery(f"k must be at least 1, got {k}")
-        if not query.strip() or self.count == 0:
+        if not query.strip() or self._count == 0:
             return []
         vector = self.embedder.embed_query(query)
         try:
             result = self._collection.query(
                 query_embeddings=[vector.tolist()],
-                n_results=min(k + TIE_MARGIN, self.count),
+                n_results=min(k + TIE_MARGIN, self._count),
                 where=where_clause(filters),
                 include=["metadatas", "distances", "documents"],
             )
         except Exception as exc:
             raise VectorStoreUnavailable(f"vector query failed: {type(exc).__name__}: {exc}") from exc
         hits = [
-            make_hit(doc_id, round(min(1.0, max(0.0, 1.0 - float(distance))), 6), from_chroma_metadata(meta), text or "")
+            make_hit(
+                doc_id,
+                round(min(1.0, max(0.0, 1.0 - float(distance))), 6),
+                from_chroma_metadata(meta),
+                text or "",
+            )
             for doc_id, distance, meta, text in zip(
-                result["ids"][0], result["distances"][0], result["metadatas"][0], result["documents"][0], strict=True
+                result["ids"][0],
+                result["distances"][0],
+                result["metadatas"][0],
+                result["documents"][0],
+                strict=True,
             )
         ]
         hits.sort(key=lambda hit: (-hit.score, id_sort_key(hit.id)))
         return hits[:k]
+
+    def count(self) -> int:
+        """How many documents the store holds (checked against the manifest when it was opened)."""
+        return self._count
 
 
 def _manifest_signature(settings: VectorSettings) -> tuple[int, int] | None:
@@ -308,7 +346,7 @@ _STORES: dict[tuple[str, int], VectorStore] = {}
 _STORES_LOCK = threading.Lock()
 
 
-def get_vector_store(settings: VectorSettings, *, embedder: Embedder | None = None) -> VectorStore:
+def open_store(settings: VectorSettings, *, embedder: Embedder | None = None) -> VectorStore:
     """The process-wide opened store for `settings`, reopened when a rebuild swapped in a new one.
 
     Raises `VectorStoreUnavailable` (missing, corrupt, mismatched) each time it is called while the
@@ -335,25 +373,175 @@ def _still_current(store: VectorStore, settings: VectorSettings) -> bool:
     return store.signature is not None and store.signature == _manifest_signature(settings)
 
 
-def retrieve(query: str, k: int = 5, filters: Filters | None = None, *, settings: VectorSettings) -> list[Hit]:
-    """`get_vector_store(settings).retrieve(query, k, filters)`."""
-    return get_vector_store(settings).retrieve(query, k, filters)
+def retrieve(
+    query: str, k: int = 5, filters: Filters | None = None, *, settings: VectorSettings
+) -> list[Hit]:
+    """`open_store(settings).retrieve(query, k, filters)`."""
+    return open_store(settings).retrieve(query, k, filters)
 
 
 # --- Exact search: the degraded path, no vector store ---------------------------------------------
 
 # Words that carry no meaning for a catalogue search, in the two languages of the catalogue.
 STOPWORDS = frozenset(
-    """
-    a al algo algun alguna algunas alguno algunos ante antes aqui asi busco como con contra cual cuales
-    cuando de del desde donde durante el ella ellas ello ellos en entre era es esa esas ese eso esos esta
-    estas este esto estos ha hay la las le les libro libros lo los mas me mi mis muy no nos novela novelas
-    o otra otro para pero poco por porque que quiero quien se sea ser si sin sobre su sus tambien tan te
-    tiene todo tu un una unas uno unos y ya yo
-    about after an and any are as at be book books but by can do does find for from has have how i in into
-    is it its like me my novel novels of on or over some something that the their them there these this
-    those to under want was what when where which who with without would you your
-    """.split()
+    [
+        "a",
+        "al",
+        "algo",
+        "algun",
+        "alguna",
+        "algunas",
+        "alguno",
+        "algunos",
+        "ante",
+        "antes",
+        "aqui",
+        "asi",
+        "busco",
+        "como",
+        "con",
+        "contra",
+        "cual",
+        "cuales",
+        "cuando",
+        "de",
+        "del",
+        "desde",
+        "donde",
+        "durante",
+        "el",
+        "ella",
+        "ellas",
+        "ello",
+        "ellos",
+        "en",
+        "entre",
+        "era",
+        "es",
+        "esa",
+        "esas",
+        "ese",
+        "eso",
+        "esos",
+        "esta",
+        "estas",
+        "este",
+        "esto",
+        "estos",
+        "ha",
+        "hay",
+        "la",
+        "las",
+        "le",
+        "les",
+        "libro",
+        "libros",
+        "lo",
+        "los",
+        "mas",
+        "me",
+        "mi",
+        "mis",
+        "muy",
+        "no",
+        "nos",
+        "novela",
+        "novelas",
+        "o",
+        "otra",
+        "otro",
+        "para",
+        "pero",
+        "poco",
+        "por",
+        "porque",
+        "que",
+        "quiero",
+        "quien",
+        "se",
+        "sea",
+        "ser",
+        "si",
+        "sin",
+        "sobre",
+        "su",
+        "sus",
+        "tambien",
+        "tan",
+        "te",
+        "tiene",
+        "todo",
+        "tu",
+        "un",
+        "una",
+        "unas",
+        "uno",
+        "unos",
+        "y",
+        "ya",
+        "yo",
+        "about",
+        "after",
+        "an",
+        "and",
+        "any",
+        "are",
+        "as",
+        "at",
+        "be",
+        "book",
+        "books",
+        "but",
+        "by",
+        "can",
+        "do",
+        "does",
+        "find",
+        "for",
+        "from",
+        "has",
+        "have",
+        "how",
+        "i",
+        "in",
+        "into",
+        "is",
+        "it",
+        "its",
+        "like",
+        "me",
+        "my",
+        "novel",
+        "novels",
+        "of",
+        "on",
+        "or",
+        "over",
+        "some",
+        "something",
+        "that",
+        "the",
+        "their",
+        "them",
+        "there",
+        "these",
+        "this",
+        "those",
+        "to",
+        "under",
+        "want",
+        "was",
+        "what",
+        "when",
+        "where",
+        "which",
+        "who",
+        "with",
+        "without",
+        "would",
+        "you",
+        "your",
+    ]
 )
 FIELD_WEIGHTS = (("title", 1.0), ("author", 1.0), ("genres", 0.6), ("synopsis", 0.4))
 PREFIX_FACTOR = 0.8  # "dragon" also matches "dragones": a stem match counts a little less

@@ -118,7 +118,8 @@ VAR_DIR.mkdir(parents=True, exist_ok=True)
 DATABASES = {"default": env.db("DATABASE_URL", default=f"sqlite:///{VAR_DIR / 'db.sqlite3'}")}
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # A file, not memory, so that end-to-end tests can share the test database with a worker process.
-    DATABASES["default"]["TEST"] = {"NAME": str(VAR_DIR / "test_db.sqlite3")}
+    # One file per test run (pid), so that concurrent runs never share it.
+    DATABASES["default"]["TEST"] = {"NAME": str(VAR_DIR / f"test_db_{os.getpid()}.sqlite3")}
     # WAL lets the API read while a worker thread writes; the timeout waits out short write locks.
     DATABASES["default"].setdefault("OPTIONS", {}).update(
         {"timeout": 20, "transaction_mode": "IMMEDIATE", "init_command": "PRAGMA journal_mode=WAL;"}
@@ -201,7 +202,9 @@ AGENT_SWEEP_INTERVAL_SEC = _float("AGENT_SWEEP_INTERVAL_SEC", 30.0, minimum=1.0)
 AGENT_QUEUED_STALE_SEC = _float("AGENT_QUEUED_STALE_SEC", 60.0, minimum=1.0)
 if AGENT_JOB_TIMEOUT_SEC >= CELERY_TASK_TIME_LIMIT:
     raise env_error(
-        "AGENT_JOB_TIMEOUT_SEC", AGENT_JOB_TIMEOUT_SEC, f"fewer seconds than CELERY_TASK_TIME_LIMIT ({CELERY_TASK_TIME_LIMIT})"
+        "AGENT_JOB_TIMEOUT_SEC",
+        AGENT_JOB_TIMEOUT_SEC,
+        f"fewer seconds than CELERY_TASK_TIME_LIMIT ({CELERY_TASK_TIME_LIMIT})",
     )
 CELERY_BEAT_SCHEDULE = {
     "agent-sweep": {"task": "agent.jobs_sweep", "schedule": AGENT_SWEEP_INTERVAL_SEC},
@@ -263,7 +266,12 @@ LOGGING = {
 BYO_KEY_TTL_SEC = _int("BYO_KEY_TTL_SEC", 900, minimum=10)
 # A running attempt whose deadline passed this long ago is presumed lost (its worker died).
 AGENT_RUNNING_GRACE_SEC = _float("AGENT_RUNNING_GRACE_SEC", 15.0, minimum=0.0)
-CELERY_TASK_PUBLISH_RETRY_POLICY = {"max_retries": 2, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.5}
+CELERY_TASK_PUBLISH_RETRY_POLICY = {
+    "max_retries": 2,
+    "interval_start": 0,
+    "interval_step": 0.2,
+    "interval_max": 0.5,
+}
 
 # --- Webhooks -----------------------------------------------------------------------------------
 # Delivery of terminal job/batch events (apps.webhooks, docs/webhooks.md). Everything below is read
@@ -287,8 +295,8 @@ def _durations(name: str, default: str) -> list[float]:
     return values
 
 
-# Connect and read timeouts of one attempt, and a cap on the whole attempt (a receiver that drips bytes
-# must not hold a worker for long).
+# Connect and read timeouts of one attempt, and a hard cap on its whole HTTP exchange (read timeouts
+# apply per read: a receiver dripping bytes must not hold a worker for long).
 WEBHOOK_CONNECT_TIMEOUT_SEC = _float("WEBHOOK_CONNECT_TIMEOUT_SEC", 3.0, minimum=0.01)
 WEBHOOK_READ_TIMEOUT_SEC = _float("WEBHOOK_READ_TIMEOUT_SEC", 5.0, minimum=0.01)
 WEBHOOK_ATTEMPT_DEADLINE_SEC = _float("WEBHOOK_ATTEMPT_DEADLINE_SEC", 15.0, minimum=0.01)
@@ -296,6 +304,16 @@ WEBHOOK_ATTEMPT_DEADLINE_SEC = _float("WEBHOOK_ATTEMPT_DEADLINE_SEC", 15.0, mini
 WEBHOOK_RETRY_SCHEDULE = _durations("WEBHOOK_RETRY_SCHEDULE", "5s,5m,30m,2h,5h,10h,10h")
 # Each delay is multiplied by a random factor in [1 - jitter, 1 + jitter] so retries do not align.
 WEBHOOK_RETRY_JITTER = _float("WEBHOOK_RETRY_JITTER", 0.2, minimum=0.0)
+# Waits up to this long are scheduled as task countdowns; longer ones are sent by the sweep (Redis
+# re-delivers a message held past its visibility timeout, so long countdowns would duplicate).
+WEBHOOK_COUNTDOWN_MAX_SEC = _float("WEBHOOK_COUNTDOWN_MAX_SEC", 900.0, minimum=0.0)
+_visibility_timeout = CELERY_BROKER_TRANSPORT_OPTIONS["visibility_timeout"]
+if _visibility_timeout <= WEBHOOK_COUNTDOWN_MAX_SEC:
+    raise env_error(
+        "WEBHOOK_COUNTDOWN_MAX_SEC",
+        WEBHOOK_COUNTDOWN_MAX_SEC,
+        f"fewer seconds than CELERY_VISIBILITY_TIMEOUT ({_visibility_timeout})",
+    )
 # A receiver's Retry-After (on 429/503) is honoured up to this many seconds.
 WEBHOOK_RETRY_AFTER_MAX_SEC = _float("WEBHOOK_RETRY_AFTER_MAX_SEC", 3600.0, minimum=0.0)
 # Bytes of a response body read at most, and characters of it kept on the attempt row.
@@ -311,12 +329,15 @@ WEBHOOK_USER_AGENT = env.str("WEBHOOK_USER_AGENT", default="Librarian-Webhooks/0
 # Pending deliveries whose attempt is this overdue (a lost message, a broker outage) are re-enqueued.
 WEBHOOK_SWEEP_INTERVAL_SEC = _float("WEBHOOK_SWEEP_INTERVAL_SEC", 60.0, minimum=1.0)
 WEBHOOK_SWEEP_OVERDUE_SEC = _float("WEBHOOK_SWEEP_OVERDUE_SEC", 120.0, minimum=1.0)
-if WEBHOOK_CONNECT_TIMEOUT_SEC + WEBHOOK_READ_TIMEOUT_SEC > CELERY_TASK_SOFT_TIME_LIMIT:
+if WEBHOOK_ATTEMPT_DEADLINE_SEC >= CELERY_TASK_SOFT_TIME_LIMIT:
     raise env_error(
-        "WEBHOOK_READ_TIMEOUT_SEC",
-        WEBHOOK_READ_TIMEOUT_SEC,
-        f"connect + read timeouts below CELERY_TASK_SOFT_TIME_LIMIT ({CELERY_TASK_SOFT_TIME_LIMIT})",
+        "WEBHOOK_ATTEMPT_DEADLINE_SEC",
+        WEBHOOK_ATTEMPT_DEADLINE_SEC,
+        f"fewer seconds than CELERY_TASK_SOFT_TIME_LIMIT ({CELERY_TASK_SOFT_TIME_LIMIT})",
     )
 CELERY_TASK_ROUTES["agent.deliveries_sweep"] = {"queue": "webhooks"}
-CELERY_BEAT_SCHEDULE["webhooks-sweep"] = {"task": "agent.deliveries_sweep", "schedule": WEBHOOK_SWEEP_INTERVAL_SEC}
+CELERY_BEAT_SCHEDULE["webhooks-sweep"] = {
+    "task": "agent.deliveries_sweep",
+    "schedule": WEBHOOK_SWEEP_INTERVAL_SEC,
+}
 # --- end of Webhooks ----------------------------------------------------------------------------

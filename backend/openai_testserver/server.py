@@ -271,7 +271,9 @@ class OpenAITestServer:
                 "path": request.path,
                 "headers": dict(request.headers),
                 # The client's address: equal ports across requests prove a reused connection.
-                "peer": list((request.transport.get_extra_info("peername") if request.transport else None) or ())[:2],
+                "peer": list(
+                    (request.transport.get_extra_info("peername") if request.transport else None) or ()
+                )[:2],
                 "body": body,
                 "time": time.time(),
             }

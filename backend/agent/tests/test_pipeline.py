@@ -12,8 +12,22 @@ from agent.llm_factory import StubLLM
 from agent.types import AgentOptions, Filters, Hit
 
 BOOKS = [
-    Hit("1", "Moby-Dick", "Herman Melville", 1851, 0.91, {"genres": ["adventure"], "synopsis": "A captain hunts a whale. More."}),
-    Hit("2", "The Old Man and the Sea", "Ernest Hemingway", 1952, 0.85, {"genres": ["literary_fiction"], "synopsis": "An old fisherman fights a marlin."}),
+    Hit(
+        "1",
+        "Moby-Dick",
+        "Herman Melville",
+        1851,
+        0.91,
+        {"genres": ["adventure"], "synopsis": "A captain hunts a whale. More."},
+    ),
+    Hit(
+        "2",
+        "The Old Man and the Sea",
+        "Ernest Hemingway",
+        1952,
+        0.85,
+        {"genres": ["literary_fiction"], "synopsis": "An old fisherman fights a marlin."},
+    ),
 ]
 
 
@@ -49,12 +63,22 @@ class FakeLLM:
 
 
 def exact(query, k, filters):
-    return [Hit("9", "Exact Book", "Someone", 1900, 1.0, {"genres": ["history"], "synopsis": "Found by keywords."})][:k]
+    return [
+        Hit(
+            "9", "Exact Book", "Someone", 1900, 1.0, {"genres": ["history"], "synopsis": "Found by keywords."}
+        )
+    ][:k]
 
 
 def run(query="books about whales", *, store=None, llm=None, top_k=2, timeout=5.0, **kw):
     return pipeline.run(
-        query, AgentOptions(top_k=top_k), llm or FakeLLM(), store or FakeStore(), time.monotonic() + timeout, exact_search=exact, **kw
+        query,
+        AgentOptions(top_k=top_k),
+        llm or FakeLLM(),
+        store or FakeStore(),
+        time.monotonic() + timeout,
+        exact_search=exact,
+        **kw,
     )
 
 
@@ -69,7 +93,11 @@ def test_contract_shape_and_trace_order():
     assert body["results"][0]["why"] == "Close match (adventure): A captain hunts a whale."
     assert [s["name"] for s in body["trace"]] == ["retrieve", "prompt", "llm", "compose"]
     llm_step = body["trace"][2]
-    assert (llm_step["prompt_tokens"], llm_step["completion_tokens"], llm_step["cost_usd"]) == (120, 30, 0.0012)
+    assert (llm_step["prompt_tokens"], llm_step["completion_tokens"], llm_step["cost_usd"]) == (
+        120,
+        30,
+        0.0012,
+    )
     assert (result.prompt_tokens, result.completion_tokens) == (120, 30)
 
 

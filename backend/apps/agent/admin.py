@@ -10,7 +10,17 @@ class TraceStepInline(admin.TabularInline):
     model = TraceStep
     extra = 0
     can_delete = False
-    fields = ("attempt", "position", "name", "duration_ms", "prompt_tokens", "completion_tokens", "cost_usd", "summary", "error")
+    fields = (
+        "attempt",
+        "position",
+        "name",
+        "duration_ms",
+        "prompt_tokens",
+        "completion_tokens",
+        "cost_usd",
+        "summary",
+        "error",
+    )
     readonly_fields = fields
 
     @admin.display(description="inputs → outputs")
@@ -27,7 +37,17 @@ class TraceStepInline(admin.TabularInline):
 
 @admin.register(AgentJob)
 class AgentJobAdmin(admin.ModelAdmin):
-    list_display = ("id", "owner", "status", "degraded", "attempts", "provider", "model", "created_at", "latency_ms")
+    list_display = (
+        "id",
+        "owner",
+        "status",
+        "degraded",
+        "attempts",
+        "provider",
+        "model",
+        "created_at",
+        "latency_ms",
+    )
     list_filter = ("status", "degraded", "owner", "provider", "cost_mode")
     search_fields = ("id", "query", "owner__username")
     readonly_fields = [f.name for f in AgentJob._meta.fields] + ["answer"]
@@ -38,7 +58,9 @@ class AgentJobAdmin(admin.ModelAdmin):
     def answer(self, job: AgentJob) -> str:
         result = job.result or {}
         rows = format_html_join(
-            "", "<li>{} — {} ({}), score {}</li>", ((r["title"], r["author"], r["year"], r["score"]) for r in result.get("results", []))
+            "",
+            "<li>{} — {} ({}), score {}</li>",
+            ((r["title"], r["author"], r["year"], r["score"]) for r in result.get("results", [])),
         )
         return format_html("<p>{}</p><ol>{}</ol>", result.get("message", ""), rows)
 

@@ -67,20 +67,16 @@ def _byo_key(request) -> str | None:
 def _idempotency_key(request) -> str:
     key = (request.headers.get(IDEMPOTENCY_HEADER) or "").strip()
     if len(key) > 200:
-        raise ValidationFailed("The Idempotency-Key header is longer than 200 characters.", code="invalid_header")
+        raise ValidationFailed(
+            "The Idempotency-Key header is longer than 200 characters.", code="invalid_header"
+        )
     return key
 
 
 def _validate_webhook_url(url: str) -> str:
-    if not url:
-        return ""
-    from apps.webhooks.ssrf import WebhookURLRejected, validate_webhook_url
+    from apps.webhooks.services import webhook_url_validate
 
-    try:
-        validate_webhook_url(url)
-    except WebhookURLRejected as exc:
-        raise ValidationFailed(f"webhook_url is not allowed: {exc}", code="webhook_url_rejected") from None
-    return url
+    return webhook_url_validate(url=url) if url else ""
 
 
 def job_payload(job: AgentJob, request) -> dict:
@@ -122,7 +118,12 @@ def job_payload(job: AgentJob, request) -> dict:
             "estimated": job.usage_estimated,
         },
         "cost_usd": float(job.cost_usd),
-        "cost": {"mode": job.cost_mode, "key_source": job.key_source, "provider": job.provider, "model": job.model},
+        "cost": {
+            "mode": job.cost_mode,
+            "key_source": job.key_source,
+            "provider": job.provider,
+            "model": job.model,
+        },
         "vector_store": job.vector_store,
         "parent_id": job.parent_id,
         "batch_id": job.batch_id,
@@ -143,14 +144,20 @@ class JobListCreateApi(APIView):
         responses={
             202: JobAcceptedSerializer,
             **ERRORS,
-            422: OpenApiResponse(ErrorResponseSerializer, description="Idempotency-Key reused with another body."),
+            422: OpenApiResponse(
+                ErrorResponseSerializer, description="Idempotency-Key reused with another body."
+            ),
             429: OpenApiResponse(ErrorResponseSerializer, description="Throttled."),
             503: OpenApiResponse(ErrorResponseSerializer, description="A required service is down."),
         },
         examples=[
             OpenApiExample(
                 "Fantasy for children",
-                value={"query": "fantasy novels for children with dragons", "top_k": 3, "filters": {"language": "en"}},
+                value={
+                    "query": "fantasy novels for children with dragons",
+                    "top_k": 3,
+                    "filters": {"language": "en"},
+                },
                 request_only=True,
             )
         ],
@@ -178,13 +185,19 @@ class JobListCreateApi(APIView):
     @extend_schema(
         operation_id="agent_jobs_list",
         summary="List your jobs, newest first",
-        parameters=[OpenApiParameter("status", OpenApiTypes.STR, enum=["queued", "running", "succeeded", "failed", "cancelled"])],
+        parameters=[
+            OpenApiParameter(
+                "status", OpenApiTypes.STR, enum=["queued", "running", "succeeded", "failed", "cancelled"]
+            )
+        ],
         responses={200: JobSummarySerializer(many=True), **ERRORS},
     )
     def get(self, request):
         qs = selectors.job_list(user=request.user, status=request.query_params.get("status"))
         paginator = LimitOffsetPagination()
-        page = paginator.paginate_queryset(qs.only("id", "status", "query", "degraded", "created_at", "finished_at"), request, view=self)
+        page = paginator.paginate_queryset(
+            qs.only("id", "status", "query", "degraded", "created_at", "finished_at"), request, view=self
+        )
         rows = [
             {
                 "id": job.id,
@@ -243,7 +256,9 @@ class AgentSyncApi(APIView):
         data = AgentQuerySerializer(data=request.data)
         data.is_valid(raise_exception=True)
         result, decision = job_services.agent_run_sync(
-            query=data.validated_data["query"], options=_options(data.validated_data), byo_api_key=_byo_key(request)
+            query=data.validated_data["query"],
+            options=_options(data.validated_data),
+            byo_api_key=_byo_key(request),
         )
         body = {**result.to_dict(), "cost": decision.to_dict()}
         return Response(AgentResponseSerializer(body).data)

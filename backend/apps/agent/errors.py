@@ -21,7 +21,9 @@ class ApplicationError(Exception):
     status_code = status.HTTP_400_BAD_REQUEST
     code = "bad_request"
 
-    def __init__(self, message: str, *, code: str | None = None, details: Any = None, headers: dict | None = None):
+    def __init__(
+        self, message: str, *, code: str | None = None, details: Any = None, headers: dict | None = None
+    ):
         super().__init__(message)
         self.message = message
         self.details = details
@@ -76,7 +78,9 @@ _DRF_CODES = {
 def exception_handler(exc: Exception, context: dict) -> Response | None:
     """DRF exception handler rendering every known error in the one documented shape."""
     if isinstance(exc, ApplicationError):
-        return Response(error_body(exc.code, exc.message, exc.details), status=exc.status_code, headers=exc.headers)
+        return Response(
+            error_body(exc.code, exc.message, exc.details), status=exc.status_code, headers=exc.headers
+        )
     if isinstance(exc, Http404):
         exc = exceptions.NotFound()
     elif isinstance(exc, PermissionDenied):

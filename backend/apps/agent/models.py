@@ -23,7 +23,9 @@ class Batch(models.Model):
     """A group of jobs created together, typically re-runs of past jobs with overrides."""
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
-    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="agent_batches")
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="agent_batches"
+    )
     source = models.CharField(max_length=16, help_text="queries | jobs")
     selection = models.JSONField(default=dict, blank=True)
     overrides = models.JSONField(default=dict, blank=True)
@@ -55,7 +57,9 @@ class AgentJob(models.Model):
     owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="agent_jobs")
     query = models.TextField()
     options = models.JSONField(default=dict, blank=True, help_text="top_k and filters.")
-    status = models.CharField(max_length=16, choices=JobStatus.choices, default=JobStatus.QUEUED, db_index=True)
+    status = models.CharField(
+        max_length=16, choices=JobStatus.choices, default=JobStatus.QUEUED, db_index=True
+    )
     degraded = models.BooleanField(default=False)
     result = models.JSONField(null=True, blank=True, help_text="message, results, actions (contract fields).")
     error = models.JSONField(null=True, blank=True, help_text='{"code", "message"} when the job failed.')
@@ -81,8 +85,12 @@ class AgentJob(models.Model):
     cost_usd = models.DecimalField(max_digits=12, decimal_places=6, default=0)
     latency_ms = models.FloatField(null=True, blank=True, help_text="Time from first start to finish.")
 
-    vector_store = models.JSONField(default=dict, blank=True, help_text="Manifest identity of the store used.")
-    parent = models.ForeignKey("self", null=True, blank=True, on_delete=models.SET_NULL, related_name="reruns")
+    vector_store = models.JSONField(
+        default=dict, blank=True, help_text="Manifest identity of the store used."
+    )
+    parent = models.ForeignKey(
+        "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="reruns"
+    )
     batch = models.ForeignKey(Batch, null=True, blank=True, on_delete=models.CASCADE, related_name="jobs")
     webhook_url = models.URLField(max_length=2000, blank=True, default="")
     idempotency_key = models.CharField(max_length=200, blank=True, default="")

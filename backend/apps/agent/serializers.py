@@ -25,7 +25,9 @@ class StrictSerializer(serializers.Serializer):
 
 
 class FiltersSerializer(StrictSerializer):
-    language = serializers.RegexField(_LANG, required=False, help_text="ISO 639-1 code of the original language.")
+    language = serializers.RegexField(
+        _LANG, required=False, help_text="ISO 639-1 code of the original language."
+    )
     genres = serializers.ListField(child=serializers.RegexField(_SLUG), required=False, max_length=10)
     year_min = serializers.IntegerField(required=False, min_value=-3000, max_value=3000)
     year_max = serializers.IntegerField(required=False, min_value=-3000, max_value=3000)
@@ -61,7 +63,10 @@ class AgentQuerySerializer(StrictSerializer):
 
 class JobCreateInputSerializer(AgentQuerySerializer):
     webhook_url = serializers.CharField(
-        required=False, allow_blank=True, max_length=2000, help_text="Delivered a signed event when the job ends."
+        required=False,
+        allow_blank=True,
+        max_length=2000,
+        help_text="Delivered a signed event when the job ends.",
     )
 
 

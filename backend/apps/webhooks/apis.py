@@ -11,11 +11,11 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from apps.agent.errors import NotFound
+from apps.agent.serializers import ErrorResponseSerializer
 
 from .selectors import delivery_state_for_job, owned_job_get, secret_metadata
 from .serializers import (
     DeliveryStateSerializer,
-    ErrorResponseSerializer,
     SecretCreatedSerializer,
     SecretMetadataSerializer,
 )
@@ -40,7 +40,9 @@ class WebhookSecretApi(APIView):
     def get(self, request: Request) -> Response:
         metadata = secret_metadata(user=request.user)
         if metadata is None:
-            raise NotFound("No webhook secret yet; POST /api/webhooks/secret creates one.", code="no_webhook_secret")
+            raise NotFound(
+                "No webhook secret yet; POST /api/webhooks/secret creates one.", code="no_webhook_secret"
+            )
         return Response(SecretMetadataSerializer(metadata).data)
 
     @extend_schema(

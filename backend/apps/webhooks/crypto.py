@@ -14,7 +14,7 @@ import secrets
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 from django.conf import settings
 
-SECRET_PREFIX = "whsec_"
+SECRET_PREFIX = "whsec_"  # noqa: S105 - the Standard Webhooks prefix, not a secret
 # 32 random bytes: the HMAC-SHA256 block of entropy; Standard Webhooks accepts 24 to 64.
 SECRET_BYTES = 32
 # "whsec_" and 4 characters: enough to tell two secrets apart, far too little to guess one.
@@ -41,7 +41,11 @@ def _fernet() -> MultiFernet:
     unique = list(dict.fromkeys(keys))
     return MultiFernet(
         [
-            Fernet(base64.urlsafe_b64encode(hashlib.sha256(("librarian-webhook-secret:" + key).encode()).digest()))
+            Fernet(
+                base64.urlsafe_b64encode(
+                    hashlib.sha256(("librarian-webhook-secret:" + key).encode()).digest()
+                )
+            )
             for key in unique
         ]
     )
@@ -57,4 +61,6 @@ def secret_decrypt(token: str) -> str:
     try:
         return _fernet().decrypt(token.encode("ascii")).decode()
     except (InvalidToken, ValueError):
-        raise SecretUnreadable("The stored webhook secret cannot be decrypted with the configured keys.") from None
+        raise SecretUnreadable(
+            "The stored webhook secret cannot be decrypted with the configured keys."
+        ) from None

@@ -50,9 +50,13 @@ class WebhookSecret(models.Model):
     `previous_valid_until`, so receivers can switch without dropping deliveries.
     """
 
-    user = models.OneToOneField(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="webhook_secret")
+    user = models.OneToOneField(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="webhook_secret"
+    )
     secret_encrypted = models.TextField(editable=False)
-    prefix = models.CharField(max_length=16, help_text='The first characters, e.g. "whsec_ab12", to recognise it.')
+    prefix = models.CharField(
+        max_length=16, help_text='The first characters, e.g. "whsec_ab12", to recognise it.'
+    )
     previous_secret_encrypted = models.TextField(blank=True, default="", editable=False)
     previous_prefix = models.CharField(max_length=16, blank=True, default="")
     previous_valid_until = models.DateTimeField(null=True, blank=True)
@@ -155,7 +159,9 @@ class WebhookEndpointBlock(models.Model):
     A redelivery requested by the owner lifts the block (they say the endpoint is back).
     """
 
-    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="webhook_blocks")
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="webhook_blocks"
+    )
     url = models.URLField(max_length=2000)
     status_code = models.PositiveSmallIntegerField(null=True, blank=True)
     reason = models.CharField(max_length=300, blank=True, default="")

@@ -1,4 +1,7 @@
-"""Output shapes of the webhooks API (documentation and rendering; no business rules here)."""
+"""Output shapes of the webhooks API (documentation and rendering; no business rules here).
+
+Errors use the one shape documented by `apps.agent.serializers.ErrorResponseSerializer`.
+"""
 
 from __future__ import annotations
 
@@ -7,25 +10,14 @@ from rest_framework import serializers
 from .models import AttemptOutcome, DeliveryStatus, EventType
 
 
-class ErrorDetailSerializer(serializers.Serializer):
-    code = serializers.CharField()
-    message = serializers.CharField()
-    details = serializers.JSONField(allow_null=True)
-
-
-class ErrorResponseSerializer(serializers.Serializer):
-    """The one error shape: {"error": {"code", "message", "details"}} (apps.agent.errors)."""
-
-    error = ErrorDetailSerializer()
-
-
 class SecretCreatedSerializer(serializers.Serializer):
     secret = serializers.CharField(help_text="whsec_… — shown only in this response; store it now.")
     prefix = serializers.CharField(help_text='The recognisable start, e.g. "whsec_ab12…".')
     created_at = serializers.DateTimeField()
     rotated_at = serializers.DateTimeField(allow_null=True)
     previous_valid_until = serializers.DateTimeField(
-        allow_null=True, help_text="Until then deliveries carry a second signature made with the previous secret."
+        allow_null=True,
+        help_text="Until then deliveries carry a second signature made with the previous secret.",
     )
 
 

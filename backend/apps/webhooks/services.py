@@ -176,7 +176,9 @@ def _batch_payload(*, batch: Batch, event_type: str, now: datetime) -> dict[str,
     }
 
 
-def event_enqueue(*, event_type: str, job: AgentJob | None = None, batch: Batch | None = None) -> Delivery | None:
+def event_enqueue(
+    *, event_type: str, job: AgentJob | None = None, batch: Batch | None = None
+) -> Delivery | None:
     """Record the event of a terminal job (or a completed batch) and send it after commit.
 
     Call it INSIDE the transaction that makes the outcome durable, with exactly one of `job`/`batch`
@@ -226,7 +228,9 @@ def _enqueue_send(*, delivery_id: int, series: int, countdown: float | None = No
     try:
         delivery_send_task.apply_async(args=[delivery_id], kwargs={"series": series}, countdown=countdown)
     except Exception:
-        logger.warning("webhook delivery %s not enqueued; the sweep will retry it", delivery_id, exc_info=True)
+        logger.warning(
+            "webhook delivery %s not enqueued; the sweep will retry it", delivery_id, exc_info=True
+        )
 
 
 # --- Sending -------------------------------------------------------------------------------------
@@ -243,6 +247,7 @@ class SendOutcome:
 
     status: str
     retry_in: float | None = None
+    series: int | None = None
     attempt_id: int | None = None
     status_code: int | None = None
     error: str = ""
@@ -252,8 +257,7 @@ class SendOutcome:
 class _HTTPResult:
     status_code: int | None = None
     error: str = ""
-    transient: bool = False  # a network failure or timeout: worth another try
-    rejected: bool = False  # refused by the SSRF guard at send time: never retried
+    transient: bool = False  # a network failure, timeout or DNS failure: worth another try
     retry_after: float | None = None
     excerpt: str = ""
     remote_address: str = ""
@@ -294,11 +298,7 @@ def _http_attempt(*, delivery: Delivery, secrets: list[str]) -> _HTTPResult:
     try:
         target = validate_webhook_url(delivery.url, allowed_hosts=settings.WEBHOOK_ALLOWED_HOSTS)
     except WebhookURLRejected as exc:
-        return _HTTPResult(
-            error=_cap(f"URL refused ({exc.reason}): {exc.message}"),
-            transient=exc.transient,
-            rejected=not exc.transient,
-        )
+        return _HTTPResult(error=_cap(f"URL refused ({exc.reason}): {exc.message}"), transient=exc.transient)
     body = json.dumps(delivery.payload, separators=(",", ":"), ensure_ascii=False)
     # Fresh per attempt: receivers reject timestamps outside their tolerance (5 minutes by default).
     timestamp = datetime.fromtimestamp(_epoch_seconds(), tz=UTC)
@@ -321,12 +321,12 @@ def _http_attempt(*, delivery: Delivery, secrets: list[str]) -> _HTTPResult:
     result = _HTTPResult(remote_address=target.address)
     try:
         with (
-            pinned_client(target=target, timeout=timeout) as client,
+            pinned_client(target=target, timeout=timeout, deadline=deadline) as client,
             client.stream("POST", target.url, content=body.encode("utf-8"), headers=headers) as response,
         ):
             result.status_code = response.status_code
             result.retry_after = _parse_retry_after(response.headers.get("retry-after"), now=timezone.now())
-            result.excerpt = _read_excerpt(response, deadline=deadline)
+            result.excerpt = _read_excerpt(response)
     except httpx.TimeoutException as exc:
         if result.status_code is None:
             result.error, result.transient = f"timeout ({type(exc).__name__})", True
@@ -337,18 +337,18 @@ def _http_attempt(*, delivery: Delivery, secrets: list[str]) -> _HTTPResult:
     return result
 
 
-def _read_excerpt(response: httpx.Response, *, deadline: float) -> str:
-    """The start of the body, reading at most WEBHOOK_RESPONSE_MAX_BYTES and stopping at the deadline.
+def _read_excerpt(response: httpx.Response) -> str:
+    """The start of the body, reading at most WEBHOOK_RESPONSE_MAX_BYTES (the rest is never read).
 
     A receiver that answers and then stalls or drips its body has already given its status: a read
-    timeout here is not a failed delivery.
+    timeout (or the attempt deadline) here is not a failed delivery.
     """
     limit = settings.WEBHOOK_RESPONSE_MAX_BYTES
     data = bytearray()
     try:
         for chunk in response.iter_raw():
             data.extend(chunk)
-            if len(data) >= limit or time.monotonic() > deadline:
+            if len(data) >= limit:
                 break
     except httpx.HTTPError:
         pass
@@ -397,12 +397,9 @@ def delivery_send(*, delivery_id: int, series: int | None = None) -> SendOutcome
     when the caller must schedule another attempt.
     """
     now = timezone.now()
-    lease = timedelta(
-        seconds=settings.WEBHOOK_ATTEMPT_DEADLINE_SEC
-        + settings.WEBHOOK_CONNECT_TIMEOUT_SEC
-        + settings.WEBHOOK_READ_TIMEOUT_SEC
-        + 30
-    )
+    # Outlasts one attempt (its HTTP exchange is capped by the deadline) plus DNS and bookkeeping; if the
+    # worker dies mid-attempt the lease expires and the sweep sends the delivery again.
+    lease = timedelta(seconds=settings.WEBHOOK_ATTEMPT_DEADLINE_SEC + 30)
     claim = (
         Delivery.objects.filter(pk=delivery_id, status=DeliveryStatus.PENDING)
         .filter(Q(next_attempt_at__isnull=True) | Q(next_attempt_at__lte=now + DUE_SKEW))
@@ -418,18 +415,26 @@ def delivery_send(*, delivery_id: int, series: int | None = None) -> SendOutcome
     started = time.monotonic()
 
     if WebhookEndpointBlock.objects.filter(owner_id=delivery.owner_id, url=delivery.url).exists():
-        outcome, retry_in = AttemptOutcome.DISABLED, None
         result = _HTTPResult(error="Not sent: the endpoint was disabled after HTTP 410.")
-        error = result.error
+        outcome, retry_in, error = AttemptOutcome.DISABLED, None, result.error
+    elif number > max_attempts():
+        # Earlier claims never recorded an outcome (the worker died mid-attempt): stop the loop.
+        result = _HTTPResult(error=f"Gave up: {number - 1} attempts were interrupted or made.")
+        outcome, retry_in, error = AttemptOutcome.FAILED, None, result.error
     else:
         try:
             secrets = _signing_secrets(user_id=delivery.owner_id, now=started_at)
+            result = _http_attempt(delivery=delivery, secrets=secrets)
+            outcome, retry_in, error = _decide(result, attempt_number=number)
         except SecretUnreadable as exc:
             result = _HTTPResult(error=str(exc))
             outcome, retry_in, error = AttemptOutcome.FAILED, None, result.error
-        else:
-            result = _http_attempt(delivery=delivery, secrets=secrets)
-            outcome, retry_in, error = _decide(result, attempt_number=number)
+        except Exception as exc:
+            # A bug, not the receiver's doing: record it on the row (never lose the delivery silently),
+            # log it loudly, and do not retry in a loop.
+            logger.exception("webhook %s attempt crashed", delivery.event_id)
+            result = _HTTPResult(error=_cap(f"Internal error: {type(exc).__name__}"))
+            outcome, retry_in, error = AttemptOutcome.FAILED, None, result.error
     duration_ms = (time.monotonic() - started) * 1000
 
     return _attempt_record(
@@ -503,6 +508,7 @@ def _attempt_record(
     return SendOutcome(
         "retry" if status == DeliveryStatus.PENDING else str(status),
         retry_in=retry_in,
+        series=delivery.series,
         attempt_id=attempt.id,
         status_code=result.status_code,
         error=error,
@@ -516,9 +522,9 @@ def _endpoint_disable(*, delivery: Delivery, status_code: int, now: datetime) ->
         url=delivery.url,
         defaults={"status_code": status_code, "reason": f"HTTP {status_code} Gone", "delivery": delivery},
     )
-    Delivery.objects.filter(owner_id=delivery.owner_id, url=delivery.url, status=DeliveryStatus.PENDING).exclude(
-        pk=delivery.pk
-    ).update(
+    Delivery.objects.filter(
+        owner_id=delivery.owner_id, url=delivery.url, status=DeliveryStatus.PENDING
+    ).exclude(pk=delivery.pk).update(
         status=DeliveryStatus.DISABLED,
         next_attempt_at=None,
         finished_at=now,
@@ -567,10 +573,11 @@ def delivery_redeliver(*, job: AgentJob, user) -> Delivery:
 
 
 def deliveries_sweep(*, limit: int = 500) -> int:
-    """Re-enqueue pending deliveries whose attempt is overdue by WEBHOOK_SWEEP_OVERDUE_SEC.
+    """Enqueue pending deliveries whose attempt is overdue by WEBHOOK_SWEEP_OVERDUE_SEC. Returns the count.
 
-    Covers a task message lost to a broker outage or a crash between recording an attempt and
-    scheduling the next. Duplicates are harmless: `delivery_send` claims the row. Returns the count.
+    This is how retries after long waits (over WEBHOOK_COUNTDOWN_MAX_SEC) are sent, and how a message
+    lost to a broker outage or a crash is recovered. Duplicates are harmless: `delivery_send` claims
+    the row.
     """
     now = timezone.now()
     overdue = now - timedelta(seconds=settings.WEBHOOK_SWEEP_OVERDUE_SEC)

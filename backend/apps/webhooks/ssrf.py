@@ -266,7 +266,9 @@ def validate_webhook_url(
         )
     netloc = parts.netloc
     if "@" in netloc:
-        raise WebhookURLRejected("userinfo_not_allowed", "Credentials in the URL (user@host) are not allowed.")
+        raise WebhookURLRejected(
+            "userinfo_not_allowed", "Credentials in the URL (user@host) are not allowed."
+        )
     host_text, port_text, bracketed = _split_netloc(netloc)
     port = _parse_port(port_text, scheme)
     host, literal_ip = _parse_host(host_text, bracketed=bracketed)
@@ -280,7 +282,9 @@ def validate_webhook_url(
     try:
         raw_addresses = (resolver or system_resolver)(host, port)
     except OSError as exc:
-        raise WebhookURLRejected("dns_error", f"{host} could not be resolved ({exc}).", transient=True) from None
+        raise WebhookURLRejected(
+            "dns_error", f"{host} could not be resolved ({exc}).", transient=True
+        ) from None
     if not raw_addresses:
         raise WebhookURLRejected("dns_error", f"{host} resolved to no address.", transient=True)
     addresses: list[IPAddress] = []

@@ -12,6 +12,7 @@ next request), and is plain Python so end-to-end tests in other apps can use it 
 
 from __future__ import annotations
 
+import ssl
 import threading
 import time
 from collections import deque
@@ -46,9 +47,12 @@ class ReceivedRequest:
 class WebhookReceiver:
     """A threaded HTTP server on 127.0.0.1:<free port>. Use as a context manager, or start()/stop()."""
 
-    def __init__(self, *, default: Reply | None = None, path: str = "/hook"):
+    def __init__(
+        self, *, default: Reply | None = None, path: str = "/hook", tls: ssl.SSLContext | None = None
+    ):
         self.default = default or Reply()
         self.path = path
+        self.tls = tls  # a server-side context: serve HTTPS (for the TLS pinning tests)
         self.requests: list[ReceivedRequest] = []
         self._script: deque[Reply] = deque()
         self._lock = threading.Lock()
@@ -74,7 +78,15 @@ class WebhookReceiver:
 
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, name="webhook-receiver", daemon=True)
+        if self.tls is not None:
+            self._server.socket = self.tls.wrap_socket(self._server.socket, server_side=True)
+        # A short poll interval: shutdown() waits up to one interval, and tests stop many receivers.
+        self._thread = threading.Thread(
+            target=self._server.serve_forever,
+            kwargs={"poll_interval": 0.02},
+            name="webhook-receiver",
+            daemon=True,
+        )
         self._thread.start()
         return self
 
@@ -98,7 +110,7 @@ class WebhookReceiver:
 
     @property
     def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
 
     @property
     def url(self) -> str:

@@ -11,7 +11,11 @@ BACKEND = Path(__file__).resolve().parents[2]
 
 
 def start_django(**env: str) -> subprocess.CompletedProcess:
-    clean = {k: v for k, v in os.environ.items() if not k.startswith(("LLM_", "AGENT_", "CELERY_", "VECTOR_", "EMBEDDINGS_"))}
+    clean = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("LLM_", "AGENT_", "CELERY_", "VECTOR_", "EMBEDDINGS_"))
+    }
     clean.update(env)
     clean["DJANGO_SETTINGS_MODULE"] = "config.settings"
     return subprocess.run(
@@ -52,7 +56,9 @@ def test_bad_value_fails_naming_the_variable(variable, value):
 
 
 def test_job_timeout_must_fit_in_task_time_limit():
-    result = start_django(AGENT_JOB_TIMEOUT_SEC="400", CELERY_TASK_TIME_LIMIT="300", CELERY_VISIBILITY_TIMEOUT="900")
+    result = start_django(
+        AGENT_JOB_TIMEOUT_SEC="400", CELERY_TASK_TIME_LIMIT="300", CELERY_VISIBILITY_TIMEOUT="900"
+    )
     assert result.returncode != 0
     assert "AGENT_JOB_TIMEOUT_SEC" in result.stderr.splitlines()[-1]
 
@@ -65,7 +71,11 @@ def test_postgres_url_switches_engine_without_code_change():
             "import django; django.setup(); from django.conf import settings; print(settings.DATABASES['default']['ENGINE'])",
         ],
         cwd=BACKEND,
-        env={**os.environ, "DJANGO_SETTINGS_MODULE": "config.settings", "DATABASE_URL": "postgres://u@127.0.0.1:5432/x"},
+        env={
+            **os.environ,
+            "DJANGO_SETTINGS_MODULE": "config.settings",
+            "DATABASE_URL": "postgres://u@127.0.0.1:5432/x",
+        },
         capture_output=True,
         text=True,
         timeout=60,

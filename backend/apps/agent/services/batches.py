@@ -18,7 +18,9 @@ def batch_completion_check(*, batch_id: uuid.UUID) -> bool:
     if AgentJob.objects.filter(batch_id=batch_id).exclude(status__in=TERMINAL_STATUSES).exists():
         return False
     with transaction.atomic():
-        changed = Batch.objects.filter(id=batch_id, completed_at__isnull=True).update(completed_at=timezone.now())
+        changed = Batch.objects.filter(id=batch_id, completed_at__isnull=True).update(
+            completed_at=timezone.now()
+        )
         if changed:
             batch = Batch.objects.get(id=batch_id)
             if batch.webhook_url:

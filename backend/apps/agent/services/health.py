@@ -42,7 +42,11 @@ def _llm() -> dict[str, Any]:
     from agent.cost_policy import resolve_cost_decision
 
     llm = settings.LLM
-    info: dict[str, Any] = {"provider": llm.provider, "model": llm.model, "cost_mode": str(llm.cost_mode.value)}
+    info: dict[str, Any] = {
+        "provider": llm.provider,
+        "model": llm.model,
+        "cost_mode": str(llm.cost_mode.value),
+    }
     if llm.cost_mode.value == "byo_key":
         info.update(ok=True, effective="per request (X-LLM-API-Key required)")
         return info

@@ -44,7 +44,9 @@ EVENT_BY_STATUS = {
 # --- submission -----------------------------------------------------------------------------------
 
 
-def cost_decision_resolve(*, byo_api_key: str | None, overrides: dict[str, Any] | None = None) -> CostDecision:
+def cost_decision_resolve(
+    *, byo_api_key: str | None, overrides: dict[str, Any] | None = None
+) -> CostDecision:
     """Resolve the cost policy for a submission. Raises `ValidationFailed` (400) when a key is required."""
     try:
         return resolve_cost_decision(byo_api_key or None, llm_settings(overrides))
@@ -90,7 +92,12 @@ def job_create(
     """
     query = query.strip()
     fingerprint = request_fingerprint(
-        {"query": query, "options": options.to_dict(), "webhook_url": webhook_url, "overrides": overrides or {}}
+        {
+            "query": query,
+            "options": options.to_dict(),
+            "webhook_url": webhook_url,
+            "overrides": overrides or {},
+        }
     )
     if idempotency_key:
         existing = AgentJob.objects.filter(owner=owner, idempotency_key=idempotency_key).first()
@@ -176,7 +183,9 @@ def job_claim(*, job_id: uuid.UUID | str) -> AgentJob | None:
     if job is None or job.is_terminal:
         return None
     now = timezone.now()
-    claimable = Q(status=JobStatus.QUEUED) | Q(status=JobStatus.RUNNING, heartbeat_at__lt=_stale_before(job.timeout_sec))
+    claimable = Q(status=JobStatus.QUEUED) | Q(
+        status=JobStatus.RUNNING, heartbeat_at__lt=_stale_before(job.timeout_sec)
+    )
     base = AgentJob.objects.filter(claimable, id=job_id, attempts=job.attempts)
     if job.attempts >= settings.AGENT_MAX_ATTEMPTS:
         with transaction.atomic():
@@ -188,7 +197,9 @@ def job_claim(*, job_id: uuid.UUID | str) -> AgentJob | None:
             if changed:
                 _terminal_effects(job_id=job.id)
         return None
-    changed = base.update(status=JobStatus.RUNNING, attempts=F("attempts") + 1, heartbeat_at=now, started_at=now)
+    changed = base.update(
+        status=JobStatus.RUNNING, attempts=F("attempts") + 1, heartbeat_at=now, started_at=now
+    )
     if not changed:
         return None
     return AgentJob.objects.get(id=job_id)
@@ -213,7 +224,10 @@ def job_run(*, job_id: uuid.UUID | str) -> str | None:
             return _job_finish_failed(
                 job,
                 attempt,
-                {"code": "byo_key_unavailable", "message": "The job's API key expired before it ran; submit again."},
+                {
+                    "code": "byo_key_unavailable",
+                    "message": "The job's API key expired before it ran; submit again.",
+                },
             )
     llm = _runnable_for(job, byo_key)
     options = AgentOptions.from_dict(job.options)
@@ -244,7 +258,10 @@ def _runnable_for(job: AgentJob, byo_key: str | None):
         changes["provider"] = "stub"
     if job.key_source == "none":
         changes["api_key"] = None
-    return build_llm_runnable(byo_api_key=byo_key if job.key_source == "user" else None, settings=dataclasses.replace(base, **changes))
+    return build_llm_runnable(
+        byo_api_key=byo_key if job.key_source == "user" else None,
+        settings=dataclasses.replace(base, **changes),
+    )
 
 
 def _terminal_effects(*, job_id: uuid.UUID) -> None:
@@ -325,7 +342,9 @@ def _job_finish_cancelled(job: AgentJob, attempt: int) -> str | None:
 def job_release(*, job_id: uuid.UUID | str, attempt: int) -> bool:
     """Give a running attempt back to the queue after an infrastructure error (e.g. the database dropped)."""
     return bool(
-        AgentJob.objects.filter(id=job_id, status=JobStatus.RUNNING, attempts=attempt).update(status=JobStatus.QUEUED)
+        AgentJob.objects.filter(id=job_id, status=JobStatus.RUNNING, attempts=attempt).update(
+            status=JobStatus.QUEUED
+        )
     )
 
 
@@ -361,18 +380,23 @@ def jobs_sweep() -> dict[str, int]:
     stale_queue = now - timedelta(seconds=settings.AGENT_QUEUED_STALE_SEC)
     counts = {"enqueued": 0, "recovered": 0, "failed": 0}
     queued = AgentJob.objects.filter(status=JobStatus.QUEUED).filter(
-        Q(enqueued_at__isnull=True, created_at__lt=now - timedelta(seconds=2)) | Q(enqueued_at__lt=stale_queue)
+        Q(enqueued_at__isnull=True, created_at__lt=now - timedelta(seconds=2))
+        | Q(enqueued_at__lt=stale_queue)
     )
     for job in queued.only("id", "batch_id")[:1000]:
         if job_enqueue(job=job):
             counts["enqueued"] += 1
-    running = AgentJob.objects.filter(status=JobStatus.RUNNING).only("id", "timeout_sec", "heartbeat_at", "attempts", "batch_id")
+    running = AgentJob.objects.filter(status=JobStatus.RUNNING).only(
+        "id", "timeout_sec", "heartbeat_at", "attempts", "batch_id"
+    )
     for job in running[:1000]:
         if job.heartbeat_at and job.heartbeat_at >= _stale_before(job.timeout_sec):
             continue
         if job.attempts >= settings.AGENT_MAX_ATTEMPTS:
             with transaction.atomic():
-                changed = AgentJob.objects.filter(id=job.id, status=JobStatus.RUNNING, attempts=job.attempts).update(
+                changed = AgentJob.objects.filter(
+                    id=job.id, status=JobStatus.RUNNING, attempts=job.attempts
+                ).update(
                     status=JobStatus.FAILED,
                     finished_at=now,
                     error={"code": "max_attempts", "message": f"The job was attempted {job.attempts} times."},
@@ -389,10 +413,14 @@ def jobs_sweep() -> dict[str, int]:
 # --- synchronous run (POST /api/agent/) ---------------------------------------------------------------
 
 
-def agent_run_sync(*, query: str, options: AgentOptions, byo_api_key: str | None) -> tuple[AgentResult, CostDecision]:
+def agent_run_sync(
+    *, query: str, options: AgentOptions, byo_api_key: str | None
+) -> tuple[AgentResult, CostDecision]:
     """Run the pipeline within the request, bounded by the same job timeout. Stores nothing."""
     decision = cost_decision_resolve(byo_api_key=byo_api_key)
-    llm = build_llm_runnable(byo_api_key=byo_api_key if decision.key_source == "user" else None, settings=settings.LLM)
+    llm = build_llm_runnable(
+        byo_api_key=byo_api_key if decision.key_source == "user" else None, settings=settings.LLM
+    )
     deadline = time.monotonic() + settings.AGENT_JOB_TIMEOUT_SEC
     result = pipeline.run(query, options, llm, get_retriever(), deadline, exact_search=exact_search)
     return result, decision

@@ -8,6 +8,7 @@ job ends. It is never a task argument (Flower and the broker show those) and nev
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import uuid
 
@@ -52,7 +53,5 @@ def key_get(*, job_id: uuid.UUID) -> str | None:
 
 def key_delete(*, job_id: uuid.UUID) -> None:
     """Forget the key for `job_id`. Best effort: the TTL removes it anyway."""
-    try:
+    with contextlib.suppress(Exception):  # the TTL is the safety net
         cache.delete(_PREFIX + str(job_id))
-    except Exception:  # noqa: S110 - the TTL is the safety net
-        pass

@@ -6,9 +6,30 @@ from agent.errors import VectorStoreUnavailable
 from agent.types import Hit
 
 BOOKS = [
-    Hit("1", "Moby-Dick", "Herman Melville", 1851, 0.91, {"genres": ["adventure"], "synopsis": "A captain hunts a whale."}),
-    Hit("2", "The Old Man and the Sea", "Ernest Hemingway", 1952, 0.85, {"genres": ["literary_fiction"], "synopsis": "An old fisherman and a marlin."}),
-    Hit("3", "Treasure Island", "Robert Louis Stevenson", 1883, 0.80, {"genres": ["adventure"], "synopsis": "Pirates and a map."}),
+    Hit(
+        "1",
+        "Moby-Dick",
+        "Herman Melville",
+        1851,
+        0.91,
+        {"genres": ["adventure"], "synopsis": "A captain hunts a whale."},
+    ),
+    Hit(
+        "2",
+        "The Old Man and the Sea",
+        "Ernest Hemingway",
+        1952,
+        0.85,
+        {"genres": ["literary_fiction"], "synopsis": "An old fisherman and a marlin."},
+    ),
+    Hit(
+        "3",
+        "Treasure Island",
+        "Robert Louis Stevenson",
+        1883,
+        0.80,
+        {"genres": ["adventure"], "synopsis": "Pirates and a map."},
+    ),
 ]
 
 
@@ -33,7 +54,9 @@ def store(monkeypatch) -> FakeStore:
     fake = FakeStore()
     monkeypatch.setattr(jobs, "get_retriever", lambda: fake)
     monkeypatch.setattr(
-        jobs, "exact_search", lambda q, k, f: [Hit("7", "Exact Match", "Some One", 1900, 1.0, {"genres": [], "synopsis": ""})][:k]
+        jobs,
+        "exact_search",
+        lambda q, k, f: [Hit("7", "Exact Match", "Some One", 1900, 1.0, {"genres": [], "synopsis": ""})][:k],
     )
     monkeypatch.setattr(jobs, "store_identity", lambda: {"collection": "libros", "document_count": 3})
     monkeypatch.setattr(retrieval, "store_identity", lambda: {"collection": "libros", "document_count": 3})

@@ -39,7 +39,9 @@ def test_running_job_is_not_claimed_twice(user, store):
 
 
 def test_stale_running_job_is_taken_over(user, store, settings):
-    job = make_job(user, status=JobStatus.RUNNING, attempts=1, heartbeat_at=timezone.now() - timedelta(hours=1))
+    job = make_job(
+        user, status=JobStatus.RUNNING, attempts=1, heartbeat_at=timezone.now() - timedelta(hours=1)
+    )
     assert jobs.job_run(job_id=job.id) == JobStatus.SUCCEEDED
     job.refresh_from_db()
     assert job.attempts == 2

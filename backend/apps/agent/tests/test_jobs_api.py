@@ -39,7 +39,12 @@ def test_submit_poll_succeeds(api, store, django_capture_on_commit_callbacks):
     assert [s["name"] for s in job["trace"]] == ["retrieve", "prompt", "llm", "compose"]
     assert job["trace"][2]["prompt_tokens"] > 0
     assert job["usage"]["prompt_tokens"] == job["trace"][2]["prompt_tokens"]
-    assert job["cost"] == {"mode": "paid", "key_source": "none", "provider": "stub", "model": job["cost"]["model"]}
+    assert job["cost"] == {
+        "mode": "paid",
+        "key_source": "none",
+        "provider": "stub",
+        "model": job["cost"]["model"],
+    }
     assert job["attempts"] == 1
     assert job["vector_store"] == {"collection": "libros", "document_count": 3}
     assert job["timings"]["run_ms"] >= 0
@@ -85,7 +90,9 @@ def test_unauthenticated_is_401(client):
 
 
 def test_byo_key_mode_without_key_is_400_before_anything_is_stored(api, store, settings):
-    settings.LLM = dataclasses.replace(settings.LLM, provider="openai_compatible", cost_mode=type(settings.LLM.cost_mode)("byo_key"))
+    settings.LLM = dataclasses.replace(
+        settings.LLM, provider="openai_compatible", cost_mode=type(settings.LLM.cost_mode)("byo_key")
+    )
     response = submit(api)
     assert response.status_code == 400
     assert response.json()["error"]["code"] == "byo_key_required"
@@ -94,7 +101,9 @@ def test_byo_key_mode_without_key_is_400_before_anything_is_stored(api, store, s
 
 
 def test_byo_key_is_handed_off_encrypted_and_never_stored(api, store, settings):
-    settings.LLM = dataclasses.replace(settings.LLM, provider="openai_compatible", cost_mode=type(settings.LLM.cost_mode)("byo_key"))
+    settings.LLM = dataclasses.replace(
+        settings.LLM, provider="openai_compatible", cost_mode=type(settings.LLM.cost_mode)("byo_key")
+    )
     canary = "sk-canary-" + uuid.uuid4().hex
     response = submit(api, **{"X-LLM-API-Key": canary})
     assert response.status_code == 202
@@ -186,8 +195,17 @@ def test_llm_failure_gives_degraded_success(api, store, monkeypatch, django_capt
 
     class Broken:
         def invoke(self, prompt, *, deadline=None):
-            return {"content": None, "provider": "openai_compatible", "model": "m", "latency_ms": 1, "prompt_tokens": 0,
-                    "completion_tokens": 0, "usage_estimated": True, "cost_usd": 0.0, "error": {"code": "provider_error", "message": "500"}}
+            return {
+                "content": None,
+                "provider": "openai_compatible",
+                "model": "m",
+                "latency_ms": 1,
+                "prompt_tokens": 0,
+                "completion_tokens": 0,
+                "usage_estimated": True,
+                "cost_usd": 0.0,
+                "error": {"code": "provider_error", "message": "500"},
+            }
 
     monkeypatch.setattr(jobs, "_runnable_for", lambda job, key: Broken())
     job_id = submit(api, capture=django_capture_on_commit_callbacks).json()["id"]

@@ -17,6 +17,8 @@ PUBLIC_IP = "93.184.216.34"
 @pytest.fixture(autouse=True)
 def webhook_settings(settings):
     """Fast, deterministic delivery timing; loopback allowed only where a test says so."""
+    # The shared `user` fixtures set passwords: a fast hasher saves ~0.5 s per test.
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
     settings.WEBHOOK_ALLOWED_HOSTS = []
     settings.WEBHOOK_CONNECT_TIMEOUT_SEC = 0.5
     settings.WEBHOOK_READ_TIMEOUT_SEC = 0.3

@@ -34,7 +34,9 @@ def job_make(
         model="stub",
         status=status,
         result=(result if result is not None else RESULT) if status == JobStatus.SUCCEEDED else None,
-        error=error if error is not None else ({"code": "llm_error", "message": "boom"} if status == JobStatus.FAILED else None),
+        error=error
+        if error is not None
+        else ({"code": "llm_error", "message": "boom"} if status == JobStatus.FAILED else None),
         finished_at=timezone.now() if terminal else None,
         webhook_url=webhook_url,
         batch=batch,
@@ -42,4 +44,6 @@ def job_make(
 
 
 def batch_make(owner, *, webhook_url: str = "") -> Batch:
-    return Batch.objects.create(owner=owner, source="queries", webhook_url=webhook_url, completed_at=timezone.now())
+    return Batch.objects.create(
+        owner=owner, source="queries", webhook_url=webhook_url, completed_at=timezone.now()
+    )

@@ -58,7 +58,7 @@ def hostile_urls(port: int) -> list[tuple[str, str]]:
         ("javascript:alert(1)", "scheme_not_allowed"),
         (f"http://mixed.example.com:{port}/hook", "private_address"),
         (f"http://127.0.0.1\\@example.com:{port}/hook", "invalid_url"),
-        (f"http://example.com:0/hook", "invalid_port"),
-        (f"http://example.com:65536/hook", "invalid_port"),
+        ("http://example.com:0/hook", "invalid_port"),
+        ("http://example.com:65536/hook", "invalid_port"),
         ("http://no-such-host.invalid/hook", "dns_error"),
     ]

@@ -1,0 +1,82 @@
+"""`manage.py build_vector_db [--dataset PATH] [--zip [PATH]] [--force]`: build or update the vector store."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from django.conf import settings
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+
+from agent.embeddings import get_embedder
+from agent.errors import VectorStoreUnavailable
+from agent.vector_build import DatasetError, build_vector_db, export_zip, load_dataset
+from apps.libros.catalogue import libro_documents
+
+
+class Command(BaseCommand):
+    help = (
+        "Build the vector store from the libros table (or a JSON dataset), incrementally: only new or changed "
+        "documents are embedded. Writes manifest.json next to the store."
+    )
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument(
+            "--dataset",
+            type=Path,
+            help="A JSON list of {text|page_content, id?, metadata?} instead of the libros table (default: VECTOR_DATASET_PATH).",
+        )
+        parser.add_argument(
+            "--zip",
+            nargs="?",
+            const="",
+            default=None,
+            metavar="PATH",
+            help="Also export the store as a zip holding vector_db/ (default path: vector_db.zip beside the store).",
+        )
+        parser.add_argument(
+            "--force", action="store_true", help="Re-embed everything instead of applying differences."
+        )
+        parser.add_argument("--no-progress", action="store_true", help="No progress bar even on a terminal.")
+
+    def handle(
+        self, *args, dataset: Path | None, zip: str | None, force: bool, no_progress: bool, **options
+    ) -> None:
+        vector = settings.VECTOR
+        dataset = dataset or vector.dataset_path
+        try:
+            if dataset:
+                documents = load_dataset(dataset)
+                source = f"file:{dataset}"
+            else:
+                documents = libro_documents()
+                source = "table:libros.libro"
+            if not documents:
+                raise CommandError(
+                    "Nothing to index: the catalogue is empty (load it with `manage.py loaddata libros_prueba`)."
+                )
+            manifest = build_vector_db(
+                documents,
+                settings=vector,
+                embedder=get_embedder(vector),
+                source=source,
+                progress=False if no_progress else None,
+                force=force,
+            )
+        except DatasetError as exc:
+            raise CommandError(f"Malformed dataset {dataset}: {exc}") from exc
+        verbose = options["verbosity"] > 0
+        mode = "incremental" if manifest["incremental"] else "full"
+        if verbose:
+            self.stdout.write(
+                f"{mode} build of {manifest['document_count']} documents in {manifest['build_seconds']:.1f} s "
+                f"(added {manifest['added']}, updated {manifest['updated']}, deleted {manifest['deleted']}, "
+                f"unchanged {manifest['unchanged']}); manifest: {vector.manifest_path}"
+            )
+        if zip is not None:
+            out = Path(zip) if zip else Path(vector.dir).parent / "vector_db.zip"
+            try:
+                export_zip(vector, out)
+            except VectorStoreUnavailable as exc:
+                raise CommandError(exc.message) from exc
+            if verbose:
+                self.stdout.write(f"exported {out}")

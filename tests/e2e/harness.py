@@ -1,0 +1,97 @@
+"""Real processes for end-to-end tests: a Celery worker of the one app, pointed at the test database."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+BACKEND = REPO / "backend"
+
+
+class Worker:
+    """A `celery worker` subprocess. `kill()` sends SIGKILL to the whole process group (no clean-up)."""
+
+    def __init__(
+        self,
+        env: dict[str, str],
+        *,
+        name: str,
+        pool: str = "threads",
+        concurrency: int = 8,
+        queues: str = "agent,batch,webhooks",
+        log_path: Path | None = None,
+        beat: bool = False,
+    ):
+        self.name = f"{name}@e2e"
+        self.log_path = log_path or (REPO / "var" / f"e2e-{name}.log")
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        cmd = [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "config.celery_app",
+            "worker",
+            "--pool",
+            pool,
+            "--concurrency",
+            str(concurrency),
+            "--queues",
+            queues,
+            "--hostname",
+            self.name,
+            "--loglevel",
+            "INFO",
+            "--without-mingle",
+            "--without-gossip",
+        ]
+        if beat:
+            cmd += ["--beat", "--schedule", str(self.log_path.with_suffix(".beat"))]
+        self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
+        self.process = subprocess.Popen(
+            cmd, cwd=BACKEND, env=env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+
+    def wait_ready(self, app, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"worker exited with {self.process.returncode}; log: {self.log()[-3000:]}")
+            replies = app.control.ping(destination=[self.name], timeout=0.5) or []
+            if replies:
+                return
+        raise TimeoutError(f"worker {self.name} did not answer a ping; log: {self.log()[-3000:]}")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(timeout=10)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        self._log.close()
+
+
+def wait_for(predicate, *, timeout: float, interval: float = 0.1, message: str = "condition"):
+    """Poll `predicate` until it returns a truthy value; return it, or raise TimeoutError."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout} s waiting for {message}")
+        time.sleep(interval)
