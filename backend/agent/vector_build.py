@@ -324,6 +324,15 @@ def _write_json_atomic(path: Path, data: Any) -> None:
     os.replace(tmp, path)
 
 
+def _carry_over_extra_files(old: Path, new: Path) -> None:
+    """Files an operator keeps in the store's folder (.gitkeep, a README) survive a rebuild or an import."""
+    if not old.is_dir():
+        return
+    for extra in old.iterdir():
+        if extra.is_file() and not _is_chroma_file(extra) and not (new / extra.name).exists():
+            shutil.copy2(extra, new / extra.name)
+
+
 def _is_chroma_file(path: Path) -> bool:
     return path.name.startswith("chroma.sqlite3") or path.name == "manifest.json" or _is_uuid(path.name)
 
@@ -397,11 +406,8 @@ def build_vector_db(
         try:
             if incremental:
                 shutil.copytree(target, tmp, dirs_exist_ok=True)
-            elif target.exists():
-                # Files an operator keeps beside the store (.gitkeep, a README) survive a full rebuild.
-                for extra in target.iterdir():
-                    if extra.is_file() and not _is_chroma_file(extra):
-                        shutil.copy2(extra, tmp / extra.name)
+            else:
+                _carry_over_extra_files(target, tmp)
             import chromadb
 
             client = chromadb.PersistentClient(path=str(tmp), settings=chroma_settings())
@@ -610,6 +616,7 @@ def import_zip(zip_path: str | Path, settings: VectorSettings, *, embedder: Embe
                 manifest = VectorStore(settings=check, embedder=embedder, client=client).manifest
             finally:
                 client.close()
+            _carry_over_extra_files(target, unpacked)
             swap_directory(unpacked, target)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)

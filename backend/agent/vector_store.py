@@ -268,7 +268,10 @@ class VectorStore:
             raise VectorStoreUnavailable(
                 f"cannot open collection {settings.collection!r}: {type(exc).__name__}: {exc}"
             ) from exc
-        stored = json.loads(stored_raw) if stored_raw else None
+        try:
+            stored = json.loads(stored_raw) if stored_raw else None
+        except ValueError:
+            stored = None  # unreadable: treated as absent, which the checks below report
         if settings.url:
             # Worker machines of a server deployment have no manifest file: the collection carries it.
             if stored is None:
@@ -310,6 +313,8 @@ class VectorStore:
             )
         except Exception as exc:
             raise VectorStoreUnavailable(f"vector query failed: {type(exc).__name__}: {exc}") from exc
+        ids = result["ids"][0]
+        texts = (result.get("documents") or [None])[0] or [""] * len(ids)
         hits = [
             make_hit(
                 doc_id,
@@ -318,11 +323,7 @@ class VectorStore:
                 text or "",
             )
             for doc_id, distance, meta, text in zip(
-                result["ids"][0],
-                result["distances"][0],
-                result["metadatas"][0],
-                result["documents"][0],
-                strict=True,
+                ids, result["distances"][0], result["metadatas"][0], texts, strict=True
             )
         ]
         hits.sort(key=lambda hit: (-hit.score, id_sort_key(hit.id)))

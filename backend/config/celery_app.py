@@ -3,6 +3,7 @@
 import os
 
 from celery import Celery
+from celery.signals import worker_init, worker_process_init
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
 
@@ -10,3 +11,24 @@ app = Celery("librarian")
 # Every Celery setting lives in Django settings under the CELERY_ prefix (config/settings.py).
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks()
+
+
+def _warm_up() -> None:
+    from apps.agent.services.retrieval import retrieval_warm_up
+
+    retrieval_warm_up()
+
+
+@worker_init.connect
+def _warm_up_in_process(sender=None, **kwargs) -> None:
+    # Thread and gevent pools run tasks in this process: load the embedding model and open the store
+    # once, before the first job. Prefork children do it after the fork (below): native handles and
+    # SQLite connections must not cross a fork.
+    pool = getattr(getattr(sender, "pool_cls", None), "__module__", "") or ""
+    if "prefork" not in pool:
+        _warm_up()
+
+
+@worker_process_init.connect
+def _warm_up_in_child(**kwargs) -> None:
+    _warm_up()

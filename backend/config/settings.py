@@ -85,6 +85,8 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    # Oversized bodies get 413 in the API's error shape before anything reads them.
+    "apps.agent.errors.RequestSizeLimitMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -161,9 +163,15 @@ CELERY_TASK_TRACK_STARTED = True
 CELERY_WORKER_SEND_TASK_EVENTS = True
 CELERY_TASK_SEND_SENT_EVENT = True
 CELERY_TASK_DEFAULT_QUEUE = "agent"
+# Batch jobs are published with a low priority (9; on Redis 0 is served first), so a worker that
+# consumes both queues always takes an interactive job before a batch job, whatever its --queues
+# order (docs/operations.md, "Priorities"). Measured with a batch of 200 in tests/e2e/test_batches_e2e.py.
+AGENT_BATCH_PRIORITY = _int("AGENT_BATCH_PRIORITY", 9, minimum=0)
+if AGENT_BATCH_PRIORITY > 9:
+    raise env_error("AGENT_BATCH_PRIORITY", AGENT_BATCH_PRIORITY, "an integer from 0 to 9")
 CELERY_TASK_ROUTES = {
     "agent.job_run": {"queue": "agent"},
-    "agent.batch_job_run": {"queue": "batch"},
+    "agent.batch_job_run": {"queue": "batch", "priority": AGENT_BATCH_PRIORITY},
     "agent.delivery_send": {"queue": "webhooks"},
 }
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
@@ -179,6 +187,9 @@ CELERY_BROKER_TRANSPORT_OPTIONS = {
     "interval_max": 1,
     "socket_connect_timeout": 3,
     "socket_timeout": 5,
+    # One Redis list per priority step and queue; a worker's BRPOP lists every queue's step 0 before
+    # any step 9, which is what puts batch jobs behind interactive ones (AGENT_BATCH_PRIORITY).
+    "priority_steps": [0, 3, 6, 9],
 }
 CELERY_TASK_TIME_LIMIT = _int("CELERY_TASK_TIME_LIMIT", 300, minimum=1)
 CELERY_TASK_SOFT_TIME_LIMIT = max(1, CELERY_TASK_TIME_LIMIT - 10)
@@ -200,6 +211,11 @@ AGENT_TOP_K_DEFAULT = _int("AGENT_TOP_K_DEFAULT", 5, minimum=1)
 AGENT_SWEEP_INTERVAL_SEC = _float("AGENT_SWEEP_INTERVAL_SEC", 30.0, minimum=1.0)
 # A queued job not picked up within this many seconds is enqueued again by the sweep.
 AGENT_QUEUED_STALE_SEC = _float("AGENT_QUEUED_STALE_SEC", 60.0, minimum=1.0)
+# Batches (POST /api/agent/batches, `rerun_jobs`): the most jobs one batch may create.
+AGENT_BATCH_MAX_SIZE = _int("AGENT_BATCH_MAX_SIZE", 500, minimum=1)
+# A queued batch job waits its turn behind the rest of its batch at low priority: the sweep re-publishes
+# it only after this long (interactive jobs: AGENT_QUEUED_STALE_SEC), so a long batch is not duplicated.
+AGENT_BATCH_QUEUED_STALE_SEC = _float("AGENT_BATCH_QUEUED_STALE_SEC", 900.0, minimum=1.0)
 if AGENT_JOB_TIMEOUT_SEC >= CELERY_TASK_TIME_LIMIT:
     raise env_error(
         "AGENT_JOB_TIMEOUT_SEC",
@@ -218,6 +234,8 @@ REST_FRAMEWORK = {
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    # JSON only: every input is a JSON object; form and multipart parsers would only add surface.
+    "DEFAULT_PARSER_CLASSES": ["apps.agent.parsers.JSONParser"],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.LimitOffsetPagination",
     "PAGE_SIZE": 20,

@@ -15,7 +15,7 @@ import redis as redis_lib
 from tests.e2e.harness import REPO, Worker
 
 REDIS_BASE = os.environ.get("E2E_REDIS_URL", "redis://127.0.0.1:6379")
-REDIS_DB = 11
+REDIS_DB = int(os.environ.get("E2E_REDIS_DB", "11"))
 API_KEY = "sk-server-e2e"
 
 
@@ -65,10 +65,13 @@ class Stack:
     vector: object
     workers: list
 
-    def start_worker(self, name: str | None = None, **kwargs) -> Worker:
+    def start_worker(self, name: str | None = None, env: dict[str, str] | None = None, **kwargs) -> Worker:
+        """Start a worker process with the stack's environment (plus `env`) and wait until it answers."""
         from config.celery_app import app
 
-        worker = Worker(self.env, name=name or f"w{len(self.workers)}-{uuid.uuid4().hex[:6]}", **kwargs)
+        worker = Worker(
+            {**self.env, **(env or {})}, name=name or f"w{len(self.workers)}-{uuid.uuid4().hex[:6]}", **kwargs
+        )
         self.workers.append(worker)
         worker.wait_ready(app)
         return worker

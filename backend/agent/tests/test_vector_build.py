@@ -314,12 +314,14 @@ def test_import_replaces_a_live_store_atomically(tmp_path, vsettings):
     release_client(source)
     export_zip(source, tmp_path / "v.zip")
     open_store(vsettings, embedder=FakeEmbedder())  # a reader has the old store open
+    (vsettings.dir / "README.md").write_text("kept")
     assert (
         import_zip(tmp_path / "v.zip", vsettings, embedder=FakeEmbedder())["build_id"]
         == second["build_id"]
         != first["build_id"]
     )
     assert open_store(vsettings, embedder=FakeEmbedder()).count() == 10
+    assert (vsettings.dir / "README.md").read_text() == "kept"
     assert leftovers(vsettings) == []
 
 

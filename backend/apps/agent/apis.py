@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from django.urls import reverse
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiExample, OpenApiParameter, OpenApiResponse, extend_schema
@@ -9,7 +11,6 @@ from rest_framework import status
 from rest_framework.pagination import LimitOffsetPagination
 from rest_framework.permissions import AllowAny
 from rest_framework.response import Response
-from rest_framework.throttling import UserRateThrottle
 from rest_framework.views import APIView
 
 from agent.config import BYO_KEY_HEADER
@@ -29,6 +30,7 @@ from apps.agent.serializers import (
 )
 from apps.agent.services import jobs as job_services
 from apps.agent.services.health import health_check
+from apps.agent.throttling import JobCreateThrottle
 
 IDEMPOTENCY_HEADER = "Idempotency-Key"
 POLL_AFTER_SEC = 1
@@ -52,23 +54,32 @@ IDEMPOTENCY_PARAM = OpenApiParameter(
 )
 
 
-class JobCreateThrottle(UserRateThrottle):
-    scope = "job_create"
-
-
 def _options(data: dict) -> AgentOptions:
     return AgentOptions(top_k=data["top_k"], filters=Filters.from_dict(data.get("filters")))
 
 
+# A provider key is a token of visible ASCII; it ends up in an outbound Authorization header.
+_API_KEY = re.compile(r"[\x21-\x7e]{1,4096}")
+# An idempotency key is stored on the job: printable ASCII (no control characters), 200 at most.
+_IDEMPOTENCY_KEY = re.compile(r"[\x20-\x7e]{0,200}")
+
+
 def _byo_key(request) -> str | None:
-    return request.headers.get(BYO_KEY_HEADER) or None
+    """The user's key from the header, or None. Raises `ValidationFailed` (never echoing the value)."""
+    key = (request.headers.get(BYO_KEY_HEADER) or "").strip()
+    if key and not _API_KEY.fullmatch(key):
+        raise ValidationFailed(
+            f"The {BYO_KEY_HEADER} header must be 1..4096 visible ASCII characters.", code="invalid_header"
+        )
+    return key or None
 
 
 def _idempotency_key(request) -> str:
     key = (request.headers.get(IDEMPOTENCY_HEADER) or "").strip()
-    if len(key) > 200:
+    if not _IDEMPOTENCY_KEY.fullmatch(key):
         raise ValidationFailed(
-            "The Idempotency-Key header is longer than 200 characters.", code="invalid_header"
+            "The Idempotency-Key header must be at most 200 printable ASCII characters.",
+            code="invalid_header",
         )
     return key
 
@@ -262,6 +273,25 @@ class AgentSyncApi(APIView):
         )
         body = {**result.to_dict(), "cost": decision.to_dict()}
         return Response(AgentResponseSerializer(body).data)
+
+
+class PingApi(APIView):
+    """The cheapest request the API serves: no authentication, no database, no cache.
+
+    A liveness probe (is this process answering?) and the baseline of the polling benchmark (bench/polling.py):
+    `GET /api/agent/jobs/<id>` is measured against it in the same server.
+    """
+
+    authentication_classes: list = []
+    permission_classes = [AllowAny]
+
+    @extend_schema(
+        operation_id="ping",
+        summary="Is this API process answering? (no I/O)",
+        responses={200: OpenApiResponse(description='Always `{"ok": true}`.')},
+    )
+    def get(self, request):
+        return Response({"ok": True})
 
 
 class HealthApi(APIView):

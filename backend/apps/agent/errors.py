@@ -8,8 +8,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.core.exceptions import PermissionDenied
-from django.http import Http404
+from django.conf import settings
+from django.core.exceptions import PermissionDenied, RequestDataTooBig, SuspiciousOperation
+from django.http import Http404, JsonResponse
 from rest_framework import exceptions, status
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
@@ -57,6 +58,18 @@ class ServiceUnavailable(ApplicationError):
     code = "service_unavailable"
 
 
+class RequestTooLarge(ApplicationError):
+    status_code = status.HTTP_413_REQUEST_ENTITY_TOO_LARGE
+    code = "request_too_large"
+
+
+def request_too_large() -> RequestTooLarge:
+    limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
+    return RequestTooLarge(
+        f"The request body is larger than {limit} bytes.", details={"max_bytes": limit}
+    )
+
+
 def error_body(code: str, message: str, details: Any = None) -> dict[str, Any]:
     return {"error": {"code": code, "message": message, "details": details}}
 
@@ -81,6 +94,11 @@ def exception_handler(exc: Exception, context: dict) -> Response | None:
         return Response(
             error_body(exc.code, exc.message, exc.details), status=exc.status_code, headers=exc.headers
         )
+    if isinstance(exc, RequestDataTooBig):
+        return exception_handler(request_too_large(), context)
+    if isinstance(exc, SuspiciousOperation):
+        # Django would answer a bare 400 page (too many fields, a malformed multipart body, ...).
+        return Response(error_body("bad_request", str(exc) or "Bad request."), status=400)
     if isinstance(exc, Http404):
         exc = exceptions.NotFound()
     elif isinstance(exc, PermissionDenied):
@@ -99,3 +117,26 @@ def exception_handler(exc: Exception, context: dict) -> Response | None:
             details = {"retry_after_sec": int(exc.wait)}
     response.data = error_body(code, message, details)
     return response
+
+
+class RequestSizeLimitMiddleware:
+    """413 in the error shape for a body larger than DATA_UPLOAD_MAX_MEMORY_SIZE, before anything reads it.
+
+    Django enforces the limit only when `request.body` or `request.POST` is read, and renders a bare 400;
+    checking the declared Content-Length first refuses a flood before authentication, parsing or a view.
+    A body without Content-Length (chunked) is not read by Django's WSGI handler at all.
+    """
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+
+    def __call__(self, request):
+        try:
+            length = int(request.META.get("CONTENT_LENGTH") or 0)
+        except ValueError:
+            length = 0
+        limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
+        if limit is not None and length > limit:
+            exc = request_too_large()
+            return JsonResponse(error_body(exc.code, exc.message, exc.details), status=exc.status_code)
+        return self.get_response(request)

@@ -27,8 +27,13 @@ class Batch(models.Model):
         settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="agent_batches"
     )
     source = models.CharField(max_length=16, help_text="queries | jobs")
-    selection = models.JSONField(default=dict, blank=True)
-    overrides = models.JSONField(default=dict, blank=True)
+    selection = models.JSONField(
+        default=dict, blank=True, help_text='How the jobs were chosen: {"ids": [...]}, {"filter": {...}}.'
+    )
+    overrides = models.JSONField(
+        default=dict, blank=True, help_text="model, cost_mode, top_k, filters, vector_store_build."
+    )
+    size = models.PositiveIntegerField(default=0, help_text="How many jobs the batch created.")
     webhook_url = models.URLField(max_length=2000, blank=True, default="")
     idempotency_key = models.CharField(max_length=200, blank=True, default="")
     request_fingerprint = models.CharField(max_length=64, blank=True, default="")

@@ -9,8 +9,9 @@ from rest_framework import serializers
 
 from agent.pipeline import MAX_QUERY_CHARS, MAX_TOP_K
 
-_SLUG = re.compile(r"^[a-z_]{1,32}$")
-_LANG = re.compile(r"^[a-z]{2,3}$")
+# \Z, not $: "$" also matches before a trailing newline.
+_SLUG = re.compile(r"^[a-z_]{1,32}\Z")
+_LANG = re.compile(r"^[a-z]{2,3}\Z")
 
 
 class StrictSerializer(serializers.Serializer):

@@ -29,13 +29,14 @@ def _run(task, job_id: str) -> str | None:
         raise task.retry(countdown=1, max_retries=5) from None
 
 
-@shared_task(bind=True, name="agent.job_run", acks_late=True, max_retries=5)
+# ignore_result: the job row is the truth; storing a result in Redis would only cost a round trip.
+@shared_task(bind=True, name="agent.job_run", acks_late=True, max_retries=5, ignore_result=True)
 def job_run_task(self, job_id: str) -> str | None:
     """Run one interactive agent job by id."""
     return _run(self, job_id)
 
 
-@shared_task(bind=True, name="agent.batch_job_run", acks_late=True, max_retries=5)
+@shared_task(bind=True, name="agent.batch_job_run", acks_late=True, max_retries=5, ignore_result=True)
 def batch_job_run_task(self, job_id: str) -> str | None:
     """Run one job of a batch by id; routed to the low-priority `batch` queue."""
     return _run(self, job_id)

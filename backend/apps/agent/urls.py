@@ -3,6 +3,7 @@ from django.urls import include, path
 from apps.agent import apis
 
 urlpatterns = [
+    path("ping", apis.PingApi.as_view(), name="ping"),
     path("health", apis.HealthApi.as_view(), name="health"),
     path("agent/", apis.AgentSyncApi.as_view(), name="agent-run"),
     path("agent/jobs", apis.JobListCreateApi.as_view(), name="agent-jobs"),

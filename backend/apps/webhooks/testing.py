@@ -48,8 +48,14 @@ class WebhookReceiver:
     """A threaded HTTP server on 127.0.0.1:<free port>. Use as a context manager, or start()/stop()."""
 
     def __init__(
-        self, *, default: Reply | None = None, path: str = "/hook", tls: ssl.SSLContext | None = None
+        self,
+        *,
+        default: Reply | None = None,
+        path: str = "/hook",
+        tls: ssl.SSLContext | None = None,
+        port: int = 0,
     ):
+        self.requested_port = port  # 0: any free port; a fixed one lets a test stop and restart a receiver
         self.default = default or Reply()
         self.path = path
         self.tls = tls  # a server-side context: serve HTTPS (for the TLS pinning tests)
@@ -76,7 +82,7 @@ class WebhookReceiver:
             def log_message(self, format: str, *args) -> None:  # keep test output clean
                 return
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server = ThreadingHTTPServer(("127.0.0.1", self.requested_port), Handler)
         self._server.daemon_threads = True
         if self.tls is not None:
             self._server.socket = self.tls.wrap_socket(self._server.socket, server_side=True)

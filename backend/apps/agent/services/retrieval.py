@@ -59,7 +59,15 @@ def store_identity() -> dict[str, Any]:
         manifest = read_manifest(settings.VECTOR)
     except VectorStoreUnavailable:
         return {}
-    keys = ("collection", "document_count", "built_at", "dataset_sha256", "embedding_model", "embedding_dim")
+    keys = (
+        "build_id",
+        "collection",
+        "document_count",
+        "built_at",
+        "dataset_sha256",
+        "embedding_model",
+        "embedding_dim",
+    )
     return {key: manifest.get(key) for key in keys if key in manifest}
 
 
@@ -71,3 +79,16 @@ def store_health() -> dict[str, Any]:
     except VectorStoreUnavailable as exc:
         return {"ok": False, "error": exc.message}
     return {"ok": True, **store_identity(), "documents": store.count()}
+
+
+def retrieval_warm_up() -> None:
+    """Load the embedding model and open the store now, so that the first jobs do not pay for it.
+
+    Called when a worker starts; a broken store is only logged (jobs will answer degraded).
+    """
+    import logging
+
+    try:
+        get_retriever().retrieve("warm up", 1, Filters())
+    except VectorStoreUnavailable as exc:
+        logging.getLogger(__name__).warning("vector store unavailable at worker start: %s", exc.message)

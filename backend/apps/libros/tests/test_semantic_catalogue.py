@@ -4,25 +4,20 @@ The queries share no keyword with the book they must find (checked below with th
 extraction that exact search uses), several cross languages, and exact search misses them: this is
 what the vector store adds over the degraded path.
 
-Embedding the 320 books takes about a minute on two cores, so the store is built once per test
-session, into a cache under VAR_DIR that later runs update incrementally (an unchanged fixture
-re-embeds nothing), and each session reads its own copy.
+Embedding the 320 books takes about a minute on two cores, so the store is the session-wide one of
+the root conftest (`catalogue_vector_settings`), cached under var/ and updated incrementally: an
+unchanged fixture re-embeds nothing on later runs.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
-import shutil
 from pathlib import Path
 
 import pytest
-from django.conf import settings as django_settings
 
-from agent.embeddings import get_embedder
 from agent.types import Filters
-from agent.vector_build import build_lock, build_vector_db
-from agent.vector_store import exact_search, keywords, open_store, release_client
+from agent.vector_store import exact_search, keywords, open_store
 from apps.libros.catalogue import libro_document
 from apps.libros.models import Libro
 
@@ -35,31 +30,9 @@ def fixture_documents():
 
 
 @pytest.fixture(scope="session")
-def catalogue_store(tmp_path_factory):
-    """(settings, documents) of a store of the whole fixture, built with the local model."""
-    base = dataclasses.replace(
-        django_settings.VECTOR,
-        url=None,
-        embeddings_provider="local",
-        embeddings_model="multilingual-e5-small-q4",
-    )
-    cache = Path(django_settings.VAR_DIR) / "test-cache" / "vector_db_libros_prueba"
-    cached = dataclasses.replace(base, dir=cache, manifest_path=cache / "manifest.json")
-    documents = fixture_documents()
-    build_vector_db(
-        documents,
-        settings=cached,
-        embedder=get_embedder(cached),
-        source="fixture:libros_prueba.json",
-        progress=False,
-    )
-    release_client(cached)
-    copy = tmp_path_factory.mktemp("semantic") / "vector_db"
-    with build_lock(cache):  # another test run may be rebuilding the cache right now
-        shutil.copytree(cache, copy)
-    settings = dataclasses.replace(base, dir=copy, manifest_path=copy / "manifest.json")
-    yield settings, {doc.id: doc for doc in documents}
-    release_client(settings)
+def catalogue_store(catalogue_vector_settings):
+    """(settings, documents by id) of the store of the whole fixture (the shared one from conftest.py)."""
+    return catalogue_vector_settings, {doc.id: doc for doc in fixture_documents()}
 
 
 def titles(hits):

@@ -1,0 +1,392 @@
+"""The processes a benchmark runs against, started and torn down by the benchmark itself.
+
+A `Stack` is a fresh database (a copy of a migrated template: a SQLite file in a temporary directory, or a
+PostgreSQL database created from a template when DATABASE_URL names PostgreSQL), Redis database 9
+(flushed), gunicorn for the API on a free port, Celery worker(s) through `worker/start.sh`, and the
+project's OpenAI-compatible test server, each a child process in its own session. `Stack.stop()` ends
+exactly the processes it started (by process group id), then drops the database.
+
+The bench process itself never imports Django: it talks HTTP to the API and sends bare Celery tasks by
+name with a plain `Celery` app, so it cannot share state with what it measures.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+BACKEND = REPO / "backend"
+PY = sys.executable
+REDIS_BASE = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379")
+REDIS_DB = 9
+#: The catalogue fixture's store, built once (incrementally: an unchanged fixture costs no embedding).
+VECTOR_DIR = REPO / "var" / "bench_vector_db"
+API_KEY = "sk-bench"
+USERNAME = "bench"
+#: What compose.yaml and scripts/dev_up.py run: 2 gunicorn processes of 8 threads.
+API_WORKERS = 2
+API_THREADS = 8
+
+# Queries the benchmarks cycle through. The worker's query-embedding cache (agent.embeddings, LRU) holds
+# each one after its first use, as it holds the questions users repeat; the embedding itself is
+# measured by the retrieval benchmark.
+QUERIES = [
+    "a whale hunt at sea",
+    "novela sobre la guerra civil española",
+    "detective story in Victorian London",
+    "libros de fantasía con dragones",
+    "a dystopia where books are burned",
+    "poemas de amor",
+    "the history of the universe explained simply",
+    "una familia a lo largo de varias generaciones",
+    "children's book about a talking animal",
+    "recetas de cocina mexicana",
+    "philosophy of ethics and virtue",
+    "a ghost haunting an old house",
+    "romance in the English countryside",
+    "viaje a la luna",
+    "a robot that wants to be human",
+    "crimen en un tren",
+    "coming of age in a small town",
+    "un caballero que lucha contra molinos",
+    "space opera with galactic empires",
+    "memorias de la infancia en el campo",
+]
+
+
+def log(message: str) -> None:
+    print(f"[bench] {message}", file=sys.stderr, flush=True)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def redis_url() -> str:
+    return f"{REDIS_BASE}/{REDIS_DB}"
+
+
+def flush_redis() -> None:
+    import redis
+
+    redis.Redis.from_url(redis_url(), socket_connect_timeout=2).flushdb()
+
+
+def _postgres_url() -> str | None:
+    url = os.environ.get("DATABASE_URL", "")
+    return url if url.startswith(("postgres://", "postgresql://", "pgsql://")) else None
+
+
+def _pg_admin(url: str, sql: str) -> None:
+    import psycopg
+
+    admin = re.sub(r"/[^/?]*(\?|$)", r"/postgres\1", url.split("://", 1)[1], count=1)
+    with psycopg.connect(f"postgresql://{admin}", autocommit=True) as conn:
+        conn.execute(sql)
+
+
+def _pg_with_name(url: str, name: str) -> str:
+    scheme, rest = url.split("://", 1)
+    return f"{scheme}://" + re.sub(r"/[^/?]*(\?|$)", rf"/{name}\1", rest, count=1)
+
+
+def base_env(tmp: Path) -> dict[str, str]:
+    """The environment every child process gets: nothing from the developer's .env leaks in."""
+    keep = ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
+    env = {k: v for k, v in os.environ.items() if k in keep}
+    url = redis_url()
+    env.update(
+        DJANGO_SETTINGS_MODULE="config.settings",
+        PYTHON=PY,
+        PYTHONUNBUFFERED="1",
+        PYTHONPATH=str(BACKEND),
+        SECRET_KEY="bench-secret-key-not-for-production",
+        DEBUG="false",
+        LOG_LEVEL=os.environ.get("BENCH_LOG_LEVEL", "INFO"),
+        VAR_DIR=str(tmp),
+        REDIS_URL=url,
+        CACHE_URL=url,
+        CELERY_BROKER_URL=url,
+        CELERY_RESULT_BACKEND=url,
+        # Benchmarks submit thousands of jobs per minute from one user.
+        THROTTLE_JOB_CREATE="100000000/min",
+        LLM_PROVIDER="stub",
+        LLM_MODEL="test-model",
+        LLM_API_KEY="",
+        LLM_BASE_URL="",
+        VECTOR_DB_DIR=str(VECTOR_DIR),
+        VECTOR_DB_MANIFEST=str(VECTOR_DIR / "manifest.json"),
+        HF_HUB_OFFLINE="1",
+        ANONYMIZED_TELEMETRY="False",
+    )
+    return env
+
+
+@dataclass
+class Proc:
+    name: str
+    popen: subprocess.Popen
+    log_path: Path
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def log_tail(self, chars: int = 3000) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-chars:]
+        except OSError:
+            return ""
+
+    def stop(self, timeout: float = 15.0) -> None:
+        if self.popen.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.popen.pid, signal.SIGTERM)
+            try:
+                self.popen.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.popen.pid, signal.SIGKILL)
+                self.popen.wait(timeout=10)
+
+
+class Template:
+    """A migrated database with the catalogue and the bench user, copied for each benchmark."""
+
+    def __init__(self, tmp: Path):
+        self.tmp = tmp
+        self.pg_url = _postgres_url()
+        self.name = f"bench_tpl_{os.getpid()}"
+        env = base_env(tmp)
+        if self.pg_url:
+            _pg_admin(self.pg_url, f'DROP DATABASE IF EXISTS "{self.name}"')
+            _pg_admin(self.pg_url, f'CREATE DATABASE "{self.name}"')
+            env["DATABASE_URL"] = _pg_with_name(self.pg_url, self.name)
+        else:
+            env["DATABASE_URL"] = f"sqlite:///{tmp / 'template.sqlite3'}"
+        started = time.perf_counter()
+        manage(env, "migrate", "--noinput", "-v", "0")
+        manage(env, "loaddata", "libros_prueba", "-v", "0")
+        self.token = manage(env, "create_api_token", USERNAME).splitlines()[-1].strip()
+        log(f"template database ready in {time.perf_counter() - started:.1f} s")
+        ensure_vector_store(env)
+
+    def database_url(self, label: str) -> str:
+        """A fresh copy of the template for one benchmark."""
+        name = f"bench_{label}_{uuid.uuid4().hex[:6]}"
+        if self.pg_url:
+            _pg_admin(self.pg_url, f'CREATE DATABASE "{name}" TEMPLATE "{self.name}"')
+            return _pg_with_name(self.pg_url, name)
+        path = self.tmp / f"{name}.sqlite3"
+        shutil.copyfile(self.tmp / "template.sqlite3", path)
+        return f"sqlite:///{path}"
+
+    def drop(self, database_url: str) -> None:
+        if self.pg_url:
+            name = database_url.rsplit("/", 1)[1].split("?")[0]
+            with contextlib.suppress(Exception):
+                _pg_admin(self.pg_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        else:
+            path = Path(database_url.removeprefix("sqlite:///"))
+            for suffix in ("", "-wal", "-shm"):
+                Path(f"{path}{suffix}").unlink(missing_ok=True)
+
+    def close(self) -> None:
+        if self.pg_url:
+            with contextlib.suppress(Exception):
+                _pg_admin(self.pg_url, f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)')
+
+
+def manage(env: dict[str, str], *args: str) -> str:
+    result = subprocess.run(
+        [PY, "manage.py", *args], cwd=BACKEND, env=env, text=True, capture_output=True, check=False
+    )
+    if result.returncode != 0:
+        raise RuntimeError(f"manage.py {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
+    return result.stdout
+
+
+def ensure_vector_store(env: dict[str, str]) -> None:
+    started = time.perf_counter()
+    manage(env, "build_vector_db")
+    log(f"vector store ready in {time.perf_counter() - started:.1f} s ({VECTOR_DIR})")
+
+
+@dataclass
+class Stack:
+    """One benchmark's processes. Use as a context manager: everything is stopped on exit."""
+
+    template: Template
+    label: str
+    llm_provider: str = "stub"
+    procs: list[Proc] = field(default_factory=list)
+    api_url: str = ""
+    llm_base_url: str = ""
+
+    def __post_init__(self) -> None:
+        flush_redis()
+        self.logdir = self.template.tmp / self.label
+        self.logdir.mkdir(exist_ok=True)
+        self.database_url = self.template.database_url(self.label)
+        self.env = base_env(self.template.tmp)
+        self.env["DATABASE_URL"] = self.database_url
+        self.token = self.template.token
+
+    def __enter__(self) -> Stack:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def _spawn(self, name: str, cmd: list[str], env: dict[str, str] | None = None) -> Proc:
+        log_path = self.logdir / f"{name}.log"
+        with open(log_path, "ab") as out:
+            popen = subprocess.Popen(
+                cmd,
+                cwd=BACKEND,
+                env=env or self.env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        proc = Proc(name, popen, log_path)
+        self.procs.append(proc)
+        return proc
+
+    def start_llm_server(self, latency_ms: float) -> str:
+        """The OpenAI-compatible test server as a child process; points the stack's LLM at it."""
+        port = free_port()
+        options = json.dumps({"latency_ms": latency_ms, "record_limit": 100})
+        proc = self._spawn(
+            "llm",
+            [PY, "-m", "openai_testserver", "--port", str(port), "--options-json", options],
+        )
+        _wait(lambda: _http_ok(f"http://127.0.0.1:{port}/v1/models"), proc, "the LLM test server", 30)
+        self.llm_base_url = f"http://127.0.0.1:{port}/v1"
+        self.env.update(
+            LLM_PROVIDER="openai_compatible", LLM_BASE_URL=self.llm_base_url, LLM_API_KEY=API_KEY
+        )
+        return self.llm_base_url
+
+    def start_api(self, *, workers: int = API_WORKERS, threads: int = API_THREADS) -> str:
+        port = free_port()
+        proc = self._spawn(
+            "api",
+            [
+                PY,
+                "-m",
+                "gunicorn",
+                "config.wsgi",
+                "-b",
+                f"127.0.0.1:{port}",
+                "--workers",
+                str(workers),
+                "--threads",
+                str(threads),
+                "--timeout",
+                "120",
+                "--backlog",
+                "2048",
+            ],
+        )
+        self.api_url = f"http://127.0.0.1:{port}"
+        _wait(lambda: _http_ok(f"{self.api_url}/api/ping"), proc, "the API", 60)
+        return self.api_url
+
+    def start_worker(self, *, pool: str, concurrency: int, name: str = "bench", **env: str) -> Proc:
+        """A worker through worker/start.sh, as deployments start it; returns once it answers a ping."""
+        worker_env = {
+            **self.env,
+            "WORKER_POOL": pool,
+            "WORKER_CONCURRENCY": str(concurrency),
+            "WORKER_NAME": name,
+            "WORKER_QUEUES": "agent,batch,webhooks",
+            **env,
+        }
+        proc = self._spawn(
+            f"worker-{name}",
+            [str(REPO / "worker" / "start.sh"), "--without-mingle", "--without-gossip"],
+            env=worker_env,
+        )
+        app = celery_app()
+        hostname = f"{name}@{socket.gethostname()}"
+
+        def pong() -> bool:
+            return bool(app.control.ping(destination=[hostname], timeout=0.5))
+
+        _wait(pong, proc, f"worker {hostname}", 90)
+        return proc
+
+    def stop(self) -> None:
+        for proc in reversed(self.procs):
+            proc.stop()
+        self.procs.clear()
+        self.template.drop(self.database_url)
+        flush_redis()
+
+
+def _http_ok(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return 200 <= response.status < 300
+    except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
+        return False
+
+
+def _wait(ready, proc: Proc, what: str, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not proc.alive():
+            raise RuntimeError(f"{what} exited with {proc.popen.returncode}:\n{proc.log_tail()}")
+        if ready():
+            return
+        time.sleep(0.1)
+    raise TimeoutError(f"{what} did not become ready in {timeout:.0f} s:\n{proc.log_tail()}")
+
+
+_APP: Any = None
+
+
+def celery_app() -> Any:
+    """A plain Celery app on the benchmarks' Redis; tasks are sent by name (no Django here)."""
+    global _APP
+    if _APP is None:
+        from celery import Celery
+
+        url = redis_url()
+        _APP = Celery("bench", broker=url, backend=url)
+        _APP.conf.update(
+            task_serializer="json",
+            result_serializer="json",
+            accept_content=["json"],
+            task_default_queue="agent",
+            broker_connection_retry_on_startup=True,
+        )
+    return _APP
+
+
+@contextlib.contextmanager
+def temp_root():
+    with tempfile.TemporaryDirectory(prefix="librarian-bench-") as tmp:
+        yield Path(tmp)
