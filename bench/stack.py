@@ -26,6 +26,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -145,6 +146,17 @@ class Proc:
     name: str
     popen: subprocess.Popen
     log_path: Path
+    ready: Callable[[], bool] = lambda: True
+
+    def wait_ready(self, timeout: float = 120.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not self.alive():
+                raise RuntimeError(f"{self.name} exited with {self.popen.returncode}:\n{self.log_tail()}")
+            if self.ready():
+                return
+            time.sleep(0.1)
+        raise TimeoutError(f"{self.name} was not ready after {timeout:.0f} s:\n{self.log_tail()}")
 
     @property
     def pid(self) -> int:
@@ -186,11 +198,19 @@ class Template:
         else:
             env["DATABASE_URL"] = f"sqlite:///{tmp / 'template.sqlite3'}"
         started = time.perf_counter()
-        manage(env, "migrate", "--noinput", "-v", "0")
-        manage(env, "loaddata", "libros_prueba", "-v", "0")
-        self.token = manage(env, "create_api_token", USERNAME).splitlines()[-1].strip()
-        log(f"template database ready in {time.perf_counter() - started:.1f} s")
-        ensure_vector_store(env)
+        # One Django start-up for all of it (each costs seconds on a busy 2-core machine). The store is
+        # built incrementally: an unchanged catalogue costs no embedding after the first run.
+        script = "; ".join(
+            [
+                "from django.core.management import call_command as c",
+                "c('migrate', '--noinput', verbosity=0)",
+                "c('loaddata', 'libros_prueba', verbosity=0)",
+                "c('build_vector_db', verbosity=0)",
+                f"c('create_api_token', {USERNAME!r})",
+            ]
+        )
+        self.token = manage(env, "shell", "-c", script).splitlines()[-1].strip()
+        log(f"template database and vector store ready in {time.perf_counter() - started:.1f} s")
 
     def database_url(self, label: str) -> str:
         """A fresh copy of the template for one benchmark."""
@@ -225,12 +245,6 @@ def manage(env: dict[str, str], *args: str) -> str:
     if result.returncode != 0:
         raise RuntimeError(f"manage.py {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
     return result.stdout
-
-
-def ensure_vector_store(env: dict[str, str]) -> None:
-    started = time.perf_counter()
-    manage(env, "build_vector_db")
-    log(f"vector store ready in {time.perf_counter() - started:.1f} s ({VECTOR_DIR})")
 
 
 @dataclass
@@ -274,7 +288,27 @@ class Stack:
         self.procs.append(proc)
         return proc
 
-    def start_llm_server(self, latency_ms: float) -> str:
+    def start(
+        self, *, worker: tuple[str, int] | None = None, llm_latency_ms: float | None = None
+    ) -> tuple[Proc, Proc | None]:
+        """Start the API, and the LLM test server and a worker (pool, concurrency) when given, all at
+        once (each takes seconds to import its world); return (api, worker) once every one is ready."""
+        waits = []
+        if llm_latency_ms is not None:
+            waits.append(self.start_llm_server(llm_latency_ms, wait=False))
+        api = self.start_api(wait=False)
+        waits.append(api)
+        worker_proc = None
+        if worker is not None:
+            worker_proc = self.start_worker(pool=worker[0], concurrency=worker[1], wait=False)
+            waits.append(worker_proc)
+        started = time.perf_counter()
+        for proc in waits:
+            proc.wait_ready()
+        log(f"{self.label}: processes ready in {time.perf_counter() - started:.1f} s")
+        return api, worker_proc
+
+    def start_llm_server(self, latency_ms: float, *, wait: bool = True) -> Proc:
         """The OpenAI-compatible test server as a child process; points the stack's LLM at it."""
         port = free_port()
         options = json.dumps({"latency_ms": latency_ms, "record_limit": 100})
@@ -282,14 +316,18 @@ class Stack:
             "llm",
             [PY, "-m", "openai_testserver", "--port", str(port), "--options-json", options],
         )
-        _wait(lambda: _http_ok(f"http://127.0.0.1:{port}/v1/models"), proc, "the LLM test server", 30)
+        proc.ready = lambda: _http_ok(f"http://127.0.0.1:{port}/v1/models")
         self.llm_base_url = f"http://127.0.0.1:{port}/v1"
         self.env.update(
             LLM_PROVIDER="openai_compatible", LLM_BASE_URL=self.llm_base_url, LLM_API_KEY=API_KEY
         )
-        return self.llm_base_url
+        if wait:
+            proc.wait_ready()
+        return proc
 
-    def start_api(self, *, workers: int = API_WORKERS, threads: int = API_THREADS) -> str:
+    def start_api(
+        self, *, workers: int = API_WORKERS, threads: int = API_THREADS, wait: bool = True
+    ) -> Proc:
         port = free_port()
         proc = self._spawn(
             "api",
@@ -311,11 +349,16 @@ class Stack:
             ],
         )
         self.api_url = f"http://127.0.0.1:{port}"
-        _wait(lambda: _http_ok(f"{self.api_url}/api/ping"), proc, "the API", 60)
-        return self.api_url
+        proc.ready = lambda: _http_ok(f"{self.api_url}/api/ping")
+        if wait:
+            proc.wait_ready()
+        return proc
 
-    def start_worker(self, *, pool: str, concurrency: int, name: str = "bench", **env: str) -> Proc:
-        """A worker through worker/start.sh, as deployments start it; returns once it answers a ping."""
+    def start_worker(
+        self, *, pool: str, concurrency: int, name: str = "bench", wait: bool = True, **env: str
+    ) -> Proc:
+        """A worker through worker/start.sh, as deployments start it; by default returns once it answers
+        a ping (the worker loads the embedding model and opens the store before that)."""
         worker_env = {
             **self.env,
             "WORKER_POOL": pool,
@@ -332,16 +375,17 @@ class Stack:
         app = celery_app()
         hostname = f"{name}@{socket.gethostname()}"
 
-        def pong() -> bool:
-            return bool(app.control.ping(destination=[hostname], timeout=0.5))
-
-        _wait(pong, proc, f"worker {hostname}", 90)
+        proc.ready = lambda: bool(app.control.ping(destination=[hostname], timeout=0.5))
+        if wait:
+            proc.wait_ready()
         return proc
 
     def stop(self) -> None:
+        started = time.perf_counter()
         for proc in reversed(self.procs):
             proc.stop()
         self.procs.clear()
+        log(f"{self.label}: stopped in {time.perf_counter() - started:.1f} s")
         self.template.drop(self.database_url)
         flush_redis()
 
@@ -352,17 +396,6 @@ def _http_ok(url: str) -> bool:
             return 200 <= response.status < 300
     except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
         return False
-
-
-def _wait(ready, proc: Proc, what: str, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if not proc.alive():
-            raise RuntimeError(f"{what} exited with {proc.popen.returncode}:\n{proc.log_tail()}")
-        if ready():
-            return
-        time.sleep(0.1)
-    raise TimeoutError(f"{what} did not become ready in {timeout:.0f} s:\n{proc.log_tail()}")
 
 
 _APP: Any = None
@@ -390,3 +423,13 @@ def celery_app() -> Any:
 def temp_root():
     with tempfile.TemporaryDirectory(prefix="librarian-bench-") as tmp:
         yield Path(tmp)
+
+
+def shipped_worker() -> tuple[str, int]:
+    """The pool and concurrency worker/start.sh uses by default: what the benchmarks call "shipped"."""
+    script = (REPO / "worker" / "start.sh").read_text()
+    pool = re.search(r"WORKER_POOL:-([a-z]+)", script)
+    concurrency = re.search(r"WORKER_CONCURRENCY:-(\d+)", script)
+    if not pool or not concurrency:
+        raise RuntimeError("worker/start.sh has no WORKER_POOL / WORKER_CONCURRENCY defaults")
+    return pool[1], int(concurrency[1])

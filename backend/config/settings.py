@@ -123,13 +123,21 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # One file per test run (pid), so that concurrent runs never share it.
     DATABASES["default"]["TEST"] = {"NAME": str(VAR_DIR / f"test_db_{os.getpid()}.sqlite3")}
     # WAL lets the API read while a worker thread writes; the timeout waits out short write locks.
+    # synchronous=NORMAL is SQLite's advice for WAL: a commit no longer waits for an fsync (only the
+    # checkpoints do), so a power cut may lose the last commits but never corrupts the file; a crashed
+    # process loses nothing. It cut the time writers hold the lock (docs/benchmarks.md).
     DATABASES["default"].setdefault("OPTIONS", {}).update(
-        {"timeout": 20, "transaction_mode": "IMMEDIATE", "init_command": "PRAGMA journal_mode=WAL;"}
+        {
+            "timeout": 20,
+            "transaction_mode": "IMMEDIATE",
+            "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+        }
     )
 else:
-    # Persistent connections, checked before reuse so that a dropped connection is replaced.
-    DATABASES["default"]["CONN_MAX_AGE"] = _int("DB_CONN_MAX_AGE", 60)
     DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
+# Persistent connections (checked before reuse on PostgreSQL, so that a dropped one is replaced): opening
+# one per request or task was a measurable share of each job (docs/benchmarks.md).
+DATABASES["default"]["CONN_MAX_AGE"] = _int("DB_CONN_MAX_AGE", 60)
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # --- Redis, cache -------------------------------------------------------------------------------
@@ -256,6 +264,12 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
     "COMPONENT_SPLIT_REQUEST": True,
+    # Several fields are called "status" with different choices: name each set explicitly.
+    "ENUM_NAME_OVERRIDES": {
+        "JobStatusEnum": "apps.agent.models.JobStatus",
+        "FinishedJobStatusEnum": "apps.agent.serializers.FINISHED_STATUSES",
+        "BatchStatusEnum": "apps.agent.serializers.BATCH_STATUSES",
+    },
 }
 DATA_UPLOAD_MAX_MEMORY_SIZE = _int("DATA_UPLOAD_MAX_MEMORY_SIZE", 64 * 1024, minimum=1024)
 

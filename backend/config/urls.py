@@ -9,3 +9,8 @@ urlpatterns = [
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="swagger-ui"),
     path("api/redoc/", SpectacularRedocView.as_view(url_name="schema"), name="redoc"),
 ]
+
+# Under /api/, errors that never reach a DRF view keep the API's error shape (apps.agent.errors).
+handler400 = "apps.agent.errors.bad_request"
+handler404 = "apps.agent.errors.page_not_found"
+handler500 = "apps.agent.errors.server_error"

@@ -11,6 +11,7 @@ from typing import Any
 from django.conf import settings
 from django.core.exceptions import PermissionDenied, RequestDataTooBig, SuspiciousOperation
 from django.http import Http404, JsonResponse
+from django.views import defaults
 from rest_framework import exceptions, status
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
@@ -65,9 +66,7 @@ class RequestTooLarge(ApplicationError):
 
 def request_too_large() -> RequestTooLarge:
     limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
-    return RequestTooLarge(
-        f"The request body is larger than {limit} bytes.", details={"max_bytes": limit}
-    )
+    return RequestTooLarge(f"The request body is larger than {limit} bytes.", details={"max_bytes": limit})
 
 
 def error_body(code: str, message: str, details: Any = None) -> dict[str, Any]:
@@ -140,3 +139,30 @@ class RequestSizeLimitMiddleware:
             exc = request_too_large()
             return JsonResponse(error_body(exc.code, exc.message, exc.details), status=exc.status_code)
         return self.get_response(request)
+
+
+# --- Django's error views (config/urls.py), for what never reaches a DRF view ---------------------------
+# A URL that matches no route (e.g. /api/agent/jobs/not-a-uuid), a Host header that is not allowed, or a
+# crash outside DRF would otherwise be an HTML page; under /api/ they keep the one error shape.
+
+
+def _is_api(request) -> bool:
+    return request.path.startswith("/api/")
+
+
+def bad_request(request, exception=None):
+    if _is_api(request):
+        return JsonResponse(error_body("bad_request", "Bad request."), status=400)
+    return defaults.bad_request(request, exception)
+
+
+def page_not_found(request, exception=None):
+    if _is_api(request):
+        return JsonResponse(error_body("not_found", "No such endpoint or object."), status=404)
+    return defaults.page_not_found(request, exception)
+
+
+def server_error(request):
+    if _is_api(request):
+        return JsonResponse(error_body("internal_error", "Internal server error."), status=500)
+    return defaults.server_error(request)

@@ -54,6 +54,13 @@ class Batch(models.Model):
     def __str__(self) -> str:
         return f"Batch {self.id}"
 
+    @property
+    def status(self) -> str:
+        """running | cancelling (cancel asked, running jobs finishing) | completed | cancelled."""
+        if self.completed_at is not None:
+            return "cancelled" if self.cancelled_at else "completed"
+        return "cancelling" if self.cancelled_at else "running"
+
 
 class AgentJob(models.Model):
     """One question to the agent, from submission to a terminal state."""

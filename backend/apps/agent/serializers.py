@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 
 from django.conf import settings
+from drf_spectacular.extensions import OpenApiSerializerExtension
 from rest_framework import serializers
 
 from agent.pipeline import MAX_QUERY_CHARS, MAX_TOP_K
@@ -23,6 +24,19 @@ class StrictSerializer(serializers.Serializer):
             if unknown:
                 raise serializers.ValidationError({name: ["Unknown field."] for name in unknown})
         return super().to_internal_value(data)
+
+
+class StrictSerializerSchema(OpenApiSerializerExtension):
+    """Documents the strictness: request bodies of `StrictSerializer`s have `additionalProperties: false`."""
+
+    target_class = StrictSerializer
+    match_subclasses = True
+
+    def map_serializer(self, auto_schema, direction):
+        schema = auto_schema._map_basic_serializer(self.target, direction)
+        if direction == "request":
+            schema["additionalProperties"] = False
+        return schema
 
 
 class FiltersSerializer(StrictSerializer):
@@ -195,3 +209,206 @@ class HealthSerializer(serializers.Serializer):
     status = serializers.ChoiceField(choices=["ok", "unavailable"])
     failing = serializers.ListField(child=serializers.CharField())
     checks = serializers.DictField()
+
+
+# --- batches --------------------------------------------------------------------------------------
+
+FINISHED_STATUSES = ["succeeded", "failed", "cancelled"]
+BATCH_STATUSES = ["running", "cancelling", "completed", "cancelled"]
+
+
+class BatchOverridesSerializer(StrictSerializer):
+    model = serializers.CharField(
+        required=False, max_length=200, help_text="LLM model name for every job of the batch."
+    )
+    cost_mode = serializers.ChoiceField(
+        choices=["paid", "hybrid", "byo_key"],
+        required=False,
+        help_text="paid or hybrid (both use the server key); byo_key is refused for batches.",
+    )
+    top_k = serializers.IntegerField(required=False, min_value=1, max_value=MAX_TOP_K)
+    filters = FiltersSerializer(required=False, help_text="Replaces each job's filters as a whole.")
+    vector_store_build = serializers.RegexField(
+        r"^[A-Za-z0-9_.:-]{1,64}$",
+        required=False,
+        help_text="The `build_id` of the vector store the batch must run on. It must be the deployed "
+        "build (GET /api/health shows it); any other build is refused with 400.",
+    )
+
+
+class BatchJobFilterSerializer(StrictSerializer):
+    status = serializers.ChoiceField(choices=FINISHED_STATUSES, required=False)
+    created_after = serializers.DateTimeField(required=False, help_text="Inclusive.")
+    created_before = serializers.DateTimeField(required=False, help_text="Exclusive.")
+    degraded_only = serializers.BooleanField(required=False, default=False)
+
+    def validate(self, attrs):
+        after, before = attrs.get("created_after"), attrs.get("created_before")
+        if after and before and after >= before:
+            raise serializers.ValidationError({"created_before": ["Must be later than created_after."]})
+        return attrs
+
+
+class BatchCreateInputSerializer(StrictSerializer):
+    """Exactly one of `queries`, `jobs` (ids of your past jobs) or `filter` (over your past jobs)."""
+
+    queries = serializers.ListField(
+        child=QueryField(), required=False, allow_empty=True, help_text="New questions, one job each."
+    )
+    jobs = serializers.ListField(
+        child=serializers.UUIDField(),
+        required=False,
+        allow_empty=True,
+        help_text="Ids of your finished jobs to re-run (repeats count once).",
+    )
+    filter = BatchJobFilterSerializer(
+        required=False, help_text="Re-run your finished jobs that match (oldest first)."
+    )
+    overrides = BatchOverridesSerializer(required=False)
+    webhook_url = serializers.CharField(
+        required=False,
+        allow_blank=True,
+        max_length=2000,
+        help_text="Receives one signed agent.batch.completed event when the batch ends.",
+    )
+
+    def validate(self, attrs):
+        given = [name for name in ("queries", "jobs", "filter") if name in attrs]
+        if len(given) != 1:
+            raise serializers.ValidationError(
+                {"selection": [f"Give exactly one of queries, jobs or filter (got {given or 'none'})."]}
+            )
+        return attrs
+
+
+class BatchProgressSerializer(serializers.Serializer):
+    total = serializers.IntegerField()
+    queued = serializers.IntegerField()
+    running = serializers.IntegerField()
+    succeeded = serializers.IntegerField()
+    failed = serializers.IntegerField()
+    cancelled = serializers.IntegerField()
+    finished = serializers.IntegerField()
+    percent = serializers.FloatField()
+
+
+class LatencyStatsSerializer(serializers.Serializer):
+    count = serializers.IntegerField()
+    p50 = serializers.FloatField(allow_null=True)
+    p95 = serializers.FloatField(allow_null=True)
+    max = serializers.FloatField(allow_null=True)
+
+
+class BatchTotalsSerializer(serializers.Serializer):
+    prompt_tokens = serializers.IntegerField()
+    completion_tokens = serializers.IntegerField()
+    total_tokens = serializers.IntegerField()
+    cost_usd = serializers.FloatField()
+    latency_ms = LatencyStatsSerializer()
+
+
+class RankChangeSerializer(serializers.Serializer):
+    id = serializers.CharField()
+    parent_rank = serializers.IntegerField()
+    rank = serializers.IntegerField()
+
+
+class ItemComparisonSerializer(serializers.Serializer):
+    compared = serializers.BooleanField(help_text="Both jobs succeeded, so their results are compared.")
+    parent_status = serializers.CharField()
+    parent_result_ids = serializers.ListField(child=serializers.CharField())
+    jaccard = serializers.FloatField(allow_null=True, help_text="|A∩B| / |A∪B| of the result ids.")
+    results_changed = serializers.BooleanField(allow_null=True, help_text="Ids or their order differ.")
+    order_changed = serializers.BooleanField(allow_null=True, help_text="Same ids, another order.")
+    added_ids = serializers.ListField(child=serializers.CharField(), allow_null=True)
+    removed_ids = serializers.ListField(child=serializers.CharField(), allow_null=True)
+    rank_changes = RankChangeSerializer(many=True, allow_null=True)
+    parent_degraded = serializers.BooleanField()
+    degraded_change = serializers.ChoiceField(
+        choices=["unchanged", "became_degraded", "recovered"], allow_null=True
+    )
+    parent_latency_ms = serializers.FloatField(allow_null=True)
+    latency_delta_ms = serializers.FloatField(allow_null=True, help_text="Re-run minus parent.")
+    parent_cost_usd = serializers.FloatField()
+    cost_delta_usd = serializers.FloatField(help_text="Re-run minus parent.")
+    parent_model = serializers.CharField(allow_blank=True)
+    store_changed = serializers.BooleanField(help_text="The vector store build differs from the parent's.")
+
+
+class BatchItemSerializer(serializers.Serializer):
+    position = serializers.IntegerField()
+    job_id = serializers.UUIDField()
+    parent_id = serializers.UUIDField(allow_null=True)
+    query = serializers.CharField()
+    status = serializers.CharField()
+    degraded = serializers.BooleanField()
+    result_ids = serializers.ListField(child=serializers.CharField())
+    latency_ms = serializers.FloatField(allow_null=True)
+    cost_usd = serializers.FloatField()
+    model = serializers.CharField(allow_blank=True)
+    comparison = ItemComparisonSerializer(allow_null=True)
+
+
+class DegradedChangesSerializer(serializers.Serializer):
+    became_degraded = serializers.IntegerField()
+    recovered = serializers.IntegerField()
+    unchanged = serializers.IntegerField()
+
+
+class LatencyComparisonSerializer(serializers.Serializer):
+    parent_p50 = serializers.FloatField(allow_null=True)
+    rerun_p50 = serializers.FloatField(allow_null=True)
+    parent_p95 = serializers.FloatField(allow_null=True)
+    rerun_p95 = serializers.FloatField(allow_null=True)
+    mean_delta = serializers.FloatField(allow_null=True)
+
+
+class CostComparisonSerializer(serializers.Serializer):
+    parent_total = serializers.FloatField()
+    rerun_total = serializers.FloatField()
+    delta = serializers.FloatField()
+
+
+class ComparisonSummarySerializer(serializers.Serializer):
+    items = serializers.IntegerField()
+    compared = serializers.IntegerField()
+    not_compared = serializers.IntegerField()
+    identical = serializers.IntegerField()
+    reordered = serializers.IntegerField()
+    changed = serializers.IntegerField()
+    mean_jaccard = serializers.FloatField(allow_null=True)
+    min_jaccard = serializers.FloatField(allow_null=True)
+    degraded = DegradedChangesSerializer()
+    latency_ms = LatencyComparisonSerializer()
+    cost_usd = CostComparisonSerializer()
+    store_changed = serializers.IntegerField()
+
+
+class BatchLinksSerializer(serializers.Serializer):
+    detail = serializers.CharField()
+    cancel = serializers.CharField()
+    report_csv = serializers.CharField()
+    report_html = serializers.CharField()
+
+
+class BatchSummarySerializer(serializers.Serializer):
+    id = serializers.UUIDField()
+    status = serializers.ChoiceField(choices=BATCH_STATUSES)
+    source = serializers.ChoiceField(choices=["queries", "jobs"])
+    size = serializers.IntegerField()
+    created_at = serializers.DateTimeField()
+    completed_at = serializers.DateTimeField(allow_null=True)
+    cancelled_at = serializers.DateTimeField(allow_null=True)
+    progress = BatchProgressSerializer()
+    links = BatchLinksSerializer()
+
+
+class BatchSerializer(BatchSummarySerializer):
+    selection = serializers.DictField()
+    overrides = serializers.DictField()
+    webhook_url = serializers.CharField(allow_blank=True)
+    totals = BatchTotalsSerializer()
+    comparison = ComparisonSummarySerializer(
+        allow_null=True, help_text="Once the batch is complete, for re-runs of past jobs."
+    )
+    items = BatchItemSerializer(many=True)

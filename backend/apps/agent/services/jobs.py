@@ -35,6 +35,9 @@ from apps.agent.services.retrieval import exact_search, get_retriever, store_ide
 
 logger = logging.getLogger(__name__)
 
+#: A running job asks its row whether it was cancelled at most this often (at step boundaries).
+CANCEL_CHECK_INTERVAL_SEC = 0.2
+
 EVENT_BY_STATUS = {
     JobStatus.SUCCEEDED: "agent.job.succeeded",
     JobStatus.FAILED: "agent.job.failed",
@@ -133,9 +136,13 @@ def job_create(
                 webhook_url=webhook_url,
                 idempotency_key=idempotency_key,
                 request_fingerprint=fingerprint,
+                # Marked as published in the INSERT rather than by an UPDATE after the publish: one write
+                # less per job. A refused publish clears the mark (`_job_publish_created`); a process that
+                # dies between commit and publish leaves the job to the sweep's stale-queue rule.
+                enqueued_at=timezone.now() if enqueue else None,
             )
             if enqueue:
-                transaction.on_commit(lambda: job_enqueue(job=job))
+                transaction.on_commit(lambda: _job_publish_created(job))
     except DatabaseError:
         # A concurrent request with the same idempotency key won the insert.
         if idempotency_key:
@@ -155,6 +162,13 @@ def _idempotent_repeat(existing: AgentJob, fingerprint: str) -> AgentJob:
 
 def job_enqueue(*, job: AgentJob) -> bool:
     """Publish the job's task. Returns False (and leaves the job for the sweep) when the broker is down."""
+    if not _job_publish(job):
+        return False
+    AgentJob.objects.filter(id=job.id, status=JobStatus.QUEUED).update(enqueued_at=timezone.now())
+    return True
+
+
+def _job_publish(job: AgentJob) -> bool:
     from apps.agent.tasks import batch_job_run_task, job_run_task
 
     task = batch_job_run_task if job.batch_id else job_run_task
@@ -163,8 +177,16 @@ def job_enqueue(*, job: AgentJob) -> bool:
     except Exception as exc:  # broker down: the sweep enqueues queued jobs that were never published
         logger.warning("could not enqueue job %s (%s); the sweep will retry", job.id, type(exc).__name__)
         return False
-    AgentJob.objects.filter(id=job.id, status=JobStatus.QUEUED).update(enqueued_at=timezone.now())
     return True
+
+
+def _job_publish_created(job: AgentJob) -> None:
+    """After the creating transaction: publish a job whose row already carries `enqueued_at`.
+
+    When the broker refuses, the mark is cleared so that the sweep publishes the job on its next run.
+    """
+    if not _job_publish(job):
+        AgentJob.objects.filter(id=job.id, status=JobStatus.QUEUED).update(enqueued_at=None)
 
 
 def jobs_enqueue(*, jobs: Sequence[AgentJob]) -> int:
@@ -208,10 +230,17 @@ def job_claim(*, job_id: uuid.UUID | str) -> AgentJob | None:
     Claims a queued job, or a running one whose attempt outlived its deadline plus a grace period
     (its worker vanished). A job that has used `AGENT_MAX_ATTEMPTS` is failed with `max_attempts`.
     """
+    now = timezone.now()
+    # The common case first, in one conditional UPDATE: a queued job with attempts left. Only when it
+    # changes nothing is the row read to tell a stale attempt, an exhausted job and a lost race apart.
+    changed = AgentJob.objects.filter(
+        id=job_id, status=JobStatus.QUEUED, attempts__lt=settings.AGENT_MAX_ATTEMPTS
+    ).update(status=JobStatus.RUNNING, attempts=F("attempts") + 1, heartbeat_at=now, started_at=now)
+    if changed:
+        return AgentJob.objects.get(id=job_id)
     job = AgentJob.objects.filter(id=job_id).only("id", "status", "attempts", "timeout_sec").first()
     if job is None or job.is_terminal:
         return None
-    now = timezone.now()
     claimable = Q(status=JobStatus.QUEUED) | Q(
         status=JobStatus.RUNNING, heartbeat_at__lt=_stale_before(job.timeout_sec)
     )
@@ -261,8 +290,17 @@ def job_run(*, job_id: uuid.UUID | str) -> str | None:
     llm = _runnable_for(job, byo_key)
     options = AgentOptions.from_dict(job.options)
 
+    # The claim just read `cancel_requested`; after that the row is asked again at a step boundary only
+    # when CANCEL_CHECK_INTERVAL_SEC has passed. Retrieval and the prompt take milliseconds, so a job
+    # costs one cancel query (after the LLM call) instead of one per boundary; a cancel that lands in
+    # those milliseconds is honoured after the LLM call.
+    checked = {"at": time.monotonic(), "cancelled": job.cancel_requested}
+
     def is_cancelled() -> bool:
-        return AgentJob.objects.filter(id=job.id, cancel_requested=True).exists()
+        if not checked["cancelled"] and time.monotonic() - checked["at"] >= CANCEL_CHECK_INTERVAL_SEC:
+            checked["cancelled"] = AgentJob.objects.filter(id=job.id, cancel_requested=True).exists()
+            checked["at"] = time.monotonic()
+        return checked["cancelled"]
 
     try:
         result = pipeline.run(
@@ -293,12 +331,18 @@ def _runnable_for(job: AgentJob, byo_key: str | None):
     )
 
 
-def _terminal_effects(*, job_id: uuid.UUID) -> None:
-    """Inside the terminal transaction: queue the webhook event; after commit, forget the BYO key."""
+def _terminal_effects(*, job_id: uuid.UUID, job: AgentJob | None = None) -> None:
+    """Inside the terminal transaction: queue the webhook event; after commit, forget the BYO key.
+
+    Given the claimed `job` (its webhook URL, batch and key source never change), the effects that cannot
+    apply are skipped: no event lookup without a webhook or a batch, no Redis call without a BYO key.
+    """
     from apps.agent.services.events import job_terminal_event
 
-    job_terminal_event(job_id=job_id)
-    transaction.on_commit(lambda: key_vault.key_delete(job_id=job_id))
+    if job is None or job.webhook_url or job.batch_id:
+        job_terminal_event(job_id=job_id)
+    if job is None or job.key_source == "user":
+        transaction.on_commit(lambda: key_vault.key_delete(job_id=job_id))
 
 
 def _job_finish(job: AgentJob, attempt: int, result: AgentResult) -> str | None:
@@ -322,7 +366,7 @@ def _job_finish(job: AgentJob, attempt: int, result: AgentResult) -> str | None:
             # Another attempt took over (we were presumed dead) or the job was cancelled meanwhile.
             return None
         _trace_store(job, attempt, result)
-        _terminal_effects(job_id=job.id)
+        _terminal_effects(job_id=job.id, job=job)
     return status
 
 
@@ -354,7 +398,7 @@ def _job_finish_failed(job: AgentJob, attempt: int, error: dict[str, Any]) -> st
             status=JobStatus.FAILED, error=error, finished_at=timezone.now()
         )
         if changed:
-            _terminal_effects(job_id=job.id)
+            _terminal_effects(job_id=job.id, job=job)
     return JobStatus.FAILED if changed else None
 
 
@@ -364,7 +408,7 @@ def _job_finish_cancelled(job: AgentJob, attempt: int) -> str | None:
             status=JobStatus.CANCELLED, finished_at=timezone.now()
         )
         if changed:
-            _terminal_effects(job_id=job.id)
+            _terminal_effects(job_id=job.id, job=job)
     return JobStatus.CANCELLED if changed else None
 
 

@@ -1,0 +1,158 @@
+"""Concurrency: N jobs against an LLM that takes 2 s per call, all submitted at once to ONE worker process.
+
+The makespan runs from the first POST to the last `finished_at`; the ideal is the submission time plus
+one LLM latency (every job waits on the provider at the same time). Configurations: the one worker/start.sh
+ships, the thread pool at several concurrencies, gevent, and prefork with Celery's default concurrency
+(one child per CPU) as the baseline. Prefork at 2 would need ~N/2 × 2 s, so it runs a few jobs and the
+figure for N is extrapolated (and labelled so).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import os
+
+from bench import client
+from bench.report import Section, ratio, table
+from bench.stack import QUERIES, Stack, Template, log, shipped_worker
+
+LATENCY_SEC = 2.0
+SMOKE_LATENCY_SEC = 0.5
+IN_FLIGHT = 16
+
+
+def _gevent_available() -> bool:
+    try:
+        import gevent  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def configurations(smoke: bool) -> list[tuple[str, int, bool]]:
+    """(pool, concurrency, is_baseline). The shipped one first."""
+    shipped = shipped_worker()
+    prefork = ("prefork", os.cpu_count() or 1, True)
+    if smoke:
+        return [(*shipped, False), prefork]
+    candidates = [("threads", 64), ("threads", 256), ("threads", 1000)]
+    if _gevent_available():
+        candidates += [("gevent", 1000)]
+    rest = [(pool, c, False) for pool, c in candidates if (pool, c) != shipped]
+    return [(*shipped, False), *rest, prefork]
+
+
+async def _run_jobs(stack: Stack, n: int, timeout: float) -> dict[str, float]:
+    async with client.session(stack.api_url, stack.token, connections=IN_FLIGHT + 4) as http:
+        # Warm-up: every question once (the embedding cache), the LLM connection pool opened.
+        await client.submit(http, len(QUERIES), in_flight=IN_FLIGHT)
+        await client.wait_all_terminal(http, timeout=120)
+        ids, first, last_post = await client.submit(http, n, in_flight=IN_FLIGHT)
+        await client.wait_all_terminal(http, timeout=timeout)
+        last_finish, statuses = await client.finished(http, ids)
+        rows = [row for row in await client.list_jobs(http) if row["id"] in set(ids)]
+    return {
+        "submit_s": last_post - first,
+        "makespan_s": last_finish - first,
+        "statuses": statuses,
+        "degraded": sum(1 for row in rows if row["degraded"]),
+    }
+
+
+def run_one(template: Template, pool: str, concurrency: int, n: int, latency: float) -> dict:
+    label = f"concurrency-{pool}-{concurrency}"
+    with Stack(template, label) as stack:
+        stack.start_llm_server(latency_ms=latency * 1000)
+        stack.start_api()
+        worker = stack.start_worker(pool=pool, concurrency=concurrency)
+        log(f"concurrency: {pool} x{concurrency}, {n} jobs of {latency:.1f} s ...")
+        # A generous bound: prefork at 2 needs n/2 rounds of the latency.
+        timeout = 120 + math.ceil(n / concurrency) * latency * 3
+        result = asyncio.run(_run_jobs(stack, n, timeout))
+        memory = client.group_memory(worker.pid)
+        result["threads"] = client.threads_of(worker.pid)
+    result.update(pool=pool, concurrency=concurrency, n=n, latency=latency)
+    result["rss_mib"] = memory["rss"]
+    result["pss_mib"] = memory["pss"]
+    result["ideal_s"] = result["submit_s"] + latency
+    result["ratio"] = result["makespan_s"] / result["ideal_s"]
+    return result
+
+
+def run(template: Template, *, smoke: bool) -> Section:
+    n = 40 if smoke else 1000
+    baseline_n = 4 if smoke else 20
+    latency = SMOKE_LATENCY_SEC if smoke else LATENCY_SEC
+    results = []
+    for pool, concurrency, baseline in configurations(smoke):
+        results.append(run_one(template, pool, concurrency, baseline_n if baseline else n, latency))
+        results[-1]["baseline"] = baseline
+    shipped = shipped_worker()
+    rows = []
+    for r in results:
+        name = f"`{r['pool']}` ×{r['concurrency']}"
+        if (r["pool"], r["concurrency"]) == shipped:
+            name += " (**shipped**)"
+        if r["baseline"]:
+            name += " (**baseline**: Celery's default)"
+        ok = r["statuses"].get("succeeded", 0) - r["degraded"]
+        rows.append(
+            [
+                name,
+                r["n"],
+                f"{r['submit_s']:.2f}",
+                f"{r['makespan_s']:.2f}",
+                f"{r['ideal_s']:.2f}",
+                ratio(r["ratio"]),
+                f"{ok}/{r['n']}",
+                f"{r['rss_mib']:.0f}",
+            ]
+        )
+        if r["baseline"]:
+            rounds = math.ceil(r["n"] / r["concurrency"])
+            per_round = r["makespan_s"] / rounds
+            extrapolated = math.ceil(n / r["concurrency"]) * per_round
+            r["extrapolated_s"] = extrapolated
+            ideal = results[0]["ideal_s"]
+            rows.append(
+                [
+                    f"`{r['pool']}` ×{r['concurrency']}, **extrapolated** to {n} jobs "
+                    f"({math.ceil(n / r['concurrency'])} rounds of {per_round:.2f} s)",
+                    n,
+                    "",
+                    f"~{extrapolated:,.0f}",
+                    f"{ideal:.2f}",
+                    ratio(extrapolated / ideal),
+                    "",
+                    "",
+                ]
+            )
+    body = "\n".join(
+        [
+            table(
+                [
+                    "worker (one process)",
+                    "jobs",
+                    "submission (s)",
+                    "makespan (s)",
+                    "ideal (s)",
+                    "makespan / ideal",
+                    "answered by the LLM",
+                    "worker RSS after (MiB)",
+                ],
+                rows,
+            ),
+            "",
+            f"The test server answers every chat completion after {latency:.1f} s. Jobs are POSTed through the API "
+            f"({IN_FLIGHT} requests in flight) after a warm-up of {len(QUERIES)} jobs; ideal = submission time + "
+            f"{latency:.1f} s. \"Answered by the LLM\" counts succeeded, non-degraded jobs (a job that timed out "
+            "waiting would be degraded). RSS is summed over the worker's processes (prefork: parent + children).",
+        ]
+    )
+    return Section(
+        "concurrency",
+        f"Concurrency: {n} jobs waiting {latency:g} s on the LLM, one worker process",
+        body,
+        {"results": results},
+    )

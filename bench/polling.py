@@ -1,0 +1,76 @@
+"""Polling: GET /api/agent/jobs/<id> under 50 concurrent pollers, against a trivial view in the same server.
+
+The job is terminal (its full payload: result, 4 trace rows), which is the heaviest answer a poller gets.
+The baseline is GET /api/ping (no authentication, no database) in the same gunicorn, right after. Each
+poller sends its next request as soon as the previous one is answered, for a fixed duration.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from bench import client
+from bench.report import Section, ms, ratio, table
+from bench.stack import Stack, Template, log, shipped_worker
+
+POLLERS = 50
+
+
+async def _load(stack: Stack, path: str, seconds: float) -> dict[str, float]:
+    latencies: list[float] = []
+    errors = 0
+    async with client.session(stack.api_url, stack.token, connections=POLLERS) as http:
+
+        async def poller(end: float) -> None:
+            nonlocal errors
+            while time.monotonic() < end:
+                started = time.perf_counter()
+                async with http.get(path) as response:
+                    await response.read()
+                    if response.status != 200:
+                        errors += 1
+                latencies.append(time.perf_counter() - started)
+
+        await asyncio.gather(*(poller(time.monotonic() + 0.5) for _ in range(POLLERS)))  # warm-up
+        latencies.clear()
+        started = time.monotonic()
+        await asyncio.gather(*(poller(started + seconds) for _ in range(POLLERS)))
+        elapsed = time.monotonic() - started
+    return {"rps": len(latencies) / elapsed, "errors": errors, "n": len(latencies), **client.summary_ms(latencies)}
+
+
+async def _one_job(stack: Stack) -> str:
+    async with client.session(stack.api_url, stack.token, connections=2) as http:
+        accepted = await client.post_job(http, "a whale hunt at sea")
+        while (await client.get_job(http, accepted["id"]))["status"] not in client.TERMINAL:
+            await asyncio.sleep(0.05)
+        return accepted["id"]
+
+
+def run(template: Template, *, smoke: bool) -> Section:
+    seconds = 2.0 if smoke else 10.0
+    pool, concurrency = shipped_worker()
+    with Stack(template, "polling") as stack:
+        stack.start_api()
+        worker = stack.start_worker(pool=pool, concurrency=concurrency)
+        job_id = asyncio.run(_one_job(stack))
+        worker.stop()  # nothing else runs while the API is measured
+        log(f"polling: {POLLERS} pollers on a terminal job for {seconds:.0f} s ...")
+        job = asyncio.run(_load(stack, f"/api/agent/jobs/{job_id}", seconds))
+        log(f"polling: {POLLERS} pollers on /api/ping for {seconds:.0f} s ...")
+        ping = asyncio.run(_load(stack, "/api/ping", seconds))
+    rows = [
+        ["GET /api/agent/jobs/<id> (token auth, job + trace rows)", f"{job['rps']:,.0f}", ms(job["p50"]), ms(job["p95"]), ms(job["p99"]), job["errors"]],
+        ["**baseline**: GET /api/ping (no auth, no I/O)", f"{ping['rps']:,.0f}", ms(ping["p50"]), ms(ping["p95"]), ms(ping["p99"]), ping["errors"]],
+        ["ratio job / ping", f"{job['rps'] / ping['rps']:.2f}", ratio(job["p50"] / ping["p50"]), ratio(job["p95"] / ping["p95"]), ratio(job["p99"] / ping["p99"]), ""],
+    ]
+    body = "\n".join(
+        [
+            table(["endpoint", "requests/s", "p50 (ms)", "p95 (ms)", "p99 (ms)", "errors"], rows),
+            "",
+            f"{POLLERS} concurrent pollers (one aiohttp client process on the same machine, keep-alive), "
+            f"{seconds:.0f} s each; API: gunicorn 2 processes × 8 threads, as shipped; the worker is stopped.",
+        ]
+    )
+    return Section("polling", f"Polling: {POLLERS} concurrent pollers against a trivial view", body, {"job": job, "ping": ping})

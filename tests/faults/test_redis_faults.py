@@ -1,0 +1,122 @@
+"""Fault 3: Redis stopped during submission, and restarted (losing its queues) during processing.
+
+The documented behaviour (docs/reliability.md): with the broker down, POST still answers 202 because the
+job row is durable; the job waits as `queued` and the sweep publishes it once Redis is back. A Redis
+restart that loses queued messages is repaired the same way.
+"""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import time
+
+import pytest
+
+from tests.e2e.harness import wait_for
+from tests.faults.conftest import FAST_SWEEP, Elapsed, jobs_of, submit, wait_terminal
+
+pytestmark = [pytest.mark.faults, pytest.mark.django_db(transaction=True)]
+
+
+class PrivateRedis:
+    """A redis-server of this test only, so that stopping it disturbs nobody else."""
+
+    def __init__(self, directory) -> None:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.directory = directory
+        self.process: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        binary = shutil.which("redis-server") or "/usr/bin/redis-server"
+        self.process = subprocess.Popen(
+            [
+                binary,
+                "--bind",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.directory),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        import redis
+
+        wait_for(lambda: _pings(redis.Redis(port=self.port)), timeout=10, message="private redis")
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(timeout=10)
+
+
+def _pings(client) -> bool:
+    try:
+        return bool(client.ping())
+    except Exception:
+        return False
+
+
+@pytest.fixture
+def private_redis(stack, settings, tmp_path, monkeypatch):
+    from config.celery_app import app
+
+    server = PrivateRedis(tmp_path)
+    server.start()
+    stack.env.update(REDIS_URL=server.url, CACHE_URL=server.url)
+    settings.CELERY_BROKER_URL = server.url
+    settings.CACHES = {
+        "default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": server.url}
+    }
+    app.conf.broker_url = server.url
+    app.conf.result_backend = server.url
+    monkeypatch.setattr(app, "_pool", None, raising=False)
+    monkeypatch.setattr(app.amqp, "_producer_pool", None, raising=False)
+    yield server
+    server.stop()
+
+
+def test_broker_down_at_submission_job_is_accepted_and_swept_in_later(stack, client, private_redis):
+    stack.start_worker(env=FAST_SWEEP, beat=True)
+    private_redis.stop()
+
+    with Elapsed() as submission:
+        job_id = submit(client, "a detective on a snowbound train")
+    assert submission.seconds < 10  # publishing gives up quickly; the request never hangs
+    job = jobs_of([job_id])[job_id]
+    assert job.status == "queued" and job.enqueued_at is None
+
+    time.sleep(1)
+    private_redis.start()  # same port: the worker and beat reconnect
+    job = wait_terminal([job_id], timeout=60)[job_id]
+    assert job.status == "succeeded"
+    assert job.attempts == 1
+
+
+def test_redis_restart_during_processing_every_job_ends(stack, client, private_redis, settings):
+    settings.AGENT_JOB_TIMEOUT_SEC = 10.0
+    stack.llm.control(latency_ms=1500)
+    stack.start_worker(env=FAST_SWEEP, beat=True, concurrency=2)
+    ids = [submit(client, f"space opera with empires {i}") for i in range(6)]
+    wait_for(lambda: len(stack.llm.requests("/v1/chat/completions")) >= 2, timeout=20, message="jobs running")
+
+    private_redis.stop()  # loses the 4 queued messages (no persistence), running jobs carry on
+    time.sleep(1)
+    private_redis.start()
+
+    jobs = wait_terminal(ids, timeout=90)
+    assert {j.status for j in jobs.values()} == {"succeeded"}
+    assert all(j.attempts >= 1 for j in jobs.values())
