@@ -95,13 +95,13 @@ async def list_jobs(http: aiohttp.ClientSession) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     offset = 0
     while True:
-        params = {"limit": "1000", "offset": str(offset)}
+        params = {"limit": "100", "offset": str(offset)}  # the API's largest page
         async with http.get("/api/agent/jobs", params=params) as response:
             page = await response.json()
         rows += page["results"]
-        if not page.get("next"):
+        if not page.get("next") or not page["results"]:
             return rows
-        offset += 1000
+        offset += len(page["results"])
 
 
 async def finished(http: aiohttp.ClientSession, ids: Sequence[str]) -> tuple[float, dict[str, int]]:

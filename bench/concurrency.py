@@ -43,10 +43,10 @@ def configurations(smoke: bool) -> list[tuple[str, int, bool]]:
     return [(*shipped, False), *rest, prefork]
 
 
-async def _run_jobs(stack: Stack, n: int, timeout: float) -> dict[str, float]:
+async def _run_jobs(stack: Stack, n: int, timeout: float, warm_up: int) -> dict[str, float]:
     async with client.session(stack.api_url, stack.token, connections=IN_FLIGHT + 4) as http:
-        # Warm-up: every question once (the embedding cache), the LLM connection pool opened.
-        await client.submit(http, len(QUERIES), in_flight=IN_FLIGHT)
+        # Warm-up: every question once (the embedding cache), LLM connections opened.
+        await client.submit(http, warm_up, in_flight=IN_FLIGHT)
         await client.wait_all_terminal(http, timeout=120)
         ids, first, last_post = await client.submit(http, n, in_flight=IN_FLIGHT)
         await client.wait_all_terminal(http, timeout=timeout)
@@ -63,13 +63,14 @@ async def _run_jobs(stack: Stack, n: int, timeout: float) -> dict[str, float]:
 def run_one(template: Template, pool: str, concurrency: int, n: int, latency: float) -> dict:
     label = f"concurrency-{pool}-{concurrency}"
     with Stack(template, label) as stack:
-        stack.start_llm_server(latency_ms=latency * 1000)
-        stack.start_api()
-        worker = stack.start_worker(pool=pool, concurrency=concurrency)
+        _, worker = stack.start(worker=(pool, concurrency), llm_latency_ms=latency * 1000)
         log(f"concurrency: {pool} x{concurrency}, {n} jobs of {latency:.1f} s ...")
         # A generous bound: prefork at 2 needs n/2 rounds of the latency.
         timeout = 120 + math.ceil(n / concurrency) * latency * 3
-        result = asyncio.run(_run_jobs(stack, n, timeout))
+        # Prefork at 2 would spend rounds of the latency warming up every question; its children pay
+        # ~25 ms per uncached query instead, which is nothing next to the LLM's seconds.
+        warm_up = concurrency if pool == "prefork" else len(QUERIES)
+        result = asyncio.run(_run_jobs(stack, n, timeout, warm_up))
         memory = client.group_memory(worker.pid)
         result["threads"] = client.threads_of(worker.pid)
     result.update(pool=pool, concurrency=concurrency, n=n, latency=latency)

@@ -28,17 +28,14 @@ def run(template: Template, *, smoke: bool) -> Section:
     n = 50 if smoke else 1000
     pool, concurrency = shipped_worker()
     with Stack(template, "memory") as stack:
-        api = stack.start_api()
-        api_proc = next(p for p in stack.procs if p.name == "api")
-        worker = stack.start_worker(pool=pool, concurrency=concurrency)
+        api, worker = stack.start(worker=(pool, concurrency))
         worker_start = client.group_memory(worker.pid)
-        api_start = client.group_memory(api_proc.pid)
+        api_start = client.group_memory(api.pid)
         log(f"memory: {n} jobs ...")
         statuses = asyncio.run(_jobs(stack, n))
         worker_after = client.group_memory(worker.pid)
-        api_after = client.group_memory(api_proc.pid)
+        api_after = client.group_memory(api.pid)
         threads = client.threads_of(worker.pid)
-        del api
     rows = [
         ["worker after start (model + store loaded)", f"{worker_start['rss']:.0f}", f"{worker_start['pss']:.0f}", worker_start["processes"]],
         [f"worker after {n} jobs", f"{worker_after['rss']:.0f}", f"{worker_after['pss']:.0f}", worker_after["processes"]],

@@ -43,8 +43,7 @@ def run(template: Template, *, smoke: bool) -> Section:
     n = 30 if smoke else 1000
     pool, concurrency = shipped_worker()
     with Stack(template, "overhead") as stack:
-        stack.start_api()
-        stack.start_worker(pool=pool, concurrency=concurrency)
+        stack.start(worker=(pool, concurrency))
         log(f"overhead: {n} jobs one at a time ...")
         seen, server, statuses = asyncio.run(_jobs(stack, n))
         log(f"overhead: {n} bare Celery round trips ...")

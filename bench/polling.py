@@ -52,8 +52,7 @@ def run(template: Template, *, smoke: bool) -> Section:
     seconds = 2.0 if smoke else 10.0
     pool, concurrency = shipped_worker()
     with Stack(template, "polling") as stack:
-        stack.start_api()
-        worker = stack.start_worker(pool=pool, concurrency=concurrency)
+        _, worker = stack.start(worker=(pool, concurrency))
         job_id = asyncio.run(_one_job(stack))
         worker.stop()  # nothing else runs while the API is measured
         log(f"polling: {POLLERS} pollers on a terminal job for {seconds:.0f} s ...")

@@ -193,7 +193,7 @@ def bench_fixture(limit: int | None, workdir: Path, repeat: int) -> dict[str, fl
 
 def render(sizes: list[dict[str, float]], fixture: dict[str, float] | None, queries: int) -> str:
     lines = [
-        "### Retrieval",
+        "### Figures (`python -m bench.retrieval`)",
         "",
         f"Measured by `python -m bench.retrieval` on {platform.machine()} ({_cpus()} CPUs), Python {platform.python_version()}, "
         f"chromadb {_chroma_version()}; {queries} queries per size, k={TOP}. Synthetic vectors: 384-dim, clustered, seeded.",

@@ -119,7 +119,7 @@ def base_env(tmp: Path) -> dict[str, str]:
         PYTHON=PY,
         PYTHONUNBUFFERED="1",
         PYTHONPATH=str(BACKEND),
-        SECRET_KEY="bench-secret-key-not-for-production",
+        SECRET_KEY="bench-secret-key-not-for-production",  # noqa: S106 - throwaway processes
         DEBUG="false",
         LOG_LEVEL=os.environ.get("BENCH_LOG_LEVEL", "INFO"),
         VAR_DIR=str(tmp),
@@ -171,10 +171,14 @@ class Proc:
         except OSError:
             return ""
 
-    def stop(self, timeout: float = 15.0) -> None:
+    def terminate(self) -> None:
         if self.popen.poll() is None:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.popen.pid, signal.SIGTERM)
+
+    def stop(self, timeout: float = 15.0) -> None:
+        if self.popen.poll() is None:
+            self.terminate()
             try:
                 self.popen.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
@@ -253,7 +257,6 @@ class Stack:
 
     template: Template
     label: str
-    llm_provider: str = "stub"
     procs: list[Proc] = field(default_factory=list)
     api_url: str = ""
     llm_base_url: str = ""
@@ -382,6 +385,8 @@ class Stack:
 
     def stop(self) -> None:
         started = time.perf_counter()
+        for proc in self.procs:
+            proc.terminate()
         for proc in reversed(self.procs):
             proc.stop()
         self.procs.clear()

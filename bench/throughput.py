@@ -31,8 +31,7 @@ def run(template: Template, *, smoke: bool) -> Section:
     n = 60 if smoke else 2000
     pool, concurrency = shipped_worker()
     with Stack(template, "throughput") as stack:
-        stack.start_api()
-        stack.start_worker(pool=pool, concurrency=concurrency)
+        stack.start(worker=(pool, concurrency))
         log(f"throughput: {n} bare no-op tasks ...")
         client.bare_throughput(min(n, 100))
         bare_first, bare_last = client.bare_throughput(n)

@@ -291,9 +291,14 @@ def recover_interrupted_swap(target: Path) -> None:
 
 @contextlib.contextmanager
 def build_lock(target: Path) -> Iterator[None]:
-    """One build, import or export of `target` at a time, across processes (an flock next to it)."""
+    """One build, import or export of `target` at a time, across processes (an flock).
+
+    The lock file lives in the temporary directory, named after the target's absolute path, so that
+    nothing but the store appears in the repository.
+    """
     target.parent.mkdir(parents=True, exist_ok=True)
-    with open(target.parent / f".{target.name}.lock", "a") as handle:
+    digest = hashlib.sha256(str(target.resolve()).encode()).hexdigest()[:16]
+    with open(Path(tempfile.gettempdir()) / f"librarian-vector-db-{digest}.lock", "a") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
             yield
@@ -303,10 +308,8 @@ def build_lock(target: Path) -> Iterator[None]:
 
 def _temp_dir(target: Path, kind: str) -> Path:
     path = Path(tempfile.mkdtemp(prefix=f".{target.name}.{kind}-", dir=target.parent))
-    # mkdtemp makes it private (0700); once swapped in it is the store, readable like any directory.
-    umask = os.umask(0)
-    os.umask(umask)
-    path.chmod(0o777 & ~umask)
+    # mkdtemp makes it private (0700); once swapped in it is the store, readable like any data directory.
+    path.chmod(0o755)
     return path
 
 

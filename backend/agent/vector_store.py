@@ -124,7 +124,7 @@ def to_chroma_metadata(metadata: dict[str, Any], content_hash: str) -> dict[str,
         if value is None or value == []:
             continue
         if key == "genres":
-            value = [normalise_genre(g) for g in value]
+            value = [normalise_genre(g) for g in ([value] if isinstance(value, str) else value)]
         elif key == "language" and isinstance(value, str):
             value = value.strip().lower()
         out[key] = value
@@ -234,7 +234,9 @@ def manifest_problems(
         problems.append(
             f"{manifest.get('document_count')!r} documents in the manifest, {count} in the collection"
         )
-    if stored is not None and stored.get("build_id") != manifest.get("build_id"):
+    if stored is None:
+        problems.append("the collection carries no manifest (it was not made by build_vector_db)")
+    elif stored.get("build_id") != manifest.get("build_id"):
         problems.append(
             f"build {manifest.get('build_id')!r} in the manifest, {stored.get('build_id')!r} in the collection"
         )
@@ -259,6 +261,8 @@ class VectorStore:
         """Open and check the store. Raises `VectorStoreUnavailable` with the reason."""
         self.settings = settings
         self.embedder = embedder
+        # Taken first: a swap during the checks below then shows up as a change on the next call.
+        self.signature = _manifest_signature(settings)
         self._client = client if client is not None else open_client(settings)
         try:
             self._collection = self._client.get_collection(settings.collection, embedding_function=None)
@@ -290,7 +294,6 @@ class VectorStore:
             )
         self._count = count
         self.opened_at = time.monotonic()
-        self.signature = _manifest_signature(settings)
 
     def retrieve(self, query: str, k: int = 5, filters: Filters | None = None) -> list[Hit]:
         """The `k` most similar documents to `query` that pass `filters`, best first.
@@ -360,8 +363,8 @@ def open_store(settings: VectorSettings, *, embedder: Embedder | None = None) ->
         store = _STORES.get(key)
         if store is not None and _still_current(store, settings):
             return store
-    if store is not None:
-        release_client(settings)
+    if store is not None and not settings.url:
+        release_client(settings)  # the files were swapped: the old client reads a deleted directory
     store = VectorStore(settings=settings, embedder=embedder)
     with _STORES_LOCK:
         _STORES[key] = store
@@ -384,166 +387,17 @@ def retrieve(
 # --- Exact search: the degraded path, no vector store ---------------------------------------------
 
 # Words that carry no meaning for a catalogue search, in the two languages of the catalogue.
-STOPWORDS = frozenset(
-    [
-        "a",
-        "al",
-        "algo",
-        "algun",
-        "alguna",
-        "algunas",
-        "alguno",
-        "algunos",
-        "ante",
-        "antes",
-        "aqui",
-        "asi",
-        "busco",
-        "como",
-        "con",
-        "contra",
-        "cual",
-        "cuales",
-        "cuando",
-        "de",
-        "del",
-        "desde",
-        "donde",
-        "durante",
-        "el",
-        "ella",
-        "ellas",
-        "ello",
-        "ellos",
-        "en",
-        "entre",
-        "era",
-        "es",
-        "esa",
-        "esas",
-        "ese",
-        "eso",
-        "esos",
-        "esta",
-        "estas",
-        "este",
-        "esto",
-        "estos",
-        "ha",
-        "hay",
-        "la",
-        "las",
-        "le",
-        "les",
-        "libro",
-        "libros",
-        "lo",
-        "los",
-        "mas",
-        "me",
-        "mi",
-        "mis",
-        "muy",
-        "no",
-        "nos",
-        "novela",
-        "novelas",
-        "o",
-        "otra",
-        "otro",
-        "para",
-        "pero",
-        "poco",
-        "por",
-        "porque",
-        "que",
-        "quiero",
-        "quien",
-        "se",
-        "sea",
-        "ser",
-        "si",
-        "sin",
-        "sobre",
-        "su",
-        "sus",
-        "tambien",
-        "tan",
-        "te",
-        "tiene",
-        "todo",
-        "tu",
-        "un",
-        "una",
-        "unas",
-        "uno",
-        "unos",
-        "y",
-        "ya",
-        "yo",
-        "about",
-        "after",
-        "an",
-        "and",
-        "any",
-        "are",
-        "as",
-        "at",
-        "be",
-        "book",
-        "books",
-        "but",
-        "by",
-        "can",
-        "do",
-        "does",
-        "find",
-        "for",
-        "from",
-        "has",
-        "have",
-        "how",
-        "i",
-        "in",
-        "into",
-        "is",
-        "it",
-        "its",
-        "like",
-        "me",
-        "my",
-        "novel",
-        "novels",
-        "of",
-        "on",
-        "or",
-        "over",
-        "some",
-        "something",
-        "that",
-        "the",
-        "their",
-        "them",
-        "there",
-        "these",
-        "this",
-        "those",
-        "to",
-        "under",
-        "want",
-        "was",
-        "what",
-        "when",
-        "where",
-        "which",
-        "who",
-        "with",
-        "without",
-        "would",
-        "you",
-        "your",
-    ]
-)
+_STOPWORD_TEXT = """
+    a al algo algun alguna algunas alguno algunos ante antes aqui asi busco como con contra cual
+    cuales cuando de del desde donde durante el ella ellas ello ellos en entre era es esa esas ese
+    eso esos esta estas este esto estos ha hay la las le les libro libros lo los mas me mi mis muy
+    no nos novela novelas o otra otro para pero poco por porque que quiero quien se sea ser si sin
+    sobre su sus tambien tan te tiene todo tu un una unas uno unos y ya yo
+    about after an and any are as at be book books but by can do does find for from has have how i
+    in into is it its like me my novel novels of on or over some something that the their them
+    there these this those to under want was what when where which who with without would you your
+    """
+STOPWORDS = frozenset(_STOPWORD_TEXT.split())
 FIELD_WEIGHTS = (("title", 1.0), ("author", 1.0), ("genres", 0.6), ("synopsis", 0.4))
 PREFIX_FACTOR = 0.8  # "dragon" also matches "dragones": a stem match counts a little less
 MIN_PREFIX = 4

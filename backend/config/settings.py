@@ -119,6 +119,8 @@ if not VAR_DIR.is_absolute():
 VAR_DIR.mkdir(parents=True, exist_ok=True)
 DATABASES = {"default": env.db("DATABASE_URL", default=f"sqlite:///{VAR_DIR / 'db.sqlite3'}")}
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    # Django's backend with one writer per process at a time, queued on a lock (config/sqlite3/base.py).
+    DATABASES["default"]["ENGINE"] = "config.sqlite3"
     # A file, not memory, so that end-to-end tests can share the test database with a worker process.
     # One file per test run (pid), so that concurrent runs never share it.
     DATABASES["default"]["TEST"] = {"NAME": str(VAR_DIR / f"test_db_{os.getpid()}.sqlite3")}

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import uuid
 from unittest import mock
 
 import pytest
@@ -238,6 +239,45 @@ def test_invalid_body_is_400_validation_error(api, hybrid, recorder, url, body):
 
     assert_error_shape(response, 400)
     assert_nothing_happened(recorder, before)
+
+
+BATCH_INVALID_BODIES = [
+    pytest.param({"queries": [123]}, id="query-int"),
+    pytest.param({"queries": "whales"}, id="queries-string"),
+    pytest.param({"queries": ["a\x00b"]}, id="nul-in-query"),
+    pytest.param({"queries": ["x" * 4001]}, id="query-4001-chars"),
+    pytest.param({"queries": [" "]}, id="query-blank"),
+    pytest.param({"queries": []}, id="queries-empty"),
+    pytest.param({"queries": ["whales"] * 5000}, id="queries-5000"),
+    pytest.param({"queries": ["whales"], "jobs": []}, id="two-selections"),
+    pytest.param({"jobs": ["not-a-uuid"]}, id="job-id-not-uuid"),
+    pytest.param({"jobs": [str(uuid.uuid4())]}, id="job-id-unknown"),
+    pytest.param({"filter": {"status": "bogus"}}, id="filter-status"),
+    pytest.param({"filter": {"created_after": "yesterday"}}, id="filter-date"),
+    pytest.param({"queries": ["whales"], "overrides": {"top_k": 10**9}}, id="override-top_k"),
+    pytest.param({"queries": ["whales"], "overrides": {"model": "m" * 201}}, id="override-model-long"),
+    pytest.param({"queries": ["whales"], "overrides": {"cost_mode": "free"}}, id="override-cost-mode"),
+    pytest.param({"queries": ["whales"], "overrides": {"api_key": "sk-x"}}, id="override-unknown"),
+    pytest.param({"queries": ["whales"], "overrides": {"vector_store_build": "../../etc"}}, id="build-path"),
+    pytest.param({"queries": ["whales"], "webhook_url": "http://169.254.169.254/"}, id="webhook-metadata"),
+    pytest.param({"queries": ["whales"], "webhook_url": "file:///etc/passwd"}, id="webhook-file"),
+]
+
+
+@pytest.mark.parametrize("body", BATCH_INVALID_BODIES)
+def test_invalid_batch_body_is_4xx(api, hybrid, recorder, body):
+    from apps.agent.models import Batch
+
+    batch_url = _batch_create_url()
+    if batch_url is None:
+        pytest.skip("no batch endpoint yet")
+    before, batches = AgentJob.objects.count(), Batch.objects.count()
+
+    response = post_raw(api, batch_url, json.dumps(body))
+
+    assert_error_shape(response, (400, 404, 422))
+    assert_nothing_happened(recorder, before)
+    assert Batch.objects.count() == batches
 
 
 def test_unknown_fields_are_named_in_the_details(api, recorder):

@@ -277,3 +277,23 @@ def test_the_webhook_secret_is_per_user(api, other_api):
     mallory = other_api.post(reverse("webhooks:secret")).json()
     assert mallory["secret"] != alice["secret"]
     assert api.get(reverse("webhooks:secret")).json()["prefix"] == alice["prefix"]
+
+
+def test_rerun_of_another_users_job_is_refused_like_an_unknown_id(api, other_api, alice_objects):
+    """A batch of re-runs names job ids: Alice's ids are, for Mallory, exactly ids that do not exist."""
+    finished = alice_objects["finished"]
+    before = _state(alice_objects)
+
+    theirs = other_api.post(reverse("agent-batches"), {"jobs": [str(finished.id)]}, format="json")
+    unknown = other_api.post(reverse("agent-batches"), {"jobs": [str(uuid.uuid4())]}, format="json")
+    by_filter = other_api.post(reverse("agent-batches"), {"filter": {}}, format="json")
+
+    assert theirs.status_code == unknown.status_code
+    assert 400 <= theirs.status_code < 500
+    assert theirs.json()["error"]["code"] == unknown.json()["error"]["code"]
+    # A filter selects among the caller's own jobs only: Mallory has none.
+    assert 400 <= by_filter.status_code < 500, by_filter.content
+    assert _state(alice_objects) == before
+    assert not Batch.objects.filter(owner=other_api.user).exists()
+    # The control: Alice may re-run it.
+    assert api.post(reverse("agent-batches"), {"jobs": [str(finished.id)]}, format="json").status_code == 202

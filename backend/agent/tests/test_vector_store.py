@@ -188,3 +188,17 @@ def test_concurrent_retrieval_from_many_threads(built):
     for thread in threads:
         thread.join()
     assert results == [expected] * 40
+
+
+def test_generic_metadata_genre_as_a_string_is_filterable(tmp_path):
+    settings = vector_settings(tmp_path)
+    docs = [
+        Document(id="a", text="dragons and castles", metadata={"genres": "Fantasy", "language": "EN"}),
+        Document(id="b", text="dragons in space", metadata={"genres": ["science-fiction"]}),
+    ]
+    build_vector_db(docs, settings=settings, embedder=FakeEmbedder(), source="test", progress=False)
+    store = open_store(settings, embedder=FakeEmbedder())
+    assert [hit.id for hit in store.retrieve("dragons", 5, Filters(genres=("fantasy",), language="en"))] == ["a"]
+    hit = store.retrieve("dragons", 5, Filters(genres=("science fiction",)))[0]
+    assert (hit.id, hit.metadata["genres"]) == ("b", ["science_fiction"])
+    release_client(settings)

@@ -43,6 +43,8 @@ CSV_COLUMNS = (
     "store_changed",
     "query",
 )
+# Fill colours as attributes (not only CSS), so that a chart saved on its own keeps them.
+COLOURS = {"parent": "#b9b9b9", "rerun": "#2b6cb0"}
 # Cells a spreadsheet would run as a formula (CSV injection): free text starting with these is quoted.
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 
@@ -95,8 +97,8 @@ def _chart(items: list[dict[str, Any]], key: str, parent_key: str, unit: str) ->
     for index, (value, parent) in enumerate(values):
         x = left + index * slot
         for offset, amount, css, label in (
-            (0.0, parent, "parent", "parent"),
-            (0.5, value, "rerun", "re-run"),
+            (0.0, parent, "parent", "original"),
+            (0.5, value, "rerun", "this batch"),
         ):
             if amount is None:
                 continue
@@ -108,6 +110,7 @@ def _chart(items: list[dict[str, Any]], key: str, parent_key: str, unit: str) ->
                     "w": round(max(slot / 2 - 0.3, 0.4), 2),
                     "h": round(bar_h, 2),
                     "css": css,
+                    "fill": COLOURS[css],
                     "title": f"#{index + 1} {label}: {amount:g} {unit}",
                 }
             )

@@ -15,14 +15,52 @@ logger = logging.getLogger(__name__)
 
 
 class FailOpenUserRateThrottle(UserRateThrottle):
+    """A fixed window per user, counted with an atomic increment in the shared cache.
+
+    DRF's own throttle reads the request history, appends and writes it back: two API processes serving
+    the same user at the same moment both read N-1 and both let their request through, so a burst gets
+    past the limit. Here the first request of a window creates the counter with the window's TTL
+    (`add`, i.e. SET NX EX) and every request increments it (`incr`, Redis INCR): the count is exact
+    whatever the number of processes. The window starts at the user's first request, so at most
+    `num_requests` are accepted in any window of `duration` seconds that starts with an accepted one.
+    """
+
     def allow_request(self, request, view) -> bool:
+        if self.rate is None:
+            return True
+        self.key = self.get_cache_key(request, view)
+        if self.key is None:
+            return True
+        self.now = self.timer()
         try:
-            return super().allow_request(request, view)
+            count = self._increment()
         except Exception as exc:  # the cache backend raised: count nothing, let the request through
             logger.warning(
                 "throttle %s: cache unavailable (%s); allowing the request", self.scope, type(exc).__name__
             )
             return True
+        return count <= self.num_requests
+
+    def _increment(self) -> int:
+        counter, started = self.key + ":count", self.key + ":started"
+        for _ in range(2):
+            self.cache.add(started, self.now, self.duration)
+            self.cache.add(counter, 0, self.duration)
+            try:
+                return self.cache.incr(counter)
+            except ValueError:  # the window expired between add() and incr(): start the next one
+                continue
+        raise RuntimeError("the throttle counter keeps expiring")
+
+    def wait(self) -> float | None:
+        """Seconds until the current window ends (the Retry-After of a 429)."""
+        try:
+            started = self.cache.get(self.key + ":started")
+        except Exception:
+            started = None
+        if started is None:
+            return float(self.duration)
+        return max(0.0, started + self.duration - self.now)
 
 
 class JobCreateThrottle(FailOpenUserRateThrottle):

@@ -1,0 +1,1 @@
+"""SQLite for processes with many threads (ENGINE "config.sqlite3"): see `config.sqlite3.base`."""
