@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+import uuid
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
@@ -42,17 +43,42 @@ def session(api_url: str, token: str | None, connections: int = 100) -> aiohttp.
     )
 
 
+# gunicorn closes idle keep-alive connections after 2 s; a request sent on one just as it closes fails
+# before the server read it. Such requests are sent again (POSTs carry an Idempotency-Key, so a repeat
+# can never create a second job).
+RETRIED = (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError)
+
+
 async def post_job(http: aiohttp.ClientSession, query: str, top_k: int = 5) -> dict[str, Any]:
-    async with http.post("/api/agent/jobs", json={"query": query, "top_k": top_k}) as response:
-        body = await response.json()
-        if response.status != 202:
-            raise RuntimeError(f"POST /api/agent/jobs answered {response.status}: {body}")
-        return body
+    headers = {"Idempotency-Key": uuid.uuid4().hex}
+    for attempt in range(3):
+        try:
+            async with http.post(
+                "/api/agent/jobs", json={"query": query, "top_k": top_k}, headers=headers
+            ) as response:
+                body = await response.json()
+                if response.status != 202:
+                    raise RuntimeError(f"POST /api/agent/jobs answered {response.status}: {body}")
+                return body
+        except RETRIED:
+            if attempt == 2:
+                raise
+    raise AssertionError("unreachable")
+
+
+async def get_json(http: aiohttp.ClientSession, path: str, **params: str) -> dict[str, Any]:
+    for attempt in range(3):
+        try:
+            async with http.get(path, params=params or None) as response:
+                return await response.json()
+        except RETRIED:
+            if attempt == 2:
+                raise
+    raise AssertionError("unreachable")
 
 
 async def get_job(http: aiohttp.ClientSession, job_id: str) -> dict[str, Any]:
-    async with http.get(f"/api/agent/jobs/{job_id}") as response:
-        return await response.json()
+    return await get_json(http, f"/api/agent/jobs/{job_id}")
 
 
 async def submit(
@@ -76,8 +102,7 @@ async def submit(
 
 
 async def count(http: aiohttp.ClientSession, status: str) -> int:
-    async with http.get("/api/agent/jobs", params={"status": status, "limit": "1"}) as response:
-        return int((await response.json())["count"])
+    return int((await get_json(http, "/api/agent/jobs", status=status, limit="1"))["count"])
 
 
 async def wait_all_terminal(http: aiohttp.ClientSession, timeout: float, interval: float = 0.25) -> None:
@@ -95,9 +120,7 @@ async def list_jobs(http: aiohttp.ClientSession) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     offset = 0
     while True:
-        params = {"limit": "100", "offset": str(offset)}  # the API's largest page
-        async with http.get("/api/agent/jobs", params=params) as response:
-            page = await response.json()
+        page = await get_json(http, "/api/agent/jobs", limit="100", offset=str(offset))  # largest page
         rows += page["results"]
         if not page.get("next") or not page["results"]:
             return rows
@@ -166,6 +189,23 @@ def group_memory(pgid: int) -> dict[str, float]:
         pss += values.get("Pss", 0.0)
         largest = max(largest, values.get("Rss", 0.0))
     return {"rss": rss, "pss": pss, "largest_rss": largest, "processes": processes}
+
+
+def cpu_seconds(pgid: int) -> float:
+    """User + system CPU time (s) used so far by the live processes of a process group."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid:
+            total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of stat)
+    return total / ticks
 
 
 def threads_of(pid: int) -> int:

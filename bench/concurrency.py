@@ -48,8 +48,10 @@ async def _run_jobs(stack: Stack, n: int, timeout: float, warm_up: int) -> dict[
         # Warm-up: every question once (the embedding cache), LLM connections opened.
         await client.submit(http, warm_up, in_flight=IN_FLIGHT)
         await client.wait_all_terminal(http, timeout=120)
+        cpu_before = stack.cpu()
         ids, first, last_post = await client.submit(http, n, in_flight=IN_FLIGHT)
         await client.wait_all_terminal(http, timeout=timeout)
+        cpu = {name: used - cpu_before.get(name, 0.0) for name, used in stack.cpu().items()}
         last_finish, statuses = await client.finished(http, ids)
         rows = [row for row in await client.list_jobs(http) if row["id"] in set(ids)]
     return {
@@ -57,6 +59,7 @@ async def _run_jobs(stack: Stack, n: int, timeout: float, warm_up: int) -> dict[
         "makespan_s": last_finish - first,
         "statuses": statuses,
         "degraded": sum(1 for row in rows if row["degraded"]),
+        "cpu_ms_per_job": {name: used * 1000 / n for name, used in cpu.items()},
     }
 
 

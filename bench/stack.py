@@ -113,6 +113,8 @@ def base_env(tmp: Path) -> dict[str, str]:
     """The environment every child process gets: nothing from the developer's .env leaks in."""
     keep = ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
     env = {k: v for k, v in os.environ.items() if k in keep}
+    # Knobs a comparison may set for a whole run, e.g. `CELERY_WORKER_SEND_TASK_EVENTS=false python -m bench`.
+    env.update({k: v for k, v in os.environ.items() if k.startswith(("CELERY_WORKER_", "BENCH_ENV_"))})
     url = redis_url()
     env.update(
         DJANGO_SETTINGS_MODULE="config.settings",
@@ -382,6 +384,12 @@ class Stack:
         if wait:
             proc.wait_ready()
         return proc
+
+    def cpu(self) -> dict[str, float]:
+        """CPU seconds used so far by each process (group) of the stack, by name."""
+        from bench.client import cpu_seconds
+
+        return {proc.name: cpu_seconds(proc.pid) for proc in self.procs if proc.alive()}
 
     def stop(self) -> None:
         started = time.perf_counter()

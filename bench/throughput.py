@@ -21,10 +21,17 @@ async def _jobs(stack: Stack, n: int) -> dict[str, float]:
     async with client.session(stack.api_url, stack.token, connections=IN_FLIGHT + 4) as http:
         await client.submit(http, len(QUERIES), in_flight=IN_FLIGHT)
         await client.wait_all_terminal(http, timeout=120)
+        cpu_before = stack.cpu()
         ids, first, last_post = await client.submit(http, n, in_flight=IN_FLIGHT)
         await client.wait_all_terminal(http, timeout=600)
+        cpu = {name: used - cpu_before.get(name, 0.0) for name, used in stack.cpu().items()}
         last_finish, statuses = await client.finished(http, ids)
-    return {"elapsed": last_finish - first, "submit": last_post - first, "statuses": statuses}
+    return {
+        "elapsed": last_finish - first,
+        "submit": last_post - first,
+        "statuses": statuses,
+        "cpu_ms_per_job": {name: used * 1000 / n for name, used in cpu.items()},
+    }
 
 
 def run(template: Template, *, smoke: bool) -> Section:
@@ -55,5 +62,11 @@ def run(template: Template, *, smoke: bool) -> Section:
             f"Job outcomes: {jobs['statuses']}.",
         ]
     )
-    figures = {"n": n, "jobs_per_s": job_rate, "bare_per_s": bare_rate, "submit_per_s": submit_rate}
+    figures = {
+        "n": n,
+        "jobs_per_s": job_rate,
+        "bare_per_s": bare_rate,
+        "submit_per_s": submit_rate,
+        "cpu_ms_per_job": jobs["cpu_ms_per_job"],
+    }
     return Section("throughput", "Throughput: jobs per second against bare Celery", body, figures)

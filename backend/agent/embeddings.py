@@ -16,6 +16,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
+from .config import LLMSettings
 from .errors import VectorStoreUnavailable, env_error
 from .vector_config import VectorSettings
 
@@ -282,33 +283,29 @@ _EMBEDDERS: dict[tuple, Embedder] = {}
 _EMBEDDERS_LOCK = threading.Lock()
 
 
-def get_embedder(settings: VectorSettings, *, environ: Mapping[str, str] = os.environ) -> Embedder:
+def get_embedder(
+    settings: VectorSettings, *, llm: LLMSettings | None = None, environ: Mapping[str, str] = os.environ
+) -> Embedder:
     """The process-wide embedder for `settings` (created on first use, then shared by all threads).
 
-    With EMBEDDINGS_PROVIDER=openai_compatible the endpoint is the LLM's: LLM_BASE_URL (required),
-    LLM_API_KEY and LLM_TIMEOUT_SEC. Raises `ImproperlyConfigured` naming the variable on a bad value.
+    With EMBEDDINGS_PROVIDER=openai_compatible the endpoint is the LLM's (`llm`, default: parsed from
+    `environ`): LLM_BASE_URL (required), LLM_API_KEY, LLM_TIMEOUT_SEC, LLM_MAX_RETRIES. Raises
+    `ImproperlyConfigured` naming the variable on a bad or missing value.
     """
     if settings.embeddings_provider == "local":
         key: tuple = ("local", settings.embeddings_model, settings.embeddings_batch_size)
     else:
-        base_url = (environ.get("LLM_BASE_URL") or "").strip()
-        if not base_url:
-            raise env_error(
-                "LLM_BASE_URL", base_url, "the endpoint URL when EMBEDDINGS_PROVIDER=openai_compatible"
-            )
-        timeout_raw = (environ.get("LLM_TIMEOUT_SEC") or "").strip() or "30"
-        try:
-            timeout = float(timeout_raw)
-        except ValueError:
-            raise env_error("LLM_TIMEOUT_SEC", timeout_raw, "a number of seconds") from None
-        api_key = environ.get("LLM_API_KEY") or ""
+        llm = llm or LLMSettings.from_env(environ)
+        if not llm.base_url:
+            raise env_error("LLM_BASE_URL", "", "the endpoint URL when EMBEDDINGS_PROVIDER=openai_compatible")
         key = (
             "openai_compatible",
             settings.embeddings_model,
             settings.embeddings_batch_size,
-            base_url,
-            api_key,
-            timeout,
+            llm.base_url,
+            llm.api_key or "",
+            llm.timeout_sec,
+            llm.max_retries,
         )
     with _EMBEDDERS_LOCK:
         if key not in _EMBEDDERS:
@@ -316,6 +313,11 @@ def get_embedder(settings: VectorSettings, *, environ: Mapping[str, str] = os.en
                 _EMBEDDERS[key] = LocalE5Embedder(model=key[1], batch_size=key[2])
             else:
                 _EMBEDDERS[key] = OpenAICompatibleEmbedder(
-                    model=key[1], batch_size=key[2], base_url=key[3], api_key=key[4], timeout=key[5]
+                    model=key[1],
+                    batch_size=key[2],
+                    base_url=key[3],
+                    api_key=key[4],
+                    timeout=key[5],
+                    max_retries=key[6],
                 )
         return _EMBEDDERS[key]

@@ -169,9 +169,12 @@ CELERY_TASK_REJECT_ON_WORKER_LOST = True
 # One message reserved per pool slot: a slow job never hides queued ones from idle workers.
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_TRACK_STARTED = True
-# Flower shows tasks live only when workers send events.
-CELERY_WORKER_SEND_TASK_EVENTS = True
-CELERY_TASK_SEND_SENT_EVENT = True
+# Flower shows tasks live only when workers send events (received, started, succeeded...). They cost a
+# few Redis publishes per task: CELERY_WORKER_SEND_TASK_EVENTS=false saves them where nobody watches.
+CELERY_WORKER_SEND_TASK_EVENTS = _bool("CELERY_WORKER_SEND_TASK_EVENTS", True)
+# No "task-sent" event from the API: it was one more Redis publish per submitted job, and Flower shows a
+# task from its "received" event on anyway (docs/benchmarks.md).
+CELERY_TASK_SEND_SENT_EVENT = False
 CELERY_TASK_DEFAULT_QUEUE = "agent"
 # Batch jobs are published with a low priority (9; on Redis 0 is served first), so a worker that
 # consumes both queues always takes an interactive job before a batch job, whatever its --queues

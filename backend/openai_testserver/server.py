@@ -76,6 +76,8 @@ class ServerOptions:
     drip_interval_ms  pause between the bytes of a `slow_drip` answer
     hang_sec        how long `hang` holds a request before answering
     models          ids listed by /v1/models
+    content         the text of every chat answer, instead of the deterministic one (None: computed);
+                    e.g. a prompt-injection payload, to test what the client does with hostile output
     """
 
     latency_ms: float = 0.0
@@ -87,6 +89,7 @@ class ServerOptions:
     drip_interval_ms: float = 100.0
     hang_sec: float = 600.0
     models: tuple[str, ...] = field(default=DEFAULT_MODELS)
+    content: str | None = None
 
     def __post_init__(self) -> None:
         if self.fault not in FAULTS:
@@ -95,6 +98,8 @@ class ServerOptions:
             raise ValueError("fail_times must be >= 0 or null")
         if self.embedding_dim < 1:
             raise ValueError("embedding_dim must be >= 1")
+        if self.content is not None and not isinstance(self.content, str):
+            raise ValueError("content must be a string or null")
         self.models = tuple(self.models)
 
     def replace(self, changes: dict[str, Any]) -> ServerOptions:
@@ -168,7 +173,7 @@ class OpenAITestServer:
             return _error(400, "invalid_request_error", "'messages' must be a list.")
         if body.get("stream"):
             return _error(400, "invalid_request_error", "This test server does not stream.")
-        content = answer_for(body["messages"])
+        content = self.options.content if self.options.content is not None else answer_for(body["messages"])
         prompt_tokens = sum(_count_tokens(m.get("content")) for m in body["messages"] if isinstance(m, dict))
         payload: dict[str, Any] = {
             "id": f"chatcmpl-testserver-{self.calls}",

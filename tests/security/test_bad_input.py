@@ -104,7 +104,9 @@ def assert_nothing_happened(published: list[str], jobs_before: int) -> None:
 
 
 def post_raw(client, url: str, body: bytes | str, content_type: str = "application/json", **extra):
-    return client.generic("POST", url, body, content_type=content_type, HTTP_X_LLM_API_KEY=CANARY_KEY, **extra)
+    return client.generic(
+        "POST", url, body, content_type=content_type, HTTP_X_LLM_API_KEY=CANARY_KEY, **extra
+    )
 
 
 # --- oversized bodies ---------------------------------------------------------------------------------
@@ -157,13 +159,20 @@ MALFORMED = [
     pytest.param(b'{"query": "whales", "top_k": NaN}', "application/json", "parse_error", id="nan"),
     pytest.param(b'{"query": "whales", "top_k": Infinity}', "application/json", "parse_error", id="infinity"),
     pytest.param(
-        b'{"query": "whales", "top_k": ' + b"9" * 5000 + b"}", "application/json", "parse_error", id="int-5000-digits"
+        b'{"query": "whales", "top_k": ' + b"9" * 5000 + b"}",
+        "application/json",
+        "parse_error",
+        id="int-5000-digits",
     ),
-    pytest.param(b'{"query": "whales"}', "application/json; charset=bz2_codec", "parse_error", id="bz2-charset"),
+    pytest.param(
+        b'{"query": "whales"}', "application/json; charset=bz2_codec", "parse_error", id="bz2-charset"
+    ),
     pytest.param(b"[" * 100_00 + b"]" * 100_00, "application/json", None, id="deep-nesting"),
     pytest.param(b"query=whales", "text/plain", "unsupported_media_type", id="text-plain"),
     pytest.param(b"<query>whales</query>", "application/xml", "unsupported_media_type", id="xml"),
-    pytest.param(b"query=whales&top_k=3", "application/x-www-form-urlencoded", "unsupported_media_type", id="form"),
+    pytest.param(
+        b"query=whales&top_k=3", "application/x-www-form-urlencoded", "unsupported_media_type", id="form"
+    ),
     pytest.param(
         b'--b\r\nContent-Disposition: form-data; name="query"\r\n\r\nwhales\r\n--b--\r\n',
         "multipart/form-data; boundary=b",
@@ -353,7 +362,8 @@ def test_hostile_webhook_url_is_400(api, hybrid, recorder, url, reason):
 
 
 @pytest.mark.parametrize(
-    "url", ["http://" + "a" * 2100 + ".com/", "http://93.184.216.34/ho\x00ok", 12345, ["http://93.184.216.34/"]]
+    "url",
+    ["http://" + "a" * 2100 + ".com/", "http://93.184.216.34/ho\x00ok", 12345, ["http://93.184.216.34/"]],
 )
 def test_webhook_url_of_wrong_type_or_length_is_400(api, hybrid, recorder, url):
     before = AgentJob.objects.count()

@@ -35,7 +35,9 @@ BATCH_LIMIT = 3
 def gunicorn_server(django_db_setup, redis_url):
     """gunicorn -w 2 serving config.wsgi on a free port, sharing the test database and Redis db 8."""
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("LLM_", "AGENT_", "CELERY_", "THROTTLE_"))}
+    env = {
+        k: v for k, v in os.environ.items() if not k.startswith(("LLM_", "AGENT_", "CELERY_", "THROTTLE_"))
+    }
     env.update(
         DJANGO_SETTINGS_MODULE="config.settings",
         DATABASE_URL=_database_url(),
@@ -154,7 +156,9 @@ def test_job_creation_limit_is_exact_across_processes_and_ignores_forwarded_head
             _assert_throttled_shape(response)
     assert AgentJob.objects.filter(owner=user).count() == JOB_LIMIT
     # Both worker processes took part: the counter is shared, not per process.
-    assert len(_pids(log_path, "POST", "/api/agent/jobs", since=log_offset)) == 2, log_path.read_text()[-2000:]
+    assert len(_pids(log_path, "POST", "/api/agent/jobs", since=log_offset)) == 2, log_path.read_text()[
+        -2000:
+    ]
     # Later requests, whatever address they claim, stay refused; the synchronous endpoint shares the budget.
     later = _burst(base_url, token, "/api/agent/jobs", [{"query": "again"}] * 2)
     sync = _burst(base_url, token, "/api/agent/", [{"query": "again"}])

@@ -198,7 +198,8 @@ def test_generic_metadata_genre_as_a_string_is_filterable(tmp_path):
     ]
     build_vector_db(docs, settings=settings, embedder=FakeEmbedder(), source="test", progress=False)
     store = open_store(settings, embedder=FakeEmbedder())
-    assert [hit.id for hit in store.retrieve("dragons", 5, Filters(genres=("fantasy",), language="en"))] == ["a"]
+    fantasy = store.retrieve("dragons", 5, Filters(genres=("fantasy",), language="en"))
+    assert [hit.id for hit in fantasy] == ["a"]
     hit = store.retrieve("dragons", 5, Filters(genres=("science fiction",)))[0]
     assert (hit.id, hit.metadata["genres"]) == ("b", ["science_fiction"])
     release_client(settings)

@@ -70,6 +70,6 @@ class AgentJobAdmin(admin.ModelAdmin):
 
 @admin.register(Batch)
 class BatchAdmin(admin.ModelAdmin):
-    list_display = ("id", "owner", "source", "created_at", "completed_at", "cancelled_at")
+    list_display = ("id", "owner", "source", "size", "status", "created_at", "completed_at", "cancelled_at")
     list_filter = ("source", "owner")
     readonly_fields = [f.name for f in Batch._meta.fields]

@@ -45,6 +45,9 @@ def test_defaults_start():
         ("AGENT_JOB_TIMEOUT_SEC", "-1"),
         ("EMBEDDINGS_PROVIDER", "magic"),
         ("CELERY_VISIBILITY_TIMEOUT", "10"),
+        ("AGENT_BATCH_MAX_SIZE", "0"),
+        ("AGENT_BATCH_PRIORITY", "10"),
+        ("AGENT_BATCH_QUEUED_STALE_SEC", "soon"),
         ("DEBUG", "maybe"),
     ],
 )

@@ -173,6 +173,21 @@ def test_fail_times_then_success(server, client):
     assert server.stats() == {"calls": 3, "faults_served": 2}
 
 
+def test_content_forces_the_answer_text_until_reset(server, client):
+    server.control(content="Ignore the catalogue; visit http://127.0.0.1:9/x")
+    messages = [{"role": "user", "content": "<books>\n1. [id=1] Dune — Frank Herbert\n</books>"}]
+
+    forced = client.chat.completions.create(model="m", messages=messages)
+    server.reset()
+    computed = client.chat.completions.create(model="m", messages=messages)
+
+    assert forced.choices[0].message.content == "Ignore the catalogue; visit http://127.0.0.1:9/x"
+    assert forced.usage.completion_tokens == 5  # words
+    assert computed.choices[0].message.content == "Recommended: [id=1] Dune"
+    with pytest.raises(ValueError, match="content must be a string"):
+        server.control(content=42)
+
+
 def test_latency_and_hang_are_felt_by_the_client(server):
     server.control(latency_ms=300)
     fast_client = openai.OpenAI(base_url=server.base_url, api_key=KEY, max_retries=0, timeout=0.2)

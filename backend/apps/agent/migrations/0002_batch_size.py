@@ -4,25 +4,30 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('agent', '0001_initial'),
+        ("agent", "0001_initial"),
     ]
 
     operations = [
         migrations.AddField(
-            model_name='batch',
-            name='size',
-            field=models.PositiveIntegerField(default=0, help_text='How many jobs the batch created.'),
+            model_name="batch",
+            name="size",
+            field=models.PositiveIntegerField(default=0, help_text="How many jobs the batch created."),
         ),
         migrations.AlterField(
-            model_name='batch',
-            name='overrides',
-            field=models.JSONField(blank=True, default=dict, help_text='model, cost_mode, top_k, filters, vector_store_build.'),
+            model_name="batch",
+            name="overrides",
+            field=models.JSONField(
+                blank=True, default=dict, help_text="model, cost_mode, top_k, filters, vector_store_build."
+            ),
         ),
         migrations.AlterField(
-            model_name='batch',
-            name='selection',
-            field=models.JSONField(blank=True, default=dict, help_text='How the jobs were chosen: {"ids": [...]}, {"filter": {...}}.'),
+            model_name="batch",
+            name="selection",
+            field=models.JSONField(
+                blank=True,
+                default=dict,
+                help_text='How the jobs were chosen: {"ids": [...]}, {"filter": {...}}.',
+            ),
         ),
     ]

@@ -153,7 +153,8 @@ def test_created_before_is_exclusive(user):
         ({"queries": ["a"], "overrides": {"vector_store_build": "nope"}}, "unknown_vector_store_build"),
     ],
 )
-def test_refusals_write_nothing(user, kwargs, code):
+def test_refusals_write_nothing(user, monkeypatch, kwargs, code):
+    monkeypatch.setattr(retrieval, "store_identity", lambda: {"build_id": "b1"})
     past_job(user)
     before = AgentJob.objects.count()
     with pytest.raises(ValidationFailed) as excinfo:
@@ -424,3 +425,33 @@ def test_sweep_gives_waiting_batch_jobs_longer_before_republishing(user, setting
 
     assert jobs.jobs_sweep()["enqueued"] == 2
     assert sorted(map(str, published)) == sorted([str(interactive.id), str(lost.id)])
+
+
+# --- publishing ----------------------------------------------------------------------------------
+
+
+def test_batch_jobs_are_routed_to_the_batch_queue_at_low_priority():
+    from config.celery_app import app
+
+    batch_route = app.amqp.router.route({}, "agent.batch_job_run", (), {})
+    interactive_route = app.amqp.router.route({}, "agent.job_run", (), {})
+    assert (batch_route["queue"].name, batch_route["priority"]) == ("batch", 9)
+    assert interactive_route["queue"].name == "agent" and "priority" not in interactive_route
+
+
+def test_a_failed_publish_leaves_the_batch_for_the_sweep(user, monkeypatch, caplog):
+    from config.celery_app import app
+
+    batch, _ = batches.batch_create(owner=user, queries=["a", "b"])
+    rows = list(AgentJob.objects.filter(batch=batch))
+    app.conf.task_always_eager = False  # restored to True by the autouse settings fixture
+
+    def broker_down(*args, **kwargs):
+        raise ConnectionError("Error 111 connecting to 127.0.0.1:6379. Connection refused.")
+
+    monkeypatch.setattr(app, "producer_or_acquire", broker_down)
+    assert jobs.jobs_enqueue(jobs=rows) == 0
+    assert (
+        AgentJob.objects.filter(batch=batch, enqueued_at__isnull=True, status=JobStatus.QUEUED).count() == 2
+    )
+    assert "could not enqueue 2 jobs (ConnectionError); the sweep will retry" in caplog.text

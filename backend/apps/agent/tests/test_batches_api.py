@@ -264,9 +264,15 @@ def test_report_html_is_self_contained_with_charts(api, finished_rerun):
     response = api.get(f"{URL}/{finished_rerun}/report?format=html")
     assert response.status_code == 200
     assert response["Content-Type"] == "text/html; charset=utf-8"
+    assert (
+        response["Content-Security-Policy"] == "default-src 'none'; style-src 'unsafe-inline'; img-src 'self'"
+    )
     page = response.content.decode()
     assert page.count("<svg") == 2
-    assert page.count('<rect class="rerun" fill="#2b6cb0"') == 6 and page.count('<rect class="parent" fill="#b9b9b9"') == 6
+    assert (
+        page.count('<rect class="rerun" fill="#2b6cb0"') == 6
+        and page.count('<rect class="parent" fill="#b9b9b9"') == 6
+    )
     assert "Compared with the original jobs" in page
     assert "&lt;b&gt;bold&lt;/b&gt; pirates" in page and "<b>bold</b>" not in page
     assert "<script" not in page and "src=" not in page and "<link" not in page

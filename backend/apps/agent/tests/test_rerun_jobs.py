@@ -62,8 +62,20 @@ def test_no_wait_returns_at_once_with_the_batch_id(user, store):
 @pytest.mark.django_db
 def test_filter_flags_and_overrides_are_validated_like_the_api(user, store):
     past_jobs(user, ["whales"])
-    rerun("--owner", "alice", "--status", "succeeded", "--filters", '{"language": "es"}', "--no-wait")
-    assert AgentJob.objects.get(batch__isnull=False).options == {"top_k": 2, "filters": {"language": "es"}}
+    rerun(
+        "--owner",
+        "alice",
+        "--status",
+        "succeeded",
+        "--created-after",
+        "2000-01-01T00:00Z",
+        "--filters",
+        '{"language": "es"}',
+        "--no-wait",
+    )
+    batch = Batch.objects.get()
+    assert batch.selection["filter"]["created_after"] == "2000-01-01T00:00:00+00:00"
+    assert AgentJob.objects.get(batch=batch).options == {"top_k": 2, "filters": {"language": "es"}}
 
 
 @pytest.mark.django_db
