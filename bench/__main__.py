@@ -60,9 +60,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         template = Template(tmp)
         try:
             for name in names:
-                t = time.monotonic()
+                t, load_at_start = time.monotonic(), report.load()
                 section = BENCHMARKS[name](template, smoke=args.smoke)
                 log(f"{name} done in {time.monotonic() - t:.0f} s")
+                section.note = (
+                    f"_Measured {report.now():%Y-%m-%d %H:%M} UTC by `python -m bench"
+                    f"{' --smoke' if args.smoke else ''} --only {name}` in {time.monotonic() - t:.0f} s; "
+                    f"load average {load_at_start} at the start, {report.load()} at the end._"
+                )
                 print(section.markdown(), flush=True)
                 sections.append(section)
         finally:
@@ -71,7 +76,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(report.header_block(env, "python -m bench " + " ".join(sys.argv[1:] if argv is None else argv)))
     log(f"all done in {time.monotonic() - clock:.0f} s")
     if args.write:
-        command = "python -m bench" + (" --smoke" if args.smoke else "") + (f" --only {args.only}" if args.only else "")
+        command = (
+            "python -m bench"
+            + (" --smoke" if args.smoke else "")
+            + (f" --only {args.only}" if args.only else "")
+        )
         report.write([s for s in sections if s.key != "retrieval"], env, command)
         log(f"wrote {report.DOC}")
     return 0

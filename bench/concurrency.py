@@ -150,7 +150,7 @@ def run(template: Template, *, smoke: bool) -> Section:
             "",
             f"The test server answers every chat completion after {latency:.1f} s. Jobs are POSTed through the API "
             f"({IN_FLIGHT} requests in flight) after a warm-up of {len(QUERIES)} jobs; ideal = submission time + "
-            f"{latency:.1f} s. \"Answered by the LLM\" counts succeeded, non-degraded jobs (a job that timed out "
+            f'{latency:.1f} s. "Answered by the LLM" counts succeeded, non-degraded jobs (a job that timed out '
             "waiting would be degraded). RSS is summed over the worker's processes (prefork: parent + children).",
         ]
     )

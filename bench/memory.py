@@ -37,9 +37,24 @@ def run(template: Template, *, smoke: bool) -> Section:
         api_after = client.group_memory(api.pid)
         threads = client.threads_of(worker.pid)
     rows = [
-        ["worker after start (model + store loaded)", f"{worker_start['rss']:.0f}", f"{worker_start['pss']:.0f}", worker_start["processes"]],
-        [f"worker after {n} jobs", f"{worker_after['rss']:.0f}", f"{worker_after['pss']:.0f}", worker_after["processes"]],
-        ["API after start (gunicorn master + 2 workers)", f"{api_start['rss']:.0f}", f"{api_start['pss']:.0f}", api_start["processes"]],
+        [
+            "worker after start (model + store loaded)",
+            f"{worker_start['rss']:.0f}",
+            f"{worker_start['pss']:.0f}",
+            worker_start["processes"],
+        ],
+        [
+            f"worker after {n} jobs",
+            f"{worker_after['rss']:.0f}",
+            f"{worker_after['pss']:.0f}",
+            worker_after["processes"],
+        ],
+        [
+            "API after start (gunicorn master + 2 workers)",
+            f"{api_start['rss']:.0f}",
+            f"{api_start['pss']:.0f}",
+            api_start["processes"],
+        ],
         [f"API after {n} jobs", f"{api_after['rss']:.0f}", f"{api_after['pss']:.0f}", api_after["processes"]],
     ]
     body = "\n".join(
@@ -50,5 +65,10 @@ def run(template: Template, *, smoke: bool) -> Section:
             f"stub LLM; {n} jobs cycling through {len(QUERIES)} questions. Job outcomes: {statuses}.",
         ]
     )
-    figures = {"worker_start": worker_start, "worker_after": worker_after, "api_start": api_start, "api_after": api_after}
+    figures = {
+        "worker_start": worker_start,
+        "worker_after": worker_after,
+        "api_start": api_start,
+        "api_after": api_after,
+    }
     return Section("memory", "Memory", body, figures)

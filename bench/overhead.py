@@ -57,7 +57,8 @@ def run(template: Template, *, smoke: bool) -> Section:
         + [ms(server_s[k]) for k in ("p50", "p95", "p99", "mean")],
         ["**baseline**: bare Celery `apply_async(agent.noop)` + `AsyncResult.get()`", n]
         + [ms(bare_s[k]) for k in ("p50", "p95", "p99", "mean")],
-        ["ratio job (polled) / bare", ""] + [ratio(job_s[k] / bare_s[k]) for k in ("p50", "p95", "p99", "mean")],
+        ["ratio job (polled) / bare", ""]
+        + [ratio(job_s[k] / bare_s[k]) for k in ("p50", "p95", "p99", "mean")],
         ["ratio job (server) / bare", ""]
         + [ratio(server_s[k] / bare_s[k]) for k in ("p50", "p95", "p99", "mean")],
     ]

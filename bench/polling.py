@@ -37,7 +37,12 @@ async def _load(stack: Stack, path: str, seconds: float) -> dict[str, float]:
         started = time.monotonic()
         await asyncio.gather(*(poller(started + seconds) for _ in range(POLLERS)))
         elapsed = time.monotonic() - started
-    return {"rps": len(latencies) / elapsed, "errors": errors, "n": len(latencies), **client.summary_ms(latencies)}
+    return {
+        "rps": len(latencies) / elapsed,
+        "errors": errors,
+        "n": len(latencies),
+        **client.summary_ms(latencies),
+    }
 
 
 async def _one_job(stack: Stack) -> str:
@@ -60,9 +65,30 @@ def run(template: Template, *, smoke: bool) -> Section:
         log(f"polling: {POLLERS} pollers on /api/ping for {seconds:.0f} s ...")
         ping = asyncio.run(_load(stack, "/api/ping", seconds))
     rows = [
-        ["GET /api/agent/jobs/<id> (token auth, job + trace rows)", f"{job['rps']:,.0f}", ms(job["p50"]), ms(job["p95"]), ms(job["p99"]), job["errors"]],
-        ["**baseline**: GET /api/ping (no auth, no I/O)", f"{ping['rps']:,.0f}", ms(ping["p50"]), ms(ping["p95"]), ms(ping["p99"]), ping["errors"]],
-        ["ratio job / ping", f"{job['rps'] / ping['rps']:.2f}", ratio(job["p50"] / ping["p50"]), ratio(job["p95"] / ping["p95"]), ratio(job["p99"] / ping["p99"]), ""],
+        [
+            "GET /api/agent/jobs/<id> (token auth, job + trace rows)",
+            f"{job['rps']:,.0f}",
+            ms(job["p50"]),
+            ms(job["p95"]),
+            ms(job["p99"]),
+            job["errors"],
+        ],
+        [
+            "**baseline**: GET /api/ping (no auth, no I/O)",
+            f"{ping['rps']:,.0f}",
+            ms(ping["p50"]),
+            ms(ping["p95"]),
+            ms(ping["p99"]),
+            ping["errors"],
+        ],
+        [
+            "ratio job / ping",
+            f"{job['rps'] / ping['rps']:.2f}",
+            ratio(job["p50"] / ping["p50"]),
+            ratio(job["p95"] / ping["p95"]),
+            ratio(job["p99"] / ping["p99"]),
+            "",
+        ],
     ]
     body = "\n".join(
         [
@@ -72,4 +98,9 @@ def run(template: Template, *, smoke: bool) -> Section:
             f"{seconds:.0f} s each; API: gunicorn 2 processes × 8 threads, as shipped; the worker is stopped.",
         ]
     )
-    return Section("polling", f"Polling: {POLLERS} concurrent pollers against a trivial view", body, {"job": job, "ping": ping})
+    return Section(
+        "polling",
+        f"Polling: {POLLERS} concurrent pollers against a trivial view",
+        body,
+        {"job": job, "ping": ping},
+    )

@@ -2,7 +2,8 @@
 
 `--write` replaces only the blocks between `<!-- bench:KEY:start -->` and `<!-- bench:KEY:end -->`
 markers; everything else in the file (the prose, the Retrieval section of bench/retrieval.py) is kept as
-it is. A block that is not in the file yet goes before the Retrieval section, or at the end.
+it is. A block that is not in the file yet goes before the Retrieval section (in the order of the run),
+or at the end.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from bench.stack import REPO, redis_url
+from bench.stack import REDIS_DB, REPO, redis_url
 
 DOC = REPO / "docs" / "benchmarks.md"
 
@@ -28,9 +29,11 @@ class Section:
     title: str
     body: str
     figures: dict[str, Any] = field(default_factory=dict)
+    note: str = ""  # when and under which load it ran (set by bench.__main__)
 
     def markdown(self) -> str:
-        return f"## {self.title}\n\n{self.body.rstrip()}\n"
+        note = f"\n\n{self.note}" if self.note else ""
+        return f"## {self.title}\n\n{self.body.rstrip()}{note}\n"
 
 
 def table(header: list[str], rows: list[list[Any]], align: str | None = None) -> str:
@@ -81,7 +84,9 @@ def _redis_version() -> str:
     import redis
 
     try:
-        return str(redis.Redis.from_url(redis_url(), socket_connect_timeout=2).info("server")["redis_version"])
+        return str(
+            redis.Redis.from_url(redis_url(), socket_connect_timeout=2).info("server")["redis_version"]
+        )
     except Exception as exc:
         return f"unknown ({type(exc).__name__})"
 
@@ -94,7 +99,9 @@ def _database() -> str:
         from bench.stack import _pg_with_name
 
         try:
-            with psycopg.connect(_pg_with_name(url, "postgres").replace("postgres://", "postgresql://", 1)) as c:
+            with psycopg.connect(
+                _pg_with_name(url, "postgres").replace("postgres://", "postgresql://", 1)
+            ) as c:
                 return f"PostgreSQL {c.execute('SHOW server_version').fetchone()[0]}"
         except Exception as exc:
             return f"PostgreSQL (version unknown: {type(exc).__name__})"
@@ -137,8 +144,9 @@ def header_block(env: dict[str, str], command: str) -> str:
             f"Last run: `{command}` on {env['date']}.",
             "",
             f"- Machine: {env['machine']}.",
-            f"- Load: {env['load']} (other work on the machine makes the figures noisier).",
-            f"- Database: {env['database']}; Redis database 9 of the local server, flushed.",
+            f"- Load: {env['load']} (other work on the machine makes the figures noisier; each section"
+            " says the load it ran under).",
+            f"- Database: {env['database']}; Redis database {REDIS_DB} of the local server, flushed.",
             f"- Versions: {env['versions']}.",
             "",
         ]
@@ -162,11 +170,7 @@ def write(sections: list[Section], env: dict[str, str], command: str, path: Path
             text = pattern.sub(lambda _m, block=block: block, text, count=1)
             continue
         retrieval = re.search(r"^#{2,3} Retrieval", text, re.MULTILINE)
-        if key == "environment":
-            title = re.search(r"^# .*\n", text, re.MULTILINE)
-            at = title.end() if title else 0
-            text = text[:at] + "\n" + block + "\n" + text[at:]
-        elif retrieval:
+        if retrieval:
             text = text[: retrieval.start()] + block + "\n\n" + text[retrieval.start() :]
         else:
             text = text.rstrip() + "\n\n" + block + "\n"

@@ -35,9 +35,9 @@ REPO = Path(__file__).resolve().parent.parent
 BACKEND = REPO / "backend"
 PY = sys.executable
 REDIS_BASE = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379")
-REDIS_DB = 9
+REDIS_DB = int(os.environ.get("BENCH_REDIS_DB", "9"))
 #: The catalogue fixture's store, built once (incrementally: an unchanged fixture costs no embedding).
-VECTOR_DIR = REPO / "var" / "bench_vector_db"
+VECTOR_DIR = Path(os.environ.get("BENCH_VECTOR_DIR") or REPO / "var" / "bench_vector_db")
 API_KEY = "sk-bench"
 USERNAME = "bench"
 #: What compose.yaml and scripts/dev_up.py run: 2 gunicorn processes of 8 threads.
@@ -323,16 +323,12 @@ class Stack:
         )
         proc.ready = lambda: _http_ok(f"http://127.0.0.1:{port}/v1/models")
         self.llm_base_url = f"http://127.0.0.1:{port}/v1"
-        self.env.update(
-            LLM_PROVIDER="openai_compatible", LLM_BASE_URL=self.llm_base_url, LLM_API_KEY=API_KEY
-        )
+        self.env.update(LLM_PROVIDER="openai_compatible", LLM_BASE_URL=self.llm_base_url, LLM_API_KEY=API_KEY)
         if wait:
             proc.wait_ready()
         return proc
 
-    def start_api(
-        self, *, workers: int = API_WORKERS, threads: int = API_THREADS, wait: bool = True
-    ) -> Proc:
+    def start_api(self, *, workers: int = API_WORKERS, threads: int = API_THREADS, wait: bool = True) -> Proc:
         port = free_port()
         proc = self._spawn(
             "api",
@@ -439,7 +435,14 @@ def temp_root():
 
 
 def shipped_worker() -> tuple[str, int]:
-    """The pool and concurrency worker/start.sh uses by default: what the benchmarks call "shipped"."""
+    """The pool and concurrency worker/start.sh uses by default: what the benchmarks call "shipped".
+
+    BENCH_WORKER=pool:concurrency replaces it (to compare two versions of the code at one configuration).
+    """
+    forced = os.environ.get("BENCH_WORKER", "")
+    if forced:
+        pool, _, concurrency = forced.partition(":")
+        return pool, int(concurrency)
     script = (REPO / "worker" / "start.sh").read_text()
     pool = re.search(r"WORKER_POOL:-([a-z]+)", script)
     concurrency = re.search(r"WORKER_CONCURRENCY:-(\d+)", script)

@@ -48,9 +48,19 @@ def run(template: Template, *, smoke: bool) -> Section:
     job_rate = n / jobs["elapsed"]
     submit_rate = n / jobs["submit"]
     rows = [
-        ["jobs (POST through the API, stub LLM, result + trace stored)", n, f"{jobs['elapsed']:.2f}", f"{job_rate:,.1f}"],
+        [
+            "jobs (POST through the API, stub LLM, result + trace stored)",
+            n,
+            f"{jobs['elapsed']:.2f}",
+            f"{job_rate:,.1f}",
+        ],
         ["of which the API accepted POSTs at", n, f"{jobs['submit']:.2f}", f"{submit_rate:,.1f}"],
-        ["**baseline**: bare Celery `agent.noop` (send all, then get all)", n, f"{bare_last - bare_first:.2f}", f"{bare_rate:,.1f}"],
+        [
+            "**baseline**: bare Celery `agent.noop` (send all, then get all)",
+            n,
+            f"{bare_last - bare_first:.2f}",
+            f"{bare_rate:,.1f}",
+        ],
         ["ratio jobs / bare", "", "", f"{job_rate / bare_rate:.2f} (target ≥ 0.33)"],
     ]
     body = "\n".join(

@@ -135,11 +135,22 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
             "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
         }
     )
+    # Persistent connections: opening one per request or task was a measurable share of each job.
+    DATABASES["default"]["CONN_MAX_AGE"] = _int("DB_CONN_MAX_AGE", 60)
+elif (DB_POOL_MAX_SIZE := _int("DB_POOL_MAX_SIZE", 10)) > 0:
+    # PostgreSQL: a connection pool per process (psycopg_pool). A worker runs hundreds of jobs at once
+    # and each thread would otherwise keep a connection of its own (PostgreSQL allows 100 by default);
+    # with the pool, a job hands its connection back while it waits on the LLM (apps.agent.services.jobs).
+    DATABASES["default"]["CONN_MAX_AGE"] = 0  # the pool keeps the connections; Django must not
+    DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
+        "min_size": 1,
+        "max_size": DB_POOL_MAX_SIZE,
+        "timeout": _float("DB_POOL_TIMEOUT_SEC", 5.0, minimum=0.1),
+    }
 else:
+    # DB_POOL_MAX_SIZE=0: persistent connections, one per thread, checked before reuse.
+    DATABASES["default"]["CONN_MAX_AGE"] = _int("DB_CONN_MAX_AGE", 60)
     DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
-# Persistent connections (checked before reuse on PostgreSQL, so that a dropped one is replaced): opening
-# one per request or task was a measurable share of each job (docs/benchmarks.md).
-DATABASES["default"]["CONN_MAX_AGE"] = _int("DB_CONN_MAX_AGE", 60)
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # --- Redis, cache -------------------------------------------------------------------------------
@@ -150,6 +161,9 @@ CACHES = {
         "BACKEND": "django.core.cache.backends.redis.RedisCache",
         "LOCATION": env.str("CACHE_URL", default=REDIS_URL),
         "TIMEOUT": 300,
+        # A hung Redis must cost a request seconds, not minutes: the throttle then fails open and the
+        # BYO-key hand-off answers 503 (redis-py has no socket timeouts by default).
+        "OPTIONS": {"socket_connect_timeout": 2, "socket_timeout": 2},
     }
 }
 

@@ -30,8 +30,8 @@ from schemathesis.specs.openapi.checks import positive_data_acceptance
 
 pytestmark = [pytest.mark.security, pytest.mark.django_db]
 
-#: Examples per operation and generation mode: ~10 operations x 2 modes x 25 examples in about 20 s.
-MAX_EXAMPLES = 25
+#: Examples per operation and generation mode: 14 operations x 2 modes x 20 examples in about 20 s.
+MAX_EXAMPLES = 20
 
 
 def _load_schema():

@@ -256,3 +256,41 @@ def test_byo_key_submission_is_503_when_the_cache_is_down(api, cache_down):
     assert response.status_code == 503
     assert response.json()["error"]["code"] == "key_vault_unavailable"
     assert not AgentJob.objects.exists()
+
+
+@pytest.fixture
+def production_cache_options():
+    """The cache OPTIONS of config/settings.py, read before `known_settings` swaps the cache out."""
+    from django.conf import settings
+
+    options = settings.CACHES["default"].get("OPTIONS", {})
+    assert options.get("socket_timeout"), "the cache has no socket timeout: a hung Redis hangs the API"
+    return options
+
+
+@pytest.mark.django_db
+def test_a_hung_cache_costs_seconds_not_minutes(production_cache_options, api, known_settings, caplog):
+    """Redis accepts the connection and never answers: the socket timeout of settings.CACHES bounds the
+    wait, then the throttle fails open."""
+    import socket
+
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(16)
+        known_settings.CACHES = {
+            "default": {
+                "BACKEND": "django.core.cache.backends.redis.RedisCache",
+                "LOCATION": f"redis://127.0.0.1:{silent.getsockname()[1]}/0",
+                "OPTIONS": production_cache_options,
+            }
+        }
+        started = time.monotonic()
+        with caplog.at_level(logging.WARNING):
+            response = api.post("/api/agent/jobs", {"query": "whales"}, format="json")
+        elapsed = time.monotonic() - started
+
+    assert response.status_code == 202
+    assert elapsed < 3 * production_cache_options["socket_timeout"], elapsed
+    assert any("cache unavailable (TimeoutError)" in r.getMessage() for r in caplog.records), [
+        r.getMessage() for r in caplog.records
+    ]

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import re
+from typing import Any
 
 from django.http import Http404
 from django.urls import reverse
@@ -95,6 +97,21 @@ def _validate_webhook_url(url: str) -> str:
     from apps.webhooks.services import webhook_url_validate
 
     return webhook_url_validate(url=url) if url else ""
+
+
+@functools.cache
+def _output_serializer(serializer_class: type) -> Any:
+    return serializer_class()
+
+
+def output(serializer_class: type, data: dict) -> dict:
+    """`serializer_class(data).data`, from one instance per class shared by every request and thread.
+
+    Instantiating a serializer deep-copies its fields, nested serializers included: for a job that
+    cost five times the serialisation itself (docs/benchmarks.md, "Polling"). `to_representation`
+    keeps no state, so one instance serves all.
+    """
+    return _output_serializer(serializer_class).to_representation(data)
 
 
 def job_payload(job: AgentJob, request) -> dict:
@@ -195,7 +212,7 @@ class JobListCreateApi(APIView):
             byo_api_key=_byo_key(request),
         )
         poll_url = reverse("agent-job-detail", args=[job.id])
-        body = JobAcceptedSerializer({"id": job.id, "status": job.status, "poll_url": poll_url}).data
+        body = output(JobAcceptedSerializer, {"id": job.id, "status": job.status, "poll_url": poll_url})
         return Response(
             body,
             status=status.HTTP_202_ACCEPTED,
@@ -230,7 +247,7 @@ class JobListCreateApi(APIView):
             }
             for job in page
         ]
-        return paginator.get_paginated_response(JobSummarySerializer(rows, many=True).data)
+        return paginator.get_paginated_response([output(JobSummarySerializer, row) for row in rows])
 
 
 class JobDetailApi(APIView):
@@ -242,7 +259,7 @@ class JobDetailApi(APIView):
     def get(self, request, job_id):
         job = selectors.job_get(user=request.user, job_id=job_id)
         headers = {} if job.is_terminal else {"Retry-After": str(POLL_AFTER_SEC)}
-        return Response(JobSerializer(job_payload(job, request)).data, headers=headers)
+        return Response(output(JobSerializer, job_payload(job, request)), headers=headers)
 
 
 class JobCancelApi(APIView):
@@ -259,7 +276,7 @@ class JobCancelApi(APIView):
     def post(self, request, job_id):
         job = selectors.job_get(user=request.user, job_id=job_id)
         job = job_services.job_cancel(job=job)
-        return Response(JobSerializer(job_payload(job, request)).data, status=status.HTTP_202_ACCEPTED)
+        return Response(output(JobSerializer, job_payload(job, request)), status=status.HTTP_202_ACCEPTED)
 
 
 class AgentSyncApi(APIView):

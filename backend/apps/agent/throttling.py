@@ -60,7 +60,8 @@ class FailOpenUserRateThrottle(UserRateThrottle):
             started = None
         if started is None:
             return float(self.duration)
-        return max(0.0, started + self.duration - self.now)
+        # Clamped: a concurrent first request may have stamped the window a moment after our clock read.
+        return min(float(self.duration), max(0.0, started + self.duration - self.now))
 
 
 class JobCreateThrottle(FailOpenUserRateThrottle):

@@ -61,9 +61,8 @@ class SQLiteCursorWrapper(base.SQLiteCursorWrapper):
 class DatabaseWrapper(base.DatabaseWrapper):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self._lock = _lock_for(str(self.settings_dict["NAME"]))
-        self._lock_timeout = float(self.settings_dict.get("OPTIONS", {}).get("timeout", 5))
-        self._holds_lock = False
+        self._lock_timeout = float(self.settings_dict["OPTIONS"].get("timeout", 5))
+        self._held: threading.Lock | None = None
 
     def create_cursor(self, name=None):
         cursor = self.connection.cursor(factory=SQLiteCursorWrapper)
@@ -74,14 +73,16 @@ class DatabaseWrapper(base.DatabaseWrapper):
         return _Held(self)
 
     def _acquire(self) -> None:
-        if not self._lock.acquire(timeout=self._lock_timeout):
+        # Looked up now, not at creation: the test runner renames the database after that.
+        lock = _lock_for(str(self.settings_dict["NAME"]))
+        if not lock.acquire(timeout=self._lock_timeout):
             raise OperationalError("database is locked (waited for this process's write lock)")
-        self._holds_lock = True
+        self._held = lock
 
     def _release(self) -> None:
-        if self._holds_lock:
-            self._holds_lock = False
-            self._lock.release()
+        if self._held is not None:
+            lock, self._held = self._held, None
+            lock.release()
 
     def _start_transaction_under_autocommit(self):
         self._acquire()

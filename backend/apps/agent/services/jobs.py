@@ -18,7 +18,7 @@ from decimal import Decimal
 from typing import Any
 
 from django.conf import settings
-from django.db import DatabaseError, transaction
+from django.db import DatabaseError, connection, transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
@@ -288,6 +288,8 @@ def job_run(*, job_id: uuid.UUID | str) -> str | None:
                 },
             )
     llm = _runnable_for(job, byo_key)
+    if connection.settings_dict["OPTIONS"].get("pool"):
+        llm = _ConnectionReleasingLLM(llm)
     options = AgentOptions.from_dict(job.options)
 
     # The claim just read `cancel_requested`; after that the row is asked again at a step boundary only
@@ -315,6 +317,27 @@ def job_run(*, job_id: uuid.UUID | str) -> str | None:
     except Cancelled:
         return _job_finish_cancelled(job, attempt)
     return _job_finish(job, attempt, result)
+
+
+class _ConnectionReleasingLLM:
+    """The job's LLM runnable, handing this thread's database connection back to the pool first.
+
+    A job waits seconds on the provider; holding a pooled connection meanwhile would cap the jobs in
+    flight at the pool size (DB_POOL_MAX_SIZE), or need one PostgreSQL connection per worker thread. The
+    next query takes a connection from the pool again. Only used with a pool: without one, reopening a
+    connection would cost more than keeping it.
+    """
+
+    def __init__(self, inner: Any):
+        self._inner = inner
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    def invoke(self, prompt: Any, *, deadline: float | None = None) -> dict[str, Any]:
+        if not connection.in_atomic_block:  # eager tasks run inside the caller's transaction
+            connection.close()
+        return self._inner.invoke(prompt, deadline=deadline)
 
 
 def _runnable_for(job: AgentJob, byo_key: str | None):

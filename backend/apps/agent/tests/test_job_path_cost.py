@@ -1,0 +1,131 @@
+"""What one job costs the database (docs/benchmarks.md): writes folded together, queries bounded.
+
+The figures these tests pin were measured; a change that adds a query per job should show up here first.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from django.db import connection
+
+from agent.llm_factory import StubLLM
+from agent.types import AgentOptions
+from apps.agent.models import AgentJob, JobStatus
+from apps.agent.services import jobs
+
+pytestmark = pytest.mark.django_db
+
+
+def queued_job(user) -> AgentJob:
+    job, _ = jobs.job_create(owner=user, query="whales", options=AgentOptions(top_k=2), enqueue=False)
+    return job
+
+
+def test_submission_marks_the_job_published_in_its_insert(
+    user, monkeypatch, django_capture_on_commit_callbacks
+):
+    published: list[str] = []
+    monkeypatch.setattr(jobs, "_job_publish", lambda job: published.append(str(job.id)) or True)
+
+    with django_capture_on_commit_callbacks(execute=True):
+        job, created = jobs.job_create(owner=user, query="whales", options=AgentOptions(top_k=2))
+
+    assert created and published == [str(job.id)]
+    job.refresh_from_db()
+    assert job.status == JobStatus.QUEUED and job.enqueued_at is not None
+
+
+def test_a_refused_publish_clears_the_mark_for_the_sweep(
+    user, monkeypatch, django_capture_on_commit_callbacks
+):
+    monkeypatch.setattr(jobs, "_job_publish", lambda job: False)
+
+    with django_capture_on_commit_callbacks(execute=True):
+        job, _ = jobs.job_create(owner=user, query="whales", options=AgentOptions(top_k=2))
+
+    job.refresh_from_db()
+    assert job.status == JobStatus.QUEUED and job.enqueued_at is None
+
+
+def test_a_job_without_webhook_costs_four_statements_and_two_savepoint_marks(
+    user, store, django_assert_num_queries
+):
+    job = queued_job(user)
+
+    # claim: UPDATE, SELECT; finish: SAVEPOINT, UPDATE, INSERT (trace rows), RELEASE SAVEPOINT. The
+    # savepoint statements exist only because the test runs inside a transaction; no cancel query (the
+    # steps take less than CANCEL_CHECK_INTERVAL_SEC), no event lookup (no webhook, no batch).
+    with django_assert_num_queries(6):
+        assert jobs.job_run(job_id=job.id) == JobStatus.SUCCEEDED
+
+    assert job.trace_steps.count() == 4
+
+
+def test_a_cancel_during_the_llm_call_is_seen_after_it(user, store, monkeypatch):
+    job = queued_job(user)
+
+    class SlowCancelledLLM(StubLLM):
+        def invoke(self, prompt, *, deadline=None):
+            AgentJob.objects.filter(id=job.id).update(cancel_requested=True)  # as POST .../cancel does
+            time.sleep(jobs.CANCEL_CHECK_INTERVAL_SEC)
+            return super().invoke(prompt, deadline=deadline)
+
+    monkeypatch.setattr(jobs, "_runnable_for", lambda job, key: SlowCancelledLLM())
+
+    assert jobs.job_run(job_id=job.id) == JobStatus.CANCELLED
+
+
+def test_a_cancel_requested_before_the_claim_stops_the_job_at_the_first_boundary(user, store, monkeypatch):
+    job = queued_job(user)
+    calls: list[str] = []
+
+    class RecordingLLM(StubLLM):
+        def invoke(self, prompt, *, deadline=None):
+            calls.append("llm")
+            return super().invoke(prompt, deadline=deadline)
+
+    monkeypatch.setattr(jobs, "_runnable_for", lambda job, key: RecordingLLM())
+    claim = jobs.job_claim
+
+    def claim_then_cancel(*, job_id):
+        claimed = claim(job_id=job_id)
+        claimed.cancel_requested = True  # the row the claim read said so
+        return claimed
+
+    monkeypatch.setattr(jobs, "job_claim", claim_then_cancel)
+
+    assert jobs.job_run(job_id=job.id) == JobStatus.CANCELLED
+    assert calls == []
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_llm_wrapper_hands_the_connection_back_outside_a_transaction():
+    seen: list[object] = []
+
+    class Inner:
+        decision = "recorded"
+
+        def invoke(self, prompt, *, deadline=None):
+            seen.append(connection.connection)
+            return {"content": prompt}
+
+    AgentJob.objects.exists()  # opens this thread's connection
+    assert connection.connection is not None
+    wrapped = jobs._ConnectionReleasingLLM(Inner())
+
+    assert wrapped.invoke("hi", deadline=1.0) == {"content": "hi"}
+    assert seen == [None]  # closed before the call: with a pool, back in the pool
+    assert wrapped.decision == "recorded"
+    AgentJob.objects.exists()  # and the next query simply takes a connection again
+
+
+def test_the_llm_wrapper_keeps_the_connection_inside_a_transaction():
+    class Inner:
+        def invoke(self, prompt, *, deadline=None):
+            return {"open": connection.connection is not None}
+
+    AgentJob.objects.exists()
+
+    assert jobs._ConnectionReleasingLLM(Inner()).invoke("hi") == {"open": True}

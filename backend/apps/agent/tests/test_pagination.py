@@ -1,0 +1,57 @@
+"""List pagination: strict limit/offset, bounded pages."""
+
+from __future__ import annotations
+
+import pytest
+
+from apps.agent.models import AgentJob
+from apps.agent.pagination import MAX_PAGE
+
+pytestmark = pytest.mark.django_db
+
+
+def make_jobs(owner, n: int) -> None:
+    AgentJob.objects.bulk_create(
+        AgentJob(
+            owner=owner,
+            query=f"q{i}",
+            timeout_sec=60,
+            cost_mode="paid",
+            key_source="none",
+            provider="stub",
+            model="stub",
+        )
+        for i in range(n)
+    )
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "limit=0",
+        "limit=-1",
+        "limit=abc",
+        "limit=1.5",
+        "offset=-1",
+        "offset=x",
+        "limit=1&limit=2",
+        "limit=%EF%BC%95",
+        "limit=" + "9" * 30,
+    ],
+)
+def test_bad_limit_or_offset_is_400(api, query):
+    response = api.get(f"/api/agent/jobs?{query}")
+
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] == "validation_error"
+
+
+def test_limit_is_capped_and_offset_pages(api, user):
+    make_jobs(user, MAX_PAGE + 5)
+
+    page = api.get(f"/api/agent/jobs?limit={MAX_PAGE * 10}").json()
+    tail = api.get(f"/api/agent/jobs?limit=10&offset={MAX_PAGE}").json()
+
+    assert page["count"] == MAX_PAGE + 5
+    assert len(page["results"]) == MAX_PAGE
+    assert len(tail["results"]) == 5 and tail["next"] is None

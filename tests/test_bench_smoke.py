@@ -1,0 +1,53 @@
+"""`python -m bench --smoke` keeps working: it starts its own processes (API, worker, Redis database 8,
+a database copied from a template), prints its tables with numbers, and stops what it started.
+
+The figures of a smoke run mean nothing (tiny sizes); only that every part runs is checked.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+pytestmark = pytest.mark.slow
+
+NUMBER = r"[\d,]+\.\d+x?"
+
+
+def row(text: str, starts_with: str) -> list[float]:
+    """The numbers of the table row that starts with `starts_with`."""
+    match = re.search(rf"^\| {re.escape(starts_with)}.*$", text, re.MULTILINE)
+    assert match, f"no row starting with {starts_with!r} in:\n{text}"
+    return [float(n.rstrip("x").replace(",", "")) for n in re.findall(NUMBER, match.group(0))]
+
+
+def test_bench_smoke_prints_each_figure_beside_its_baseline():
+    result = subprocess.run(
+        [sys.executable, "-m", "bench", "--smoke", "--only", "overhead,polling"],
+        cwd=REPO,
+        env={**os.environ, "BENCH_REDIS_DB": "8"},
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+
+    assert result.returncode == 0, result.stderr[-4000:]
+    out = result.stdout
+    assert "## Overhead" in out and "## Polling" in out
+    job = row(out, "job, POST → terminal")
+    bare = row(out, "**baseline**: bare Celery")
+    ratios = row(out, "ratio job (polled) / bare")
+    assert len(job) == 4 and len(bare) == 4 and len(ratios) == 4  # p50, p95, p99, mean
+    assert all(value > 0 for value in job + bare + ratios)
+    assert "{'succeeded': 30}" in out  # every smoke job ended well
+    polled = row(out, "GET /api/agent/jobs/<id>")
+    ping = row(out, "**baseline**: GET /api/ping")
+    assert polled[0] > 0 and ping[0] > 0
+    assert "Machine:" in out and "Versions:" in out
