@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 
 from bench import concurrency, memory, overhead, polling, report, throughput
 from bench.report import Section
-from bench.stack import PY, REPO, Template, log, temp_root
+from bench.stack import PY, REPO, Template, log, postgres, temp_root
 
 
 def retrieval(template: Template, *, smoke: bool) -> Section:
@@ -63,6 +63,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 t, load_at_start = time.monotonic(), report.load()
                 section = BENCHMARKS[name](template, smoke=args.smoke)
                 log(f"{name} done in {time.monotonic() - t:.0f} s")
+                if postgres():
+                    # Its own blocks in docs/benchmarks.md: the SQLite figures stay beside these.
+                    section.key, section.title = f"{section.key}-postgresql", f"{section.title} (PostgreSQL)"
                 section.note = (
                     f"_Measured {report.now():%Y-%m-%d %H:%M} UTC by `python -m bench"
                     f"{' --smoke' if args.smoke else ''} --only {name}` in {time.monotonic() - t:.0f} s; "
@@ -81,7 +84,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             + (" --smoke" if args.smoke else "")
             + (f" --only {args.only}" if args.only else "")
         )
-        report.write([s for s in sections if s.key != "retrieval"], env, command)
+        report.write(
+            [s for s in sections if not s.key.startswith("retrieval")],
+            env,
+            command,
+            environment_key="environment-postgresql" if postgres() else "environment",
+        )
         log(f"wrote {report.DOC}")
     return 0
 

@@ -157,10 +157,16 @@ def _block(key: str, text: str) -> str:
     return f"<!-- bench:{key}:start -->\n{text.rstrip()}\n<!-- bench:{key}:end -->"
 
 
-def write(sections: list[Section], env: dict[str, str], command: str, path: Path = DOC) -> None:
+def write(
+    sections: list[Section],
+    env: dict[str, str],
+    command: str,
+    path: Path = DOC,
+    environment_key: str = "environment",
+) -> None:
     """Replace the generated blocks of `path` (creating the file if needed), keeping everything else."""
     text = path.read_text(encoding="utf-8") if path.exists() else "# Benchmarks\n"
-    blocks = [("environment", header_block(env, command))] + [(s.key, s.markdown()) for s in sections]
+    blocks = [(environment_key, header_block(env, command))] + [(s.key, s.markdown()) for s in sections]
     for key, content in blocks:
         pattern = re.compile(
             rf"<!-- bench:{re.escape(key)}:start -->.*?<!-- bench:{re.escape(key)}:end -->", re.DOTALL

@@ -40,9 +40,8 @@ REDIS_DB = int(os.environ.get("BENCH_REDIS_DB", "9"))
 VECTOR_DIR = Path(os.environ.get("BENCH_VECTOR_DIR") or REPO / "var" / "bench_vector_db")
 API_KEY = "sk-bench"
 USERNAME = "bench"
-#: What compose.yaml and scripts/dev_up.py run: 2 gunicorn processes of 8 threads.
-API_WORKERS = 2
-API_THREADS = 8
+#: What compose.yaml and scripts/dev_up.py run: 2 gunicorn processes of 8 threads (BENCH_API=2x8 changes it).
+API_WORKERS, API_THREADS = (int(n) for n in os.environ.get("BENCH_API", "2x8").split("x"))
 
 # Queries the benchmarks cycle through. The worker's query-embedding cache (agent.embeddings, LRU) holds
 # each one after its first use, as it holds the questions users repeat; the embedding itself is
@@ -94,6 +93,11 @@ def flush_redis() -> None:
 def _postgres_url() -> str | None:
     url = os.environ.get("DATABASE_URL", "")
     return url if url.startswith(("postgres://", "postgresql://", "pgsql://")) else None
+
+
+def postgres() -> bool:
+    """Whether this run uses PostgreSQL (DATABASE_URL names it) rather than a temporary SQLite file."""
+    return _postgres_url() is not None
 
 
 def _pg_admin(url: str, sql: str) -> None:
