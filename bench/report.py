@@ -33,7 +33,7 @@ class Section:
 
     def markdown(self) -> str:
         note = f"\n\n{self.note}" if self.note else ""
-        return f"## {self.title}\n\n{self.body.rstrip()}{note}\n"
+        return f"### {self.title}\n\n{self.body.rstrip()}{note}\n"
 
 
 def table(header: list[str], rows: list[list[Any]], align: str | None = None) -> str:

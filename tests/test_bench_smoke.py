@@ -40,7 +40,7 @@ def test_bench_smoke_prints_each_figure_beside_its_baseline():
 
     assert result.returncode == 0, result.stderr[-4000:]
     out = result.stdout
-    assert "## Overhead" in out and "## Polling" in out
+    assert "### Overhead" in out and "### Polling" in out
     job = row(out, "job, POST → terminal")
     bare = row(out, "**baseline**: bare Celery")
     ratios = row(out, "ratio job (polled) / bare")

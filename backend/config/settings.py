@@ -147,6 +147,9 @@ elif (DB_POOL_MAX_SIZE := _int("DB_POOL_MAX_SIZE", 10)) > 0:
         "max_size": DB_POOL_MAX_SIZE,
         "timeout": _float("DB_POOL_TIMEOUT_SEC", 5.0, minimum=0.1),
     }
+    # Django then makes the pool check each connection as it leaves it: after a server restart or a
+    # terminated backend, the pool would otherwise hand out dead connections one failed query at a time.
+    DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
 else:
     # DB_POOL_MAX_SIZE=0: persistent connections, one per thread, checked before reuse.
     DATABASES["default"]["CONN_MAX_AGE"] = _int("DB_CONN_MAX_AGE", 60)

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import redis as redis_lib
 
-from tests.e2e.harness import REPO, Worker
+from tests.e2e.harness import REPO, Worker, point_celery_at
 
 REDIS_BASE = os.environ.get("E2E_REDIS_URL", "redis://127.0.0.1:6379")
 REDIS_DB = int(os.environ.get("E2E_REDIS_DB", "11"))
@@ -120,11 +120,7 @@ def stack(transactional_db, live_server, redis_url, e2e_vector_settings, llm_ser
     settings.AGENT_RUNNING_GRACE_SEC = 2.0
     settings.CELERY_TASK_ALWAYS_EAGER = False
     app.conf.task_always_eager = False
-    app.conf.broker_url = redis_url
-    app.conf.result_backend = redis_url
-    # Connection and producer pools are cached with the broker URL they were made with: start fresh.
-    monkeypatch.setattr(app, "_pool", None, raising=False)
-    monkeypatch.setattr(app.amqp, "_producer_pool", None, raising=False)
+    point_celery_at(app, redis_url, monkeypatch)
     from django.core.management import call_command
 
     call_command("loaddata", "libros_prueba", verbosity=0)

@@ -95,3 +95,15 @@ def wait_for(predicate, *, timeout: float, interval: float = 0.1, message: str =
         if time.monotonic() > deadline:
             raise TimeoutError(f"timed out after {timeout} s waiting for {message}")
         time.sleep(interval)
+
+
+def point_celery_at(app, url: str, monkeypatch) -> None:
+    """Make this process publish to and inspect `url`, restored after the test.
+
+    Connection and producer pools are cached with the broker URL they were made with, so they are
+    reset too; `monkeypatch` puts everything back, so one test's broker never leaks into the next.
+    """
+    monkeypatch.setattr(app.conf, "broker_url", url)
+    monkeypatch.setattr(app.conf, "result_backend", url)
+    monkeypatch.setattr(app, "_pool", None, raising=False)
+    monkeypatch.setattr(app.amqp, "_producer_pool", None, raising=False)

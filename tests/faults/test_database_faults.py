@@ -15,7 +15,7 @@ import uuid
 import psycopg
 import pytest
 
-from tests.e2e.harness import BACKEND, Worker, wait_for
+from tests.e2e.harness import BACKEND, Worker, point_celery_at, wait_for
 
 pytestmark = [pytest.mark.faults]
 
@@ -55,9 +55,13 @@ print(",".join(str(job_create(owner=owner, query=f"whales and the sea {i}", opti
 """
 
 
+@pytest.mark.parametrize("pool_size", ["10", "0"], ids=["pooled", "persistent"])
 def test_connection_drop_mid_run_ends_every_job_without_duplicates(
-    pg_database, llm_server, redis_url, catalogue_vector_settings
+    pg_database, llm_server, redis_url, catalogue_vector_settings, monkeypatch, pool_size
 ):
+    """With the connection pool (the default) a dead connection is replaced when it leaves the pool,
+    so the jobs never see the fault; with one persistent connection per thread (DB_POOL_MAX_SIZE=0) the
+    task sees the error, hands the attempt back and retries."""
     from config.celery_app import app
 
     llm_server.reset()
@@ -78,13 +82,14 @@ def test_connection_drop_mid_run_ends_every_job_without_duplicates(
         LLM_API_KEY="sk-faults",
         LLM_MODEL="test-model",
         AGENT_JOB_TIMEOUT_SEC="15",
+        DB_POOL_MAX_SIZE=pool_size,
         VECTOR_DB_DIR=str(vector.dir),
         VECTOR_DB_MANIFEST=str(vector.manifest_path),
     )
     manage(env, "migrate", "--noinput", "-v", "0")
     worker = Worker(env, name=f"pgfault-{uuid.uuid4().hex[:6]}")
     try:
-        app.conf.broker_url = redis_url
+        point_celery_at(app, redis_url, monkeypatch)
         worker.wait_ready(app)
         ids = manage(env, "shell", "-c", SUBMIT).strip().splitlines()[-1].split(",")
         wait_for(
@@ -121,6 +126,9 @@ def test_connection_drop_mid_run_ends_every_job_without_duplicates(
     # No duplicate effects: one stored result and one attempt's trace per job, whatever was retried.
     assert results == 4
     assert traces == {job_id: 1 for job_id in ids}
-    # The fault really hit running jobs: the task saw the database error and handed the attempt back.
-    assert "database error while running job" in worker.log()
-    assert any(r[2] == 2 for r in rows)
+    if pool_size == "0":
+        # The fault really hit running jobs: the task saw the database error and handed the attempt back.
+        assert "database error while running job" in worker.log()
+        assert any(r[2] == 2 for r in rows)
+    else:
+        assert {r[2] for r in rows} == {1}  # replaced transparently: no attempt was lost

@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from tests.e2e.harness import wait_for
+from tests.e2e.harness import point_celery_at, wait_for
 from tests.faults.conftest import FAST_SWEEP, Elapsed, jobs_of, submit, wait_terminal
 
 pytestmark = [pytest.mark.faults, pytest.mark.django_db(transaction=True)]
@@ -81,10 +81,7 @@ def private_redis(stack, settings, tmp_path, monkeypatch):
     settings.CACHES = {
         "default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": server.url}
     }
-    app.conf.broker_url = server.url
-    app.conf.result_backend = server.url
-    monkeypatch.setattr(app, "_pool", None, raising=False)
-    monkeypatch.setattr(app.amqp, "_producer_pool", None, raising=False)
+    point_celery_at(app, server.url, monkeypatch)
     yield server
     server.stop()
 

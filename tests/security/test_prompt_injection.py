@@ -76,7 +76,9 @@ def hostile_catalogue(known_settings, llm_server, listener, tmp_path):
     from agent.vector_build import build_vector_db
     from apps.libros.catalogue import libro_document
     from apps.libros.models import Libro
-    from conftest import FIXTURE
+    from tests.e2e.harness import BACKEND
+
+    FIXTURE = BACKEND / "apps" / "libros" / "fixtures" / "libros_prueba.json"
 
     rows = {row["pk"]: row["fields"] for row in json.loads(FIXTURE.read_text())}
     books = [Libro.objects.create(pk=pk, **rows[pk]) for pk in FIXTURE_PKS]

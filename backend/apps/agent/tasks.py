@@ -5,11 +5,16 @@ from __future__ import annotations
 import logging
 
 from celery import shared_task
-from django.db import InterfaceError, OperationalError, close_old_connections
+from django.db import InterfaceError, OperationalError, close_old_connections, connection
 
 from apps.agent.services import jobs
 
 logger = logging.getLogger(__name__)
+
+
+#: Tries to hand an attempt back after a database error; each try takes a fresh connection (a pool may
+#: hold several connections that the same outage broke).
+RELEASE_TRIES = 3
 
 
 def _run(task, job_id: str) -> str | None:
@@ -18,15 +23,22 @@ def _run(task, job_id: str) -> str | None:
     except (OperationalError, InterfaceError) as exc:
         # The database dropped under us: drop the broken connection, hand the attempt back, try again.
         logger.warning("database error while running job %s: %s; retrying", job_id, type(exc).__name__)
-        close_old_connections()
-        try:
-            from apps.agent.models import AgentJob
-
-            job = AgentJob.objects.only("attempts").get(id=job_id)
-            jobs.job_release(job_id=job_id, attempt=job.attempts)
-        except (OperationalError, InterfaceError):
-            pass  # still down: the sweep recovers the job once the database is back
+        _release_after_database_error(job_id)
         raise task.retry(countdown=1, max_retries=5) from None
+
+
+def _release_after_database_error(job_id: str) -> bool:
+    from apps.agent.models import AgentJob
+
+    for _ in range(RELEASE_TRIES):
+        close_old_connections()
+        connection.close()
+        try:
+            job = AgentJob.objects.only("attempts").get(id=job_id)
+            return jobs.job_release(job_id=job_id, attempt=job.attempts)
+        except (OperationalError, InterfaceError):
+            continue
+    return False  # still down: the sweep recovers the job once the database is back
 
 
 # ignore_result: the job row is the truth; storing a result in Redis would only cost a round trip.

@@ -4,29 +4,38 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     initial = True
 
-    dependencies = [
-    ]
+    dependencies = []
 
     operations = [
         migrations.CreateModel(
-            name='Libro',
+            name="Libro",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('title', models.CharField(max_length=300)),
-                ('author', models.CharField(max_length=200)),
-                ('year', models.IntegerField(help_text='Year of first publication (negative for BC).')),
-                ('language', models.CharField(help_text='ISO 639-1 code of the original language.', max_length=8)),
-                ('genres', models.JSONField(default=list, help_text='List of genre slugs.')),
-                ('pages', models.PositiveIntegerField(blank=True, null=True)),
-                ('synopsis', models.TextField()),
-                ('isbn', models.CharField(blank=True, default='', max_length=17)),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("title", models.CharField(max_length=300)),
+                ("author", models.CharField(max_length=200)),
+                ("year", models.IntegerField(help_text="Year of first publication (negative for BC).")),
+                (
+                    "language",
+                    models.CharField(help_text="ISO 639-1 code of the original language.", max_length=8),
+                ),
+                ("genres", models.JSONField(default=list, help_text="List of genre slugs.")),
+                ("pages", models.PositiveIntegerField(blank=True, null=True)),
+                ("synopsis", models.TextField()),
+                ("isbn", models.CharField(blank=True, default="", max_length=17)),
             ],
             options={
-                'ordering': ['id'],
-                'indexes': [models.Index(fields=['language'], name='libros_libr_languag_60c143_idx'), models.Index(fields=['year'], name='libros_libr_year_b51c4a_idx')],
+                "ordering": ["id"],
+                "indexes": [
+                    models.Index(fields=["language"], name="libros_libr_languag_60c143_idx"),
+                    models.Index(fields=["year"], name="libros_libr_year_b51c4a_idx"),
+                ],
             },
         ),
     ]

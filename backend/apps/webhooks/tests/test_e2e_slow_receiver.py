@@ -24,7 +24,9 @@ pytestmark = pytest.mark.e2e
 REPO = Path(__file__).resolve().parents[4]
 BACKEND = REPO / "backend"
 # A Redis database of its own, so that the test neither sees nor disturbs other queues.
-REDIS_URL = os.environ.get("WEBHOOKS_E2E_REDIS_URL", "redis://127.0.0.1:6379/11")
+REDIS_URL = os.environ.get(
+    "WEBHOOKS_E2E_REDIS_URL", f"redis://127.0.0.1:6379/{os.environ.get('E2E_REDIS_DB', '11')}"
+)
 JOBS = 4
 RECEIVER_DELAY_SEC = 2.0
 
