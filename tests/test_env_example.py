@@ -58,3 +58,9 @@ def test_the_scan_finds_the_seed_variables():
         "SECRET_KEY",
     ):
         assert name in seen
+
+
+def test_every_variable_read_is_in_the_readme_table():
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    missing = sorted(name for name in variables_read() if f"`{name}`" not in readme)
+    assert missing == []
