@@ -1,4 +1,4 @@
-"""`python -m bench --smoke` keeps working: it starts its own processes (API, worker, Redis database 8,
+"""`python -m bench --smoke` keeps working: it starts its own processes (API, worker, Redis database 7,
 a database copied from a template), prints its tables with numbers, and stops what it started.
 
 The figures of a smoke run mean nothing (tiny sizes); only that every part runs is checked.
@@ -32,7 +32,7 @@ def test_bench_smoke_prints_each_figure_beside_its_baseline():
     result = subprocess.run(
         [sys.executable, "-m", "bench", "--smoke", "--only", "overhead,polling"],
         cwd=REPO,
-        env={**os.environ, "BENCH_REDIS_DB": "8"},
+        env={**os.environ, "BENCH_REDIS_DB": "7"},
         capture_output=True,
         text=True,
         timeout=240,
