@@ -18,7 +18,7 @@ from bench.report import Section, ratio, table
 from bench.stack import QUERIES, Stack, Template, log, shipped_worker
 
 LATENCY_SEC = 2.0
-SMOKE_LATENCY_SEC = 0.5
+SMOKE_LATENCY_SEC = 0.25
 IN_FLIGHT = 16
 
 
@@ -69,7 +69,9 @@ async def _run_jobs(stack: Stack, n: int, timeout: float, warm_up: int) -> dict[
     }
 
 
-def run_one(template: Template, pool: str, concurrency: int, n: int, latency: float) -> dict:
+def run_one(
+    template: Template, pool: str, concurrency: int, n: int, latency: float, *, smoke: bool = False
+) -> dict:
     label = f"concurrency-{pool}-{concurrency}"
     with Stack(template, label) as stack:
         _, worker = stack.start(worker=(pool, concurrency), llm_latency_ms=latency * 1000)
@@ -78,7 +80,7 @@ def run_one(template: Template, pool: str, concurrency: int, n: int, latency: fl
         timeout = 120 + math.ceil(n / concurrency) * latency * 3
         # Prefork at 2 would spend rounds of the latency warming up every question; its children pay
         # ~25 ms per uncached query instead, which is nothing next to the LLM's seconds.
-        warm_up = concurrency if pool == "prefork" else len(QUERIES)
+        warm_up = concurrency if pool == "prefork" else 4 if smoke else len(QUERIES)
         result = asyncio.run(_run_jobs(stack, n, timeout, warm_up))
         memory = client.group_memory(worker.pid)
         result["threads"] = client.threads_of(worker.pid)
@@ -96,7 +98,9 @@ def run(template: Template, *, smoke: bool) -> Section:
     latency = SMOKE_LATENCY_SEC if smoke else LATENCY_SEC
     results = []
     for pool, concurrency, baseline in configurations(smoke):
-        results.append(run_one(template, pool, concurrency, baseline_n if baseline else n, latency))
+        results.append(
+            run_one(template, pool, concurrency, baseline_n if baseline else n, latency, smoke=smoke)
+        )
         results[-1]["baseline"] = baseline
     shipped = shipped_worker()
     rows = []

@@ -54,7 +54,7 @@ async def _one_job(stack: Stack) -> str:
 
 
 def run(template: Template, *, smoke: bool) -> Section:
-    seconds = 2.0 if smoke else 10.0
+    seconds = 1.0 if smoke else 10.0
     pool, concurrency = shipped_worker()
     with Stack(template, "polling") as stack:
         _, worker = stack.start(worker=(pool, concurrency))

@@ -70,6 +70,16 @@ QUERIES = [
 ]
 
 
+def _die_with_parent() -> None:
+    """In the child before exec: get SIGKILL when the process that started us dies (Linux), so that a
+    run killed by a timeout never leaves workers consuming someone else's queues."""
+    import contextlib
+    import ctypes
+
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
 def log(message: str) -> None:
     print(f"[bench] {message}", file=sys.stderr, flush=True)
 
@@ -84,10 +94,43 @@ def redis_url() -> str:
     return f"{REDIS_BASE}/{REDIS_DB}"
 
 
-def flush_redis() -> None:
+OWNER_KEY = "librarian-bench:owner"
+
+
+def _redis():
     import redis
 
-    redis.Redis.from_url(redis_url(), socket_connect_timeout=2).flushdb()
+    return redis.Redis.from_url(redis_url(), socket_connect_timeout=2)
+
+
+def claim_redis() -> None:
+    """Make the benchmarks' Redis database ours for this run, or fail at once.
+
+    Two runs on one database would flush each other's queues and steal each other's tasks, and wait
+    for ever. A claim left by a run that died (its process is gone) is taken over.
+    """
+    client = _redis()
+    if client.set(OWNER_KEY, os.getpid(), nx=True):
+        return
+    owner = int(client.get(OWNER_KEY) or 0)
+    if owner and owner != os.getpid() and Path(f"/proc/{owner}").exists():
+        raise RuntimeError(
+            f"Redis database {REDIS_DB} is in use by another benchmark run (pid {owner}); "
+            "set BENCH_REDIS_DB to a database nobody else uses"
+        )
+    client.set(OWNER_KEY, os.getpid())
+
+
+def release_redis() -> None:
+    client = _redis()
+    if int(client.get(OWNER_KEY) or 0) == os.getpid():
+        client.flushdb()
+
+
+def flush_redis() -> None:
+    client = _redis()
+    client.flushdb()
+    client.set(OWNER_KEY, os.getpid())
 
 
 def _postgres_url() -> str | None:
@@ -198,6 +241,7 @@ class Template:
 
     def __init__(self, tmp: Path):
         self.tmp = tmp
+        claim_redis()
         self.pg_url = _postgres_url()
         self.name = f"bench_tpl_{os.getpid()}"
         env = base_env(tmp)
@@ -246,6 +290,7 @@ class Template:
         if self.pg_url:
             with contextlib.suppress(Exception):
                 _pg_admin(self.pg_url, f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)')
+        release_redis()
 
 
 def manage(env: dict[str, str], *args: str) -> str:
@@ -292,6 +337,7 @@ class Stack:
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
+                preexec_fn=_die_with_parent,
             )
         proc = Proc(name, popen, log_path)
         self.procs.append(proc)

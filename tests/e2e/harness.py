@@ -13,6 +13,16 @@ REPO = Path(__file__).resolve().parents[2]
 BACKEND = REPO / "backend"
 
 
+def _die_with_parent() -> None:
+    """In the child before exec: get SIGKILL when the process that started us dies (Linux), so that a
+    run killed by a timeout never leaves workers consuming someone else's queues."""
+    import contextlib
+    import ctypes
+
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
 class Worker:
     """A `celery worker` subprocess. `kill()` sends SIGKILL to the whole process group (no clean-up)."""
 
@@ -54,7 +64,13 @@ class Worker:
             cmd += ["--beat", "--schedule", str(self.log_path.with_suffix(".beat"))]
         self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
         self.process = subprocess.Popen(
-            cmd, cwd=BACKEND, env=env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True
+            cmd,
+            cwd=BACKEND,
+            env=env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=_die_with_parent,
         )
 
     def wait_ready(self, app, timeout: float = 60.0) -> None:
