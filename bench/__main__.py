@@ -9,6 +9,7 @@ Retrieval section, written by bench/retrieval.py, and the prose are kept).
 from __future__ import annotations
 
 import argparse
+import signal
 import subprocess
 import sys
 import time
@@ -54,6 +55,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if unknown:
         parser.error(f"unknown benchmark(s): {', '.join(unknown)}; choose from {', '.join(BENCHMARKS)}")
 
+    # SIGTERM (a timeout) unwinds like Ctrl-C: every stack stops the processes it started.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     started, load_before, clock = report.now(), report.load(), time.monotonic()
     sections: list[Section] = []
     with temp_root() as tmp:

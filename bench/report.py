@@ -18,7 +18,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from bench.stack import REDIS_DB, REPO, redis_url
+from bench import stack
+from bench.stack import REPO, redis_url
 
 DOC = REPO / "docs" / "benchmarks.md"
 
@@ -146,7 +147,7 @@ def header_block(env: dict[str, str], command: str) -> str:
             f"- Machine: {env['machine']}.",
             f"- Load: {env['load']} (other work on the machine makes the figures noisier; each section"
             " says the load it ran under).",
-            f"- Database: {env['database']}; Redis database {REDIS_DB} of the local server, flushed.",
+            f"- Database: {env['database']}; Redis database {stack.REDIS_DB} of the local server, flushed.",
             f"- Versions: {env['versions']}.",
             "",
         ]

@@ -35,7 +35,9 @@ REPO = Path(__file__).resolve().parent.parent
 BACKEND = REPO / "backend"
 PY = sys.executable
 REDIS_BASE = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379")
-REDIS_DB = int(os.environ.get("BENCH_REDIS_DB", "9"))
+#: BENCH_REDIS_DB: the database, or a comma-separated list to take the first one no other run holds.
+REDIS_DB_CANDIDATES = [int(db) for db in os.environ.get("BENCH_REDIS_DB", "9").split(",") if db.strip()]
+REDIS_DB = REDIS_DB_CANDIDATES[0]
 #: The catalogue fixture's store, built once (incrementally: an unchanged fixture costs no embedding).
 VECTOR_DIR = Path(os.environ.get("BENCH_VECTOR_DIR") or REPO / "var" / "bench_vector_db")
 API_KEY = "sk-bench"
@@ -104,21 +106,27 @@ def _redis():
 
 
 def claim_redis() -> None:
-    """Make the benchmarks' Redis database ours for this run, or fail at once.
+    """Make one of the candidate Redis databases ours for this run (`REDIS_DB`), or fail at once.
 
     Two runs on one database would flush each other's queues and steal each other's tasks, and wait
     for ever. A claim left by a run that died (its process is gone) is taken over.
     """
-    client = _redis()
-    if client.set(OWNER_KEY, os.getpid(), nx=True):
-        return
-    owner = int(client.get(OWNER_KEY) or 0)
-    if owner and owner != os.getpid() and Path(f"/proc/{owner}").exists():
-        raise RuntimeError(
-            f"Redis database {REDIS_DB} is in use by another benchmark run (pid {owner}); "
-            "set BENCH_REDIS_DB to a database nobody else uses"
-        )
-    client.set(OWNER_KEY, os.getpid())
+    global REDIS_DB
+    holders = []
+    for db in REDIS_DB_CANDIDATES:
+        REDIS_DB = db
+        client = _redis()
+        if client.set(OWNER_KEY, os.getpid(), nx=True):
+            return
+        owner = int(client.get(OWNER_KEY) or 0)
+        if not owner or owner == os.getpid() or not Path(f"/proc/{owner}").exists():
+            client.set(OWNER_KEY, os.getpid())
+            return
+        holders.append(f"{db} (pid {owner})")
+    raise RuntimeError(
+        f"Redis database(s) {', '.join(holders)} in use by other benchmark runs; "
+        "set BENCH_REDIS_DB to a database nobody else uses"
+    )
 
 
 def release_redis() -> None:
