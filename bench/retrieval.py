@@ -39,32 +39,13 @@ from agent.types import Document  # noqa: E402
 from agent.vector_build import build_vector_db  # noqa: E402
 from agent.vector_config import VectorSettings  # noqa: E402
 from agent.vector_store import VectorStore, release_client  # noqa: E402
+from bench.stack import QUERIES  # noqa: E402
 
 FIXTURE = REPO / "backend" / "apps" / "libros" / "fixtures" / "libros_prueba.json"
 DIM = 384
 TOP = 10
-FIXTURE_QUERIES = [
-    "a whale hunt at sea",
-    "novela sobre la guerra civil española",
-    "detective story in Victorian London",
-    "libros de fantasía con dragones",
-    "a dystopia where books are burned",
-    "poemas de amor",
-    "the history of the universe explained simply",
-    "una familia a lo largo de varias generaciones",
-    "children's book about a talking animal",
-    "recetas de cocina mexicana",
-    "philosophy of ethics and virtue",
-    "a ghost haunting an old house",
-    "romance in the English countryside",
-    "viaje a la luna",
-    "a robot that wants to be human",
-    "crimen en un tren",
-    "coming of age in a small town",
-    "un caballero que lucha contra molinos",
-    "space opera with galactic empires",
-    "memorias de la infancia en el campo",
-]
+# The same questions the service benchmarks cycle through (one list for every benchmark).
+FIXTURE_QUERIES = QUERIES
 
 
 class PrecomputedEmbedder:
