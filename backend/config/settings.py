@@ -186,9 +186,11 @@ CELERY_TASK_REJECT_ON_WORKER_LOST = True
 # One message reserved per pool slot: a slow job never hides queued ones from idle workers.
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_TRACK_STARTED = True
-# Flower shows tasks live only when workers send events (received, started, succeeded...). They cost a
-# few Redis publishes per task: CELERY_WORKER_SEND_TASK_EVENTS=false saves them where nobody watches.
-CELERY_WORKER_SEND_TASK_EVENTS = _bool("CELERY_WORKER_SEND_TASK_EVENTS", True)
+# Task events (received, started, succeeded...) are what Flower shows live. Off by default: Flower
+# switches them on in every worker it sees (an `enable_events` broadcast every 5 s), so they are paid for
+# only while someone watches; they cost ~3 ms of worker CPU per job (docs/benchmarks.md). `true` sends
+# them from the start (for an event consumer other than Flower).
+CELERY_WORKER_SEND_TASK_EVENTS = _bool("CELERY_WORKER_SEND_TASK_EVENTS", False)
 # No "task-sent" event from the API: it was one more Redis publish per submitted job, and Flower shows a
 # task from its "received" event on anyway (docs/benchmarks.md).
 CELERY_TASK_SEND_SENT_EVENT = False

@@ -1,5 +1,8 @@
 """Flower against a real worker: a finished `agent.job_run` task shows up in its API, with ids only as
-arguments, behind basic auth (401 without it). Flower runs offline (loopback only)."""
+arguments, behind basic auth (401 without it). Flower runs offline (loopback only).
+
+Workers start with task events off (CELERY_WORKER_SEND_TASK_EVENTS=false); the test relies on Flower
+switching them on, as it does in production."""
 
 from __future__ import annotations
 
@@ -80,8 +83,15 @@ def flower(stack):
 
 
 def test_flower_shows_the_finished_job_task_with_ids_only_and_requires_auth(stack, token, flower):
-    stack.start_worker()  # while Flower starts
+    worker = stack.start_worker()  # while Flower starts
     flower.wait_ready()  # it must listen before the job runs: it only sees events, not history
+    # Flower's periodic `enable_events` broadcast (every 5 s) reaches the worker, which logs it.
+    wait_for(
+        lambda: b"enabled by remote" in worker.log_path.read_bytes(),
+        timeout=20,
+        interval=0.2,
+        message="Flower to switch the worker's task events on",
+    )
     with httpx.Client(
         base_url=stack.live_url, headers={"Authorization": f"Token {token}"}, timeout=10
     ) as client:
