@@ -97,7 +97,7 @@ def bench_size(n: int, queries: int, workdir: Path) -> dict[str, float]:
     started = time.perf_counter()
     build_vector_db(docs, settings=settings, embedder=embedder, source=f"synthetic:{n}", progress=False)
     build_s = time.perf_counter() - started
-    store = VectorStore(settings=settings, embedder=embedder)
+    store = VectorStore(settings=settings, embedder=embedder, result_cache_size=0)
     store.retrieve("q-0", TOP)  # warm up: the first query loads the HNSW index from disk
 
     index_of = {doc.id: i for i, doc in enumerate(docs)}
@@ -147,7 +147,7 @@ def bench_fixture(limit: int | None, workdir: Path, repeat: int) -> dict[str, fl
     started, cpu = time.perf_counter(), time.process_time()
     build_vector_db(docs, settings=settings, embedder=embedder, source="fixture", progress=False)
     build_s, build_cpu = time.perf_counter() - started, time.process_time() - cpu
-    store = VectorStore(settings=settings, embedder=embedder)
+    store = VectorStore(settings=settings, embedder=embedder, result_cache_size=0)  # each query searches
     store.retrieve("warm up", TOP)
     latencies, embed_ms = [], []
     for _ in range(repeat):

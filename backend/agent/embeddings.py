@@ -58,8 +58,11 @@ def model_id(embedder: Embedder) -> str:
     return f"{embedder.name}@{embedder.version}"
 
 
-class _LRU:
-    """A small thread-safe LRU of read-only query vectors (workers see the same queries again and again)."""
+class LRU:
+    """A small thread-safe LRU of read-only values (workers see the same queries again and again).
+
+    Values are shared between callers: nobody may modify one (vectors are stored read-only).
+    """
 
     def __init__(self, size: int):
         self._size = size
@@ -76,7 +79,8 @@ class _LRU:
     def put(self, key: str, value: np.ndarray) -> None:
         if self._size <= 0:
             return
-        value.setflags(write=False)  # shared between callers: nobody may modify it in place
+        if isinstance(value, np.ndarray):
+            value.setflags(write=False)
         with self._lock:
             self._data[key] = value
             self._data.move_to_end(key)
@@ -172,7 +176,7 @@ class LocalE5Embedder:
         self.query_threads = query_threads
         self.document_threads = document_threads or os.cpu_count() or 1
         self._variant = LOCAL_MODELS[model]
-        self._cache = _LRU(cache_size)
+        self._cache = LRU(cache_size)
 
     @property
     def dim(self) -> int:
@@ -236,7 +240,7 @@ class OpenAICompatibleEmbedder:
             base_url=base_url, api_key=api_key or "unused", timeout=timeout, max_retries=max_retries
         )
         self._dim: int | None = None
-        self._cache = _LRU(cache_size)
+        self._cache = LRU(cache_size)
 
     @property
     def dim(self) -> int:

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from .embeddings import Embedder, get_embedder
+from .embeddings import LRU, Embedder, get_embedder
 from .errors import InvalidQuery, VectorStoreUnavailable
 from .types import Document, Filters, Hit
 from .vector_config import VectorSettings
@@ -40,6 +40,8 @@ HIT_TOP_LEVEL = ("title", "author", "year")
 TIE_MARGIN = 8
 # A Chroma server cannot be watched like a local manifest file; re-check the build this often.
 SERVER_RECHECK_SEC = 30.0
+#: Distinct (query, k, filters) answers an opened store remembers (see `VectorStore`).
+RESULT_CACHE_SIZE = 1024
 
 
 # --- Chroma clients, one per process and location ------------------------------------------------
@@ -257,12 +259,25 @@ def manifest_problems(
 class VectorStore:
     """An opened, checked collection. Thread-safe: Chroma clients may be shared between threads."""
 
-    def __init__(self, *, settings: VectorSettings, embedder: Embedder, client: Any | None = None):
-        """Open and check the store. Raises `VectorStoreUnavailable` with the reason."""
+    def __init__(
+        self,
+        *,
+        settings: VectorSettings,
+        embedder: Embedder,
+        client: Any | None = None,
+        result_cache_size: int = RESULT_CACHE_SIZE,
+    ):
+        """Open and check the store. Raises `VectorStoreUnavailable` with the reason.
+
+        The last `result_cache_size` distinct (query, k, filters) answers are kept: the store is
+        read-only while it is open (a rebuild swaps in a new directory, which opens a new `VectorStore`),
+        so a repeated question gets the same hits without embedding or searching again.
+        """
         self.settings = settings
         self.embedder = embedder
+        self._results = LRU(result_cache_size)
         # Taken first: a swap during the checks below then shows up as a change on the next call.
-        self.signature = _manifest_signature(settings)
+        self.signature = manifest_signature(settings)
         self._client = client if client is not None else open_client(settings)
         try:
             self._collection = self._client.get_collection(settings.collection, embedding_function=None)
@@ -306,6 +321,15 @@ class VectorStore:
             raise InvalidQuery(f"k must be at least 1, got {k}")
         if not query.strip() or self._count == 0:
             return []
+        key = (query, k, filters or Filters())
+        cached = self._results.get(key)
+        if cached is not None:
+            return list(cached)
+        hits = self._search(query, k, filters)
+        self._results.put(key, tuple(hits))
+        return hits
+
+    def _search(self, query: str, k: int, filters: Filters | None) -> list[Hit]:
         vector = self.embedder.embed_query(query)
         try:
             result = self._collection.query(
@@ -337,7 +361,7 @@ class VectorStore:
         return self._count
 
 
-def _manifest_signature(settings: VectorSettings) -> tuple[int, int] | None:
+def manifest_signature(settings: VectorSettings) -> tuple[int, int] | None:
     """Changes when a build swaps in a new store (new inode, new mtime)."""
     try:
         stat = Path(settings.manifest_path).stat()
@@ -374,7 +398,7 @@ def open_store(settings: VectorSettings, *, embedder: Embedder | None = None) ->
 def _still_current(store: VectorStore, settings: VectorSettings) -> bool:
     if settings.url:
         return time.monotonic() - store.opened_at < SERVER_RECHECK_SEC
-    return store.signature is not None and store.signature == _manifest_signature(settings)
+    return store.signature is not None and store.signature == manifest_signature(settings)
 
 
 def retrieve(

@@ -172,15 +172,14 @@ def test_store_is_opened_once_and_reopened_after_a_rebuild(built):
 
 def test_concurrent_retrieval_from_many_threads(built):
     settings, embedder, _ = built
-    store = open_store(settings, embedder=embedder)
+    # No result cache: every call goes to Chroma, from eight threads at once.
+    store = VectorStore(settings=settings, embedder=embedder, result_cache_size=0)
     expected = [hit.id for hit in store.retrieve("wizard dragon", 5)]
     results: list[list[str]] = []
 
     def work() -> None:
         for _ in range(5):
-            results.append(
-                [hit.id for hit in open_store(settings, embedder=embedder).retrieve("wizard dragon", 5)]
-            )
+            results.append([hit.id for hit in store.retrieve("wizard dragon", 5)])
 
     threads = [threading.Thread(target=work) for _ in range(8)]
     for thread in threads:
@@ -203,3 +202,47 @@ def test_generic_metadata_genre_as_a_string_is_filterable(tmp_path):
     hit = store.retrieve("dragons", 5, Filters(genres=("science fiction",)))[0]
     assert (hit.id, hit.metadata["genres"]) == ("b", ["science_fiction"])
     release_client(settings)
+
+
+class CountingEmbedder(FakeEmbedder):
+    def __init__(self) -> None:
+        super().__init__()
+        self.queries: list[str] = []
+
+    def embed_query(self, text: str):
+        self.queries.append(text)
+        return super().embed_query(text)
+
+
+def test_repeated_questions_are_answered_from_the_result_cache(built):
+    settings, _, _ = built
+    embedder = CountingEmbedder()
+    store = VectorStore(settings=settings, embedder=embedder, result_cache_size=2)
+    first = store.retrieve("wizard dragon", 3)
+    again = store.retrieve("wizard dragon", 3)
+    assert again == first and again is not first  # equal hits, a list of the caller's own
+    again.clear()
+    assert store.retrieve("wizard dragon", 3) == first  # clearing a returned list changes no cache
+    assert embedder.queries == ["wizard dragon"]
+    # k and filters are part of the question.
+    assert len(store.retrieve("wizard dragon", 2)) == 2
+    store.retrieve("wizard dragon", 3, Filters(language="es"))
+    assert embedder.queries == ["wizard dragon"] * 3
+    # Least recently used first out: the size-2 cache dropped ("wizard dragon", 3, no filters).
+    store.retrieve("wizard dragon", 3)
+    assert len(embedder.queries) == 4
+
+
+def test_result_cache_can_be_disabled_and_dies_with_the_build(built):
+    settings, _, _ = built
+    embedder = CountingEmbedder()
+    uncached = VectorStore(settings=settings, embedder=embedder, result_cache_size=0)
+    uncached.retrieve("wizard dragon", 3)
+    uncached.retrieve("wizard dragon", 3)
+    assert len(embedder.queries) == 2
+    # A rebuild opens a new store, whose answers come from the new build, not the old cache.
+    store = open_store(settings, embedder=embedder)
+    before = {hit.id for hit in store.retrieve("wizard dragon", 10)}
+    build_vector_db(book_documents()[:3], settings=settings, embedder=embedder, source="test", progress=False)
+    after = {hit.id for hit in open_store(settings, embedder=embedder).retrieve("wizard dragon", 10)}
+    assert len(before) == 10 and len(after) == 3 and after < before

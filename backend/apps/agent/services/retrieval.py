@@ -51,10 +51,23 @@ def exact_search(query: str, k: int, filters: Filters) -> list[Hit]:
     return core_exact_search(query, k, filters, catalogue_documents())
 
 
-def store_identity() -> dict[str, Any]:
-    """Which build of the store answered (from its manifest), recorded on each job."""
-    from agent.vector_store import read_manifest
+_identity: tuple[Any, dict[str, Any]] | None = None
 
+
+def store_identity() -> dict[str, Any]:
+    """Which build of the store answered (from its manifest), recorded on each job.
+
+    Every job records it: the parsed manifest is kept until the file changes (a rebuild swaps it), so a
+    job costs a stat() instead of reading and parsing the file.
+    """
+    global _identity
+    from agent.vector_store import manifest_signature, read_manifest
+
+    stat = None if settings.VECTOR.url else manifest_signature(settings.VECTOR)
+    signature = None if stat is None else (str(settings.VECTOR.manifest_path), stat)
+    cached = _identity
+    if signature is not None and cached is not None and cached[0] == signature:
+        return dict(cached[1])
     try:
         manifest = read_manifest(settings.VECTOR)
     except VectorStoreUnavailable:
@@ -68,7 +81,10 @@ def store_identity() -> dict[str, Any]:
         "embedding_model",
         "embedding_dim",
     )
-    return {key: manifest.get(key) for key in keys if key in manifest}
+    identity = {key: manifest.get(key) for key in keys if key in manifest}
+    if signature is not None:
+        _identity = (signature, identity)
+    return dict(identity)
 
 
 def store_health() -> dict[str, Any]:
