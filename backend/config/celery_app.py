@@ -3,7 +3,7 @@
 import os
 
 from celery import Celery
-from celery.signals import worker_init, worker_process_init
+from celery.signals import task_postrun, task_prerun, worker_init, worker_process_init
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
 
@@ -32,3 +32,15 @@ def _warm_up_in_process(sender=None, **kwargs) -> None:
 @worker_process_init.connect
 def _warm_up_in_child(**kwargs) -> None:
     _warm_up()
+
+
+@task_prerun.connect
+@task_postrun.connect
+def _close_old_connections(sender=None, **kwargs) -> None:
+    # Django's per-request rule, per task (CELERY_DB_REUSE_MAX keeps Celery from closing every connection).
+    # Not for eager tasks: they run inside the caller's transaction.
+    if sender is not None and getattr(sender.request, "is_eager", False):
+        return
+    from django.db import close_old_connections
+
+    close_old_connections()

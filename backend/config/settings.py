@@ -175,6 +175,17 @@ CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default=REDIS_URL)
 # The job row is the truth; the result backend only serves bare round trips (benchmarks, inspect).
 CELERY_RESULT_BACKEND = env.str("CELERY_RESULT_BACKEND", default=CELERY_BROKER_URL)
 CELERY_RESULT_EXPIRES = 3600
+# One result backend (one Redis connection pool) for the whole worker instead of one per thread: Celery
+# builds a backend in each new thread otherwise (~1 ms each, and a worker runs up to 1,000 threads). The
+# app only stores results through it; nothing here waits on a result (`AsyncResult.get`'s pub/sub is the
+# part that is not thread-safe).
+CELERY_RESULT_BACKEND_THREAD_SAFE = True
+# Celery's Django fixup closes every database connection before and after each task unless this is set,
+# so each job would open its connection again (SQLite: open the file, register functions, PRAGMAs). Set
+# to "never": config/celery_app.py applies Django's own rule at task boundaries instead, as Django does
+# per request (close_old_connections: CONN_MAX_AGE, broken connections; with the PostgreSQL pool
+# CONN_MAX_AGE is 0, so the connection goes back to the pool after each task).
+CELERY_DB_REUSE_MAX = 2**62
 # JSON only: task arguments are ids, and pickle would let a broker write execute code.
 CELERY_TASK_SERIALIZER = "json"
 CELERY_RESULT_SERIALIZER = "json"

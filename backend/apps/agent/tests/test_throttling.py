@@ -70,3 +70,65 @@ def test_fails_open_with_a_warning_when_the_cache_raises(user, monkeypatch, capl
     assert [r.getMessage() for r in caplog.records] == [
         "throttle job_create: cache unavailable (ConnectionError); allowing the request"
     ] * 3
+
+
+@pytest.fixture
+def redis_cache(settings, monkeypatch):
+    """Django's RedisCache configured, its Redis served by fakeredis (the throttle's one-round-trip path)."""
+    import fakeredis
+    import redis
+
+    from apps.agent import throttling
+
+    server = fakeredis.FakeServer()
+    settings.CACHES = {
+        "default": {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": "redis://throttle-test:6379/0",
+            "OPTIONS": {"socket_timeout": 2},
+        }
+    }
+    created = []
+
+    def from_url(url, **options):
+        created.append((url, options))
+        return fakeredis.FakeRedis(server=server)
+
+    monkeypatch.setattr(redis.Redis, "from_url", from_url)
+    monkeypatch.setattr(throttling, "_clients", {})
+    # Django's own client would try to connect: everything must go through the throttle's client.
+    monkeypatch.setattr(
+        caches["default"], "add", lambda *a, **k: pytest.fail("cache.add used"), raising=False
+    )
+    return server, created
+
+
+@pytest.mark.django_db
+def test_on_redis_the_window_is_one_atomic_round_trip_with_a_ttl(user, other_user, redis_cache):
+    import fakeredis
+
+    server, created = redis_cache
+    allowed = [throttle().allow_request(request_of(user), None) for _ in range(5)]
+    refused = throttle()
+    assert refused.allow_request(request_of(user), None) is False
+
+    assert allowed == [True, True, True, False, False]
+    assert 0 < refused.wait() <= 60
+    assert throttle().allow_request(request_of(other_user), None) is True  # per user
+    # One client for the process, built from the cache's URL and socket options.
+    assert created == [("redis://throttle-test:6379/0", {"socket_timeout": 2})]
+    # Both keys carry the window's TTL, and the counter is exact.
+    raw = fakeredis.FakeRedis(server=server)
+    counters = [k for k in raw.scan_iter() if k.endswith(b":count")]
+    assert len(counters) == 2
+    assert sorted(int(raw.get(k)) for k in counters) == [1, 6]
+    assert all(0 < raw.ttl(k) <= 60 for k in raw.scan_iter())
+
+
+@pytest.mark.django_db
+def test_on_redis_an_outage_fails_open(user, redis_cache, caplog):
+    server, _ = redis_cache
+    server.connected = False
+    with caplog.at_level(logging.WARNING, logger="apps.agent.throttling"):
+        assert all(throttle("1/min").allow_request(request_of(user), None) for _ in range(3))
+    assert len(caplog.records) == 3 and "cache unavailable" in caplog.records[0].getMessage()
