@@ -287,19 +287,22 @@ def job_run(*, job_id: uuid.UUID | str) -> str | None:
                     "message": "The job's API key expired before it ran; submit again.",
                 },
             )
-    llm = _runnable_for(job, byo_key)
-    if connection.settings_dict["OPTIONS"].get("pool"):
-        llm = _ConnectionReleasingLLM(llm)
+    llm = _JobLLM(
+        _runnable_for(job, byo_key), release_connection=bool(connection.settings_dict["OPTIONS"].get("pool"))
+    )
     options = AgentOptions.from_dict(job.options)
 
-    # The claim just read `cancel_requested`; after that the row is asked again at a step boundary only
-    # when CANCEL_CHECK_INTERVAL_SEC has passed. Retrieval and the prompt take milliseconds, so a job
-    # costs one cancel query (after the LLM call) instead of one per boundary; a cancel that lands in
-    # those milliseconds is honoured after the LLM call.
+    # The claim just read `cancel_requested`. Before the LLM call the row is asked again at a step
+    # boundary only when CANCEL_CHECK_INTERVAL_SEC has passed (retrieval and the prompt take milliseconds,
+    # so usually never; a slow vector store still does not lead to a paid call for a cancelled job).
+    # After the call nobody asks: the finish's conditional UPDATE requires `cancel_requested=False`, and a
+    # cancel that arrived meanwhile turns the finish into a cancellation, with no query of its own.
     checked = {"at": time.monotonic(), "cancelled": job.cancel_requested}
 
     def is_cancelled() -> bool:
-        if not checked["cancelled"] and time.monotonic() - checked["at"] >= CANCEL_CHECK_INTERVAL_SEC:
+        if checked["cancelled"] or llm.called:
+            return checked["cancelled"]
+        if time.monotonic() - checked["at"] >= CANCEL_CHECK_INTERVAL_SEC:
             checked["cancelled"] = AgentJob.objects.filter(id=job.id, cancel_requested=True).exists()
             checked["at"] = time.monotonic()
         return checked["cancelled"]
@@ -319,23 +322,27 @@ def job_run(*, job_id: uuid.UUID | str) -> str | None:
     return _job_finish(job, attempt, result)
 
 
-class _ConnectionReleasingLLM:
-    """The job's LLM runnable, handing this thread's database connection back to the pool first.
+class _JobLLM:
+    """The job's LLM runnable, remembering that it was called, and with `release_connection` handing
+    this thread's database connection back to the pool first.
 
     A job waits seconds on the provider; holding a pooled connection meanwhile would cap the jobs in
     flight at the pool size (DB_POOL_MAX_SIZE), or need one PostgreSQL connection per worker thread. The
-    next query takes a connection from the pool again. Only used with a pool: without one, reopening a
+    next query takes a connection from the pool again. Only with a pool: without one, reopening a
     connection would cost more than keeping it.
     """
 
-    def __init__(self, inner: Any):
+    def __init__(self, inner: Any, *, release_connection: bool = False):
         self._inner = inner
+        self._release_connection = release_connection
+        self.called = False
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._inner, name)
 
     def invoke(self, prompt: Any, *, deadline: float | None = None) -> dict[str, Any]:
-        if not connection.in_atomic_block:  # eager tasks run inside the caller's transaction
+        self.called = True
+        if self._release_connection and not connection.in_atomic_block:  # eager tasks: caller's transaction
             connection.close()
         return self._inner.invoke(prompt, deadline=deadline)
 
@@ -372,7 +379,8 @@ def _job_finish(job: AgentJob, attempt: int, result: AgentResult) -> str | None:
     status = JobStatus.FAILED if result.error else JobStatus.SUCCEEDED
     now = timezone.now()
     with transaction.atomic():
-        changed = AgentJob.objects.filter(id=job.id, status=JobStatus.RUNNING, attempts=attempt).update(
+        running = AgentJob.objects.filter(id=job.id, status=JobStatus.RUNNING, attempts=attempt)
+        changed = running.filter(cancel_requested=False).update(
             status=status,
             degraded=result.degraded,
             result={"message": result.message, "results": result.results, "actions": result.actions},
@@ -386,8 +394,14 @@ def _job_finish(job: AgentJob, attempt: int, result: AgentResult) -> str | None:
             vector_store=store_identity(),
         )
         if not changed:
-            # Another attempt took over (we were presumed dead) or the job was cancelled meanwhile.
-            return None
+            # A cancel arrived while the job ran (its answer is discarded), or another attempt took
+            # over (we were presumed dead): only the first ends the job, as cancelled.
+            changed = running.filter(cancel_requested=True).update(
+                status=JobStatus.CANCELLED, finished_at=now
+            )
+            if changed:
+                _terminal_effects(job_id=job.id, job=job)
+            return JobStatus.CANCELLED if changed else None
         _trace_store(job, attempt, result)
         _terminal_effects(job_id=job.id, job=job)
     return status

@@ -63,7 +63,9 @@ def test_a_job_without_webhook_costs_four_statements_and_two_savepoint_marks(
     assert job.trace_steps.count() == 4
 
 
-def test_a_cancel_during_the_llm_call_is_seen_after_it(user, store, monkeypatch):
+def test_a_cancel_during_the_llm_call_is_seen_by_the_finish_without_a_query_of_its_own(
+    user, store, monkeypatch, django_assert_num_queries
+):
     job = queued_job(user)
 
     class SlowCancelledLLM(StubLLM):
@@ -74,7 +76,40 @@ def test_a_cancel_during_the_llm_call_is_seen_after_it(user, store, monkeypatch)
 
     monkeypatch.setattr(jobs, "_runnable_for", lambda job, key: SlowCancelledLLM())
 
+    # claim: UPDATE, SELECT; the cancel in the LLM: UPDATE; finish: SAVEPOINT, the UPDATE that requires
+    # no cancel (changes nothing), the UPDATE to cancelled, RELEASE. No SELECT of the cancel flag.
+    with django_assert_num_queries(7) as captured:
+        assert jobs.job_run(job_id=job.id) == JobStatus.CANCELLED
+    selects = [q["sql"] for q in captured.captured_queries if q["sql"].startswith("SELECT")]
+    assert len(selects) == 1 and "cancel_requested" not in selects[0].split("WHERE")[1]  # the claim's read
+
+    job.refresh_from_db()
+    assert job.status == JobStatus.CANCELLED and job.result is None and job.finished_at is not None
+    assert job.trace_steps.count() == 0  # the discarded answer leaves no trace rows
+
+
+def test_a_slow_step_before_the_llm_call_asks_for_a_cancel_and_skips_the_call(user, store, monkeypatch):
+    job = queued_job(user)
+    calls: list[str] = []
+
+    class RecordingLLM(StubLLM):
+        def invoke(self, prompt, *, deadline=None):
+            calls.append("llm")
+            return super().invoke(prompt, deadline=deadline)
+
+    monkeypatch.setattr(jobs, "_runnable_for", lambda job, key: RecordingLLM())
+    real = jobs.get_retriever()
+
+    class SlowRetriever:
+        def retrieve(self, query, k, filters):
+            AgentJob.objects.filter(id=job.id).update(cancel_requested=True)
+            time.sleep(jobs.CANCEL_CHECK_INTERVAL_SEC)
+            return real.retrieve(query, k, filters)
+
+    monkeypatch.setattr(jobs, "get_retriever", lambda: SlowRetriever())
+
     assert jobs.job_run(job_id=job.id) == JobStatus.CANCELLED
+    assert calls == []
 
 
 def test_a_cancel_requested_before_the_claim_stops_the_job_at_the_first_boundary(user, store, monkeypatch):
@@ -113,11 +148,12 @@ def test_the_llm_wrapper_hands_the_connection_back_outside_a_transaction():
 
     AgentJob.objects.exists()  # opens this thread's connection
     assert connection.connection is not None
-    wrapped = jobs._ConnectionReleasingLLM(Inner())
+    wrapped = jobs._JobLLM(Inner(), release_connection=True)
+    assert wrapped.called is False
 
     assert wrapped.invoke("hi", deadline=1.0) == {"content": "hi"}
     assert seen == [None]  # closed before the call: with a pool, back in the pool
-    assert wrapped.decision == "recorded"
+    assert wrapped.decision == "recorded" and wrapped.called is True
     AgentJob.objects.exists()  # and the next query simply takes a connection again
 
 
@@ -128,4 +164,5 @@ def test_the_llm_wrapper_keeps_the_connection_inside_a_transaction():
 
     AgentJob.objects.exists()
 
-    assert jobs._ConnectionReleasingLLM(Inner()).invoke("hi") == {"open": True}
+    assert jobs._JobLLM(Inner(), release_connection=True).invoke("hi") == {"open": True}
+    assert jobs._JobLLM(Inner()).invoke("hi") == {"open": True}  # without a pool: never released
