@@ -103,12 +103,15 @@ def job_create(
             "overrides": overrides or {},
         }
     )
-    if idempotency_key:
-        existing = AgentJob.objects.filter(owner=owner, idempotency_key=idempotency_key).first()
-        if existing is not None:
-            return _idempotent_repeat(existing, fingerprint), False
-
-    decision = cost_decision_resolve(byo_api_key=byo_api_key, overrides=overrides)
+    # No lookup of the Idempotency-Key first: the unique constraint on (owner, key) tells a repeat from a
+    # new request at the INSERT, so a new job (the common case) costs no extra query.
+    try:
+        decision = cost_decision_resolve(byo_api_key=byo_api_key, overrides=overrides)
+    except ValidationFailed:
+        existing = _job_by_idempotency_key(owner, idempotency_key)
+        if existing is None:
+            raise
+        return _idempotent_repeat(existing, fingerprint), False
     job_id = uuid.uuid4()
     if decision.key_source == "user":
         # Stored before the row exists: if Redis is down we refuse the job rather than lose the key.
@@ -144,14 +147,20 @@ def job_create(
             if enqueue:
                 transaction.on_commit(lambda: _job_publish_created(job))
     except DatabaseError:
-        # A concurrent request with the same idempotency key won the insert.
-        if idempotency_key:
-            existing = AgentJob.objects.filter(owner=owner, idempotency_key=idempotency_key).first()
-            if existing is not None:
+        # The Idempotency-Key was used before (or by a concurrent request that won the insert).
+        existing = _job_by_idempotency_key(owner, idempotency_key)
+        if existing is not None:
+            if decision.key_source == "user":
                 key_vault.key_delete(job_id=job_id)
-                return _idempotent_repeat(existing, fingerprint), False
+            return _idempotent_repeat(existing, fingerprint), False
         raise
     return job, True
+
+
+def _job_by_idempotency_key(owner, idempotency_key: str) -> AgentJob | None:
+    if not idempotency_key:
+        return None
+    return AgentJob.objects.filter(owner=owner, idempotency_key=idempotency_key).first()
 
 
 def _idempotent_repeat(existing: AgentJob, fingerprint: str) -> AgentJob:
