@@ -49,6 +49,7 @@ def test_defaults_start():
         ("AGENT_BATCH_PRIORITY", "10"),
         ("AGENT_BATCH_QUEUED_STALE_SEC", "soon"),
         ("DEBUG", "maybe"),
+        ("CELERY_TASK_LOG_LEVEL", "chatty"),
     ],
 )
 def test_bad_value_fails_naming_the_variable(variable, value):
@@ -85,3 +86,11 @@ def test_postgres_url_switches_engine_without_code_change():
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "django.db.backends.postgresql"
+
+
+def test_per_task_celery_lines_and_http_request_lines_are_quiet_by_default(settings):
+    loggers = settings.LOGGING["loggers"]
+    assert loggers["celery.app.trace"]["level"] == "WARNING"  # "Task ... succeeded in ..."
+    assert loggers["celery.worker.strategy"]["level"] == "WARNING"  # "Task ... received"
+    # openai 3 speaks through httpx2: its request lines (URLs of outbound calls) stay out of the logs.
+    assert all(loggers[name]["level"] == "WARNING" for name in ("httpx", "httpx2", "httpcore", "httpcore2"))
