@@ -385,9 +385,7 @@ class OpenAICompatibleLLM:
                 return self._finish(started, attempts, _Failure("timeout", _deadline_message(attempts)))
             attempts += 1
             try:
-                completion = self._sync_client().chat.completions.create(
-                    **self._request_kwargs(messages, budget)
-                )
+                completion = self._complete(self._sync_client(), messages, budget)
                 outcome: _Success | _Failure = self._parse(completion, messages)
             except Exception as exc:
                 outcome = self._classify(exc)
@@ -439,6 +437,26 @@ class OpenAICompatibleLLM:
         if left <= 0:
             return None
         return min(self._settings.timeout_sec, left)
+
+    def _complete(self, client: Any, messages: list[dict[str, str]], budget: float) -> Any:
+        """One POST /chat/completions.
+
+        On the SDK's own client this goes through `client.post` with the body built here: the typed
+        `chat.completions.create()` validates and transforms every argument again first, which measured
+        0.4-0.5 ms of CPU per call (a third of the call, and a worker makes hundreds per second). Same
+        client, auth, timeouts, error classes and `ChatCompletion` result. Any other client (tests inject
+        fakes) gets `chat.completions.create`.
+        """
+        kwargs = self._request_kwargs(messages, budget)
+        if not isinstance(client, _sdk_classes()[0]):
+            return client.chat.completions.create(**kwargs)
+        timeout = kwargs.pop("timeout")
+        return client.post(
+            "/chat/completions",
+            body=kwargs,
+            cast_to=_sdk_classes()[1],
+            options={"timeout": timeout, "security": {"bearer_auth": True}},
+        )
 
     def _request_kwargs(self, messages: list[dict[str, str]], budget: float) -> dict[str, Any]:
         http = _http_module()
@@ -611,6 +629,15 @@ def _import_openai() -> ModuleType:
             f"LLM_PROVIDER=openai_compatible needs the 'openai' package (Falta la dependencia 'openai'): "
             f"install {OPENAI_REQUIREMENT}."
         ) from None
+
+
+@functools.cache
+def _sdk_classes() -> tuple[type, type]:
+    """(the SDK's sync client base class, `ChatCompletion`): what `OpenAICompatibleLLM._complete` posts with."""
+    from openai._base_client import SyncAPIClient
+    from openai.types.chat import ChatCompletion
+
+    return SyncAPIClient, ChatCompletion
 
 
 @functools.cache

@@ -212,6 +212,9 @@ def test_success_returns_every_key(server):
     assert result["latency_ms"] > 0
     body = server.requests(CHAT)[0]["body"]
     assert (body["model"], body["max_tokens"]) == (MODEL, 512)
+    # The SDK's client posts exactly the body we built (no typed `create()` in between), messages intact.
+    assert set(body) == {"model", "messages", "max_tokens"}
+    assert body["messages"] == build_grounded_prompt("a book about whales", [MOBY, DUNE], "en")
 
 
 def test_reported_usage_and_cost(server):
