@@ -271,9 +271,11 @@ CELERY_BEAT_SCHEDULE = {
 HEALTH_WORKER_TIMEOUT_SEC = _float("HEALTH_WORKER_TIMEOUT_SEC", 1.0, minimum=0.1)
 
 # --- REST framework -----------------------------------------------------------------------------
+# Seconds an API process remembers a token it has checked (apps/agent/authentication.py); 0: never.
+API_TOKEN_CACHE_SEC = _float("API_TOKEN_CACHE_SEC", 5.0, minimum=0.0)
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
-        "rest_framework.authentication.TokenAuthentication",
+        "apps.agent.authentication.CachedTokenAuthentication",
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
