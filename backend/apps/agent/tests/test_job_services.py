@@ -38,6 +38,24 @@ def test_running_job_is_not_claimed_twice(user, store):
     assert jobs.job_claim(job_id=job.id) is None
 
 
+def test_the_claim_moves_exactly_one_queued_row_and_returns_it_as_stored(user, other_user, store):
+    job = make_job(user)
+    bystander = make_job(other_user)
+    before = timezone.now()
+
+    claimed = jobs.job_claim(job_id=str(job.id))  # as the task passes it: a string
+
+    stored = AgentJob.objects.get(id=job.id)
+    assert (stored.status, stored.attempts) == (JobStatus.RUNNING, 1)
+    assert stored.started_at == stored.heartbeat_at and stored.started_at >= before
+    # The object the claim returns is the row, with every field converted as the ORM converts it.
+    for field in AgentJob._meta.concrete_fields:
+        assert getattr(claimed, field.attname) == getattr(stored, field.attname), field.name
+    assert isinstance(claimed.options, dict) and claimed.options == job.options
+    bystander.refresh_from_db()
+    assert (bystander.status, bystander.attempts) == (JobStatus.QUEUED, 0)
+
+
 def test_stale_running_job_is_taken_over(user, store, settings):
     job = make_job(
         user, status=JobStatus.RUNNING, attempts=1, heartbeat_at=timezone.now() - timedelta(hours=1)
