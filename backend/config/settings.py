@@ -243,6 +243,8 @@ if CELERY_BROKER_TRANSPORT_OPTIONS["visibility_timeout"] <= CELERY_TASK_TIME_LIM
         f"more seconds than CELERY_TASK_TIME_LIMIT ({CELERY_TASK_TIME_LIMIT})",
     )
 CELERY_TASK_ALWAYS_EAGER = _bool("CELERY_TASK_ALWAYS_EAGER", False)
+# How often a worker process hands the GIL between its threads (config/celery_app.py: tune_interpreter).
+WORKER_SWITCH_INTERVAL_MS = _float("WORKER_SWITCH_INTERVAL_MS", 1.0, minimum=0.05)
 
 # --- Agent --------------------------------------------------------------------------------------
 LLM = LLMSettings.from_env(os.environ)

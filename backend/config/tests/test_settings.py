@@ -50,6 +50,8 @@ def test_defaults_start():
         ("AGENT_BATCH_QUEUED_STALE_SEC", "soon"),
         ("DEBUG", "maybe"),
         ("CELERY_TASK_LOG_LEVEL", "chatty"),
+        ("WORKER_SWITCH_INTERVAL_MS", "0"),
+        ("API_TOKEN_CACHE_SEC", "-1"),
     ],
 )
 def test_bad_value_fails_naming_the_variable(variable, value):
@@ -94,3 +96,20 @@ def test_per_task_celery_lines_and_http_request_lines_are_quiet_by_default(setti
     assert loggers["celery.worker.strategy"]["level"] == "WARNING"  # "Task ... received"
     # openai 3 speaks through httpx2: its request lines (URLs of outbound calls) stay out of the logs.
     assert all(loggers[name]["level"] == "WARNING" for name in ("httpx", "httpx2", "httpcore", "httpcore2"))
+
+
+def test_workers_hand_the_gil_over_every_millisecond_by_default(settings):
+    import sys
+
+    from config.celery_app import tune_interpreter
+
+    assert settings.WORKER_SWITCH_INTERVAL_MS == 1.0
+    before = sys.getswitchinterval()
+    try:
+        tune_interpreter()
+        assert sys.getswitchinterval() == pytest.approx(0.001)
+        settings.WORKER_SWITCH_INTERVAL_MS = 2.5
+        tune_interpreter()
+        assert sys.getswitchinterval() == pytest.approx(0.0025)
+    finally:
+        sys.setswitchinterval(before)
