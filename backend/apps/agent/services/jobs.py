@@ -30,7 +30,7 @@ from agent.llm_factory import build_llm_runnable
 from agent.types import AgentOptions, AgentResult
 from apps.agent.errors import Conflict, IdempotencyMismatch, ServiceUnavailable, ValidationFailed
 from apps.agent.models import AgentJob, Batch, JobStatus, TraceStep
-from apps.agent.services import key_vault
+from apps.agent.services import key_vault, statements
 from apps.agent.services.retrieval import exact_search, get_retriever, store_identity
 
 logger = logging.getLogger(__name__)
@@ -242,8 +242,8 @@ def job_claim(*, job_id: uuid.UUID | str) -> AgentJob | None:
     now = timezone.now()
     # The common case first, in one conditional UPDATE: a queued job with attempts left. Only when it
     # changes nothing is the row read to tell a stale attempt, an exhausted job and a lost race apart.
-    if _claim_queued(job_id, now):
-        return _job_by_id(job_id)
+    if statements.claim_queued(job_id, now, max_attempts=settings.AGENT_MAX_ATTEMPTS):
+        return statements.job_by_id(job_id)
     job = AgentJob.objects.filter(id=job_id).only("id", "status", "attempts", "timeout_sec").first()
     if job is None or job.is_terminal:
         return None
@@ -267,54 +267,6 @@ def job_claim(*, job_id: uuid.UUID | str) -> AgentJob | None:
     if not changed:
         return None
     return AgentJob.objects.get(id=job_id)
-
-
-# The claim runs once per job on the worker's busiest path. These two statements are the ORM's own
-# (`filter(...).update(...)` and `get(id=...)`), compiled once per database vendor and then executed
-# directly: compiling them again for every job cost ~0.35 ms of worker CPU (docs/benchmarks.md).
-_CLAIM_SQL: dict[str, str] = {}
-_BY_ID_SQL: dict[str, str] = {}
-
-
-def _claim_queued(job_id: uuid.UUID | str, now: Any) -> bool:
-    """`filter(id, status=queued, attempts < max).update(status=running, attempts + 1, heartbeat/started=now)`."""
-    sql = _CLAIM_SQL.get(connection.vendor)
-    if sql is None:
-        # Identifiers come from the model and are quoted by the backend; every value is a bound parameter.
-        table, status, attempts, heartbeat, started, pk = (
-            connection.ops.quote_name(name)
-            for name in (
-                AgentJob._meta.db_table,
-                *map(_column, ("status", "attempts", "heartbeat_at", "started_at", "id")),
-            )
-        )
-        sql = _CLAIM_SQL[connection.vendor] = " ".join(
-            [
-                f"UPDATE {table} SET {status} = %s, {attempts} = {attempts} + 1,",  # noqa: S608
-                f"{heartbeat} = %s, {started} = %s",
-                f"WHERE {pk} = %s AND {status} = %s AND {attempts} < %s",
-            ]
-        )
-    at = connection.ops.adapt_datetimefield_value(now)
-    pk = AgentJob._meta.pk.get_db_prep_value(job_id, connection)
-    with connection.cursor() as cursor:
-        cursor.execute(
-            sql, [JobStatus.RUNNING.value, at, at, pk, JobStatus.QUEUED.value, settings.AGENT_MAX_ATTEMPTS]
-        )
-        return cursor.rowcount == 1
-
-
-def _job_by_id(job_id: uuid.UUID | str) -> AgentJob:
-    """`AgentJob.objects.get(id=job_id)` for a row known to exist."""
-    sql = _BY_ID_SQL.get(connection.vendor)
-    if sql is None:
-        sql, _ = AgentJob.objects.filter(id=job_id).query.sql_with_params()
-        _BY_ID_SQL[connection.vendor] = sql
-    return next(iter(AgentJob.objects.raw(sql, [AgentJob._meta.pk.get_db_prep_value(job_id, connection)])))
-
-
-def _column(name: str) -> str:
-    return AgentJob._meta.get_field(name).column
 
 
 def job_run(*, job_id: uuid.UUID | str) -> str | None:
@@ -429,58 +381,93 @@ def _terminal_effects(*, job_id: uuid.UUID, job: AgentJob | None = None) -> None
         transaction.on_commit(lambda: key_vault.key_delete(job_id=job_id))
 
 
+#: The finish of a job: written once (services/statements.py), values prepared before the transaction.
+_FINISH = statements.ConditionalUpdate(
+    AgentJob,
+    (
+        "status",
+        "degraded",
+        "result",
+        "error",
+        "finished_at",
+        "prompt_tokens",
+        "completion_tokens",
+        "usage_estimated",
+        "cost_usd",
+        "latency_ms",
+        "vector_store",
+    ),
+    ("id", "status", "attempts", "cancel_requested"),
+)
+_TRACE_INSERT = statements.BulkInsert(
+    TraceStep,
+    (
+        "job",
+        "attempt",
+        "position",
+        "name",
+        "started_at",
+        "duration_ms",
+        "inputs",
+        "outputs",
+        "prompt_tokens",
+        "completion_tokens",
+        "cost_usd",
+        "error",
+    ),
+)
+
+
 def _job_finish(job: AgentJob, attempt: int, result: AgentResult) -> str | None:
     status = JobStatus.FAILED if result.error else JobStatus.SUCCEEDED
     now = timezone.now()
+    finish = _FINISH.prepare(
+        {
+            "status": status,
+            "degraded": result.degraded,
+            "result": {"message": result.message, "results": result.results, "actions": result.actions},
+            "error": result.error,
+            "finished_at": now,
+            "prompt_tokens": result.prompt_tokens,
+            "completion_tokens": result.completion_tokens,
+            "usage_estimated": any(s.outputs.get("usage_estimated") for s in result.trace if s.name == "llm"),
+            "cost_usd": Decimal(str(round(result.cost_usd, 6))),
+            "latency_ms": (now - job.started_at).total_seconds() * 1000,
+            "vector_store": store_identity(),
+        },
+        {"id": job.id, "status": JobStatus.RUNNING, "attempts": attempt, "cancel_requested": False},
+    )
+    trace = _TRACE_INSERT.prepare(
+        {
+            "job": job.id,
+            "attempt": attempt,
+            "position": position,
+            "name": step.name,
+            "started_at": step.started_at,
+            "duration_ms": step.duration_ms,
+            "inputs": step.inputs,
+            "outputs": step.outputs,
+            "prompt_tokens": step.prompt_tokens,
+            "completion_tokens": step.completion_tokens,
+            "cost_usd": step.cost_usd,
+            "error": step.error,
+        }
+        for position, step in enumerate(result.trace)
+    )
     with transaction.atomic():
-        running = AgentJob.objects.filter(id=job.id, status=JobStatus.RUNNING, attempts=attempt)
-        changed = running.filter(cancel_requested=False).update(
-            status=status,
-            degraded=result.degraded,
-            result={"message": result.message, "results": result.results, "actions": result.actions},
-            error=result.error,
-            finished_at=now,
-            prompt_tokens=result.prompt_tokens,
-            completion_tokens=result.completion_tokens,
-            usage_estimated=any(s.outputs.get("usage_estimated") for s in result.trace if s.name == "llm"),
-            cost_usd=Decimal(str(round(result.cost_usd, 6))),
-            latency_ms=(now - job.started_at).total_seconds() * 1000,
-            vector_store=store_identity(),
-        )
-        if not changed:
+        if not statements.execute(finish):
             # A cancel arrived while the job ran (its answer is discarded), or another attempt took
             # over (we were presumed dead): only the first ends the job, as cancelled.
-            changed = running.filter(cancel_requested=True).update(
-                status=JobStatus.CANCELLED, finished_at=now
-            )
+            changed = AgentJob.objects.filter(
+                id=job.id, status=JobStatus.RUNNING, attempts=attempt, cancel_requested=True
+            ).update(status=JobStatus.CANCELLED, finished_at=now)
             if changed:
                 _terminal_effects(job_id=job.id, job=job)
             return JobStatus.CANCELLED if changed else None
-        _trace_store(job, attempt, result)
+        if trace is not None:
+            statements.execute(trace)
         _terminal_effects(job_id=job.id, job=job)
     return status
-
-
-def _trace_store(job: AgentJob, attempt: int, result: AgentResult) -> None:
-    TraceStep.objects.bulk_create(
-        [
-            TraceStep(
-                job_id=job.id,
-                attempt=attempt,
-                position=position,
-                name=step.name,
-                started_at=step.started_at,
-                duration_ms=step.duration_ms,
-                inputs=step.inputs,
-                outputs=step.outputs,
-                prompt_tokens=step.prompt_tokens,
-                completion_tokens=step.completion_tokens,
-                cost_usd=step.cost_usd,
-                error=step.error,
-            )
-            for position, step in enumerate(result.trace)
-        ]
-    )
 
 
 def _job_finish_failed(job: AgentJob, attempt: int, error: dict[str, Any]) -> str | None:
