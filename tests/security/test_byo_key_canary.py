@@ -251,6 +251,8 @@ def test_byo_key_is_used_and_rests_nowhere(stack, token, settings, flower, api_l
         AGENT_JOB_TIMEOUT_SEC=str(JOB_TIMEOUT_SEC),
         AGENT_RUNNING_GRACE_SEC="1",
         LOG_LEVEL="DEBUG",
+        # Celery's per-task lines too (WARNING by default): the worker logs must show the jobs they cover.
+        CELERY_TASK_LOG_LEVEL="DEBUG",
         # Events from the first task on (Flower would switch them on only at its next 5 s broadcast):
         # Flower must see every job's task for its silence about the key to mean something.
         CELERY_WORKER_SEND_TASK_EVENTS="true",
