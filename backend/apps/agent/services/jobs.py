@@ -252,14 +252,7 @@ def job_claim(*, job_id: uuid.UUID | str) -> AgentJob | None:
     )
     base = AgentJob.objects.filter(claimable, id=job_id, attempts=job.attempts)
     if job.attempts >= settings.AGENT_MAX_ATTEMPTS:
-        with transaction.atomic():
-            changed = base.update(
-                status=JobStatus.FAILED,
-                finished_at=now,
-                error={"code": "max_attempts", "message": f"The job was attempted {job.attempts} times."},
-            )
-            if changed:
-                _terminal_effects(job_id=job.id)
+        _job_end(base, job_id=job.id, status=JobStatus.FAILED, error=_max_attempts_error(job.attempts))
         return None
     changed = base.update(
         status=JobStatus.RUNNING, attempts=F("attempts") + 1, heartbeat_at=now, started_at=now
@@ -455,39 +448,50 @@ def _job_finish(job: AgentJob, attempt: int, result: AgentResult) -> str | None:
         for position, step in enumerate(result.trace)
     )
     with transaction.atomic():
-        if not statements.execute(finish):
-            # A cancel arrived while the job ran (its answer is discarded), or another attempt took
-            # over (we were presumed dead): only the first ends the job, as cancelled.
-            changed = AgentJob.objects.filter(
-                id=job.id, status=JobStatus.RUNNING, attempts=attempt, cancel_requested=True
-            ).update(status=JobStatus.CANCELLED, finished_at=now)
-            if changed:
-                _terminal_effects(job_id=job.id, job=job)
-            return JobStatus.CANCELLED if changed else None
-        if trace is not None:
-            statements.execute(trace)
-        _terminal_effects(job_id=job.id, job=job)
-    return status
+        if statements.execute(finish):
+            if trace is not None:
+                statements.execute(trace)
+            _terminal_effects(job_id=job.id, job=job)
+            return status
+    # Nothing changed. A cancel arrived while the job ran (its answer is discarded), or another attempt
+    # took over (we were presumed dead): only the first ends the job, as cancelled.
+    cancelled = _attempt_rows(job, attempt).filter(cancel_requested=True)
+    return JobStatus.CANCELLED if _job_end(cancelled, job=job, status=JobStatus.CANCELLED) else None
 
 
 def _job_finish_failed(job: AgentJob, attempt: int, error: dict[str, Any]) -> str | None:
-    with transaction.atomic():
-        changed = AgentJob.objects.filter(id=job.id, status=JobStatus.RUNNING, attempts=attempt).update(
-            status=JobStatus.FAILED, error=error, finished_at=timezone.now()
-        )
-        if changed:
-            _terminal_effects(job_id=job.id, job=job)
-    return JobStatus.FAILED if changed else None
+    failed = _job_end(_attempt_rows(job, attempt), job=job, status=JobStatus.FAILED, error=error)
+    return JobStatus.FAILED if failed else None
 
 
 def _job_finish_cancelled(job: AgentJob, attempt: int) -> str | None:
+    cancelled = _job_end(_attempt_rows(job, attempt), job=job, status=JobStatus.CANCELLED)
+    return JobStatus.CANCELLED if cancelled else None
+
+
+def _attempt_rows(job: AgentJob, attempt: int) -> Any:
+    """The job's row while `attempt` is the one running it (an update through it is conditional)."""
+    return AgentJob.objects.filter(id=job.id, status=JobStatus.RUNNING, attempts=attempt)
+
+
+def _job_end(
+    rows: Any, *, status: str, job: AgentJob | None = None, job_id: Any = None, **fields: Any
+) -> bool:
+    """End one job: move `rows` (a conditional filter on it) to the terminal `status` with `fields`, and
+    queue its terminal effects, in one transaction. Returns whether the condition held (the job ended).
+
+    Every path that ends a job goes through here (or `_job_finish`, whose UPDATE carries the result):
+    a failed or cancelled attempt, a job out of attempts, a queued job cancelled.
+    """
     with transaction.atomic():
-        changed = AgentJob.objects.filter(id=job.id, status=JobStatus.RUNNING, attempts=attempt).update(
-            status=JobStatus.CANCELLED, finished_at=timezone.now()
-        )
+        changed = rows.update(status=status, finished_at=timezone.now(), **fields)
         if changed:
-            _terminal_effects(job_id=job.id, job=job)
-    return JobStatus.CANCELLED if changed else None
+            _terminal_effects(job_id=job.id if job is not None else job_id, job=job)
+    return bool(changed)
+
+
+def _max_attempts_error(attempts: int) -> dict[str, str]:
+    return {"code": "max_attempts", "message": f"The job was attempted {attempts} times."}
 
 
 def job_release(*, job_id: uuid.UUID | str, attempt: int) -> bool:
@@ -507,15 +511,11 @@ def job_cancel(*, job: AgentJob) -> AgentJob:
 
     Raises `Conflict` (409) when the job already ended.
     """
-    with transaction.atomic():
-        changed = AgentJob.objects.filter(id=job.id, status=JobStatus.QUEUED).update(
-            status=JobStatus.CANCELLED, finished_at=timezone.now(), cancel_requested=True
-        )
-        if changed:
-            _terminal_effects(job_id=job.id)
-            job.refresh_from_db()
-            return job
-        changed = AgentJob.objects.filter(id=job.id, status=JobStatus.RUNNING).update(cancel_requested=True)
+    queued = AgentJob.objects.filter(id=job.id, status=JobStatus.QUEUED)
+    if _job_end(queued, job_id=job.id, status=JobStatus.CANCELLED, cancel_requested=True):
+        job.refresh_from_db()
+        return job
+    changed = AgentJob.objects.filter(id=job.id, status=JobStatus.RUNNING).update(cancel_requested=True)
     job.refresh_from_db()
     if not changed and job.is_terminal:
         raise Conflict(f"The job already ended with status {job.status}.", code="job_terminal")
@@ -548,17 +548,9 @@ def jobs_sweep() -> dict[str, int]:
         if job.heartbeat_at and job.heartbeat_at >= _stale_before(job.timeout_sec):
             continue
         if job.attempts >= settings.AGENT_MAX_ATTEMPTS:
-            with transaction.atomic():
-                changed = AgentJob.objects.filter(
-                    id=job.id, status=JobStatus.RUNNING, attempts=job.attempts
-                ).update(
-                    status=JobStatus.FAILED,
-                    finished_at=now,
-                    error={"code": "max_attempts", "message": f"The job was attempted {job.attempts} times."},
-                )
-                if changed:
-                    _terminal_effects(job_id=job.id)
-            counts["failed"] += changed
+            rows = AgentJob.objects.filter(id=job.id, status=JobStatus.RUNNING, attempts=job.attempts)
+            error = _max_attempts_error(job.attempts)
+            counts["failed"] += _job_end(rows, job_id=job.id, status=JobStatus.FAILED, error=error)
         elif job_release(job_id=job.id, attempt=job.attempts):
             counts["recovered"] += 1
             job_enqueue(job=job)
