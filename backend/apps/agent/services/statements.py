@@ -19,6 +19,8 @@ from typing import Any
 
 from django.db import connection, models
 
+from apps.agent.models import AgentJob, JobStatus
+
 Prepared = tuple[str, list[Any]]
 
 
@@ -95,8 +97,6 @@ _BY_ID_SQL: dict[str, str] = {}
 def claim_queued(job_id: Any, now: Any, *, max_attempts: int) -> bool:
     """`AgentJob.objects.filter(id=job_id, status=queued, attempts__lt=max_attempts)
     .update(status=running, attempts=F("attempts") + 1, heartbeat_at=now, started_at=now) == 1`."""
-    from apps.agent.models import AgentJob, JobStatus
-
     sql = _CLAIM_SQL.get(connection.vendor)
     if sql is None:
         table = connection.ops.quote_name(AgentJob._meta.db_table)
@@ -116,10 +116,8 @@ def claim_queued(job_id: Any, now: Any, *, max_attempts: int) -> bool:
     return execute((sql, params)) == 1
 
 
-def job_by_id(job_id: Any) -> Any:
+def job_by_id(job_id: Any) -> AgentJob:
     """`AgentJob.objects.get(id=job_id)` for a row known to exist: the ORM's own SELECT, compiled once."""
-    from apps.agent.models import AgentJob
-
     sql = _BY_ID_SQL.get(connection.vendor)
     if sql is None:
         sql = _BY_ID_SQL[connection.vendor] = AgentJob.objects.filter(pk=job_id).query.sql_with_params()[0]
