@@ -89,8 +89,8 @@ def test_a_cancel_during_the_llm_call_is_seen_by_the_finish_without_a_query_of_i
     assert job.trace_steps.count() == 0  # the discarded answer leaves no trace rows
 
 
-def test_a_slow_step_before_the_llm_call_asks_for_a_cancel_and_skips_the_call(user, store, monkeypatch):
-    job = queued_job(user)
+def record_llm_calls(monkeypatch) -> list[str]:
+    """Jobs run with the stub LLM; the returned list gets "llm" for each call."""
     calls: list[str] = []
 
     class RecordingLLM(StubLLM):
@@ -99,6 +99,12 @@ def test_a_slow_step_before_the_llm_call_asks_for_a_cancel_and_skips_the_call(us
             return super().invoke(prompt, deadline=deadline)
 
     monkeypatch.setattr(jobs, "_runnable_for", lambda job, key: RecordingLLM())
+    return calls
+
+
+def test_a_slow_step_before_the_llm_call_asks_for_a_cancel_and_skips_the_call(user, store, monkeypatch):
+    job = queued_job(user)
+    calls = record_llm_calls(monkeypatch)
     real = jobs.get_retriever()
 
     class SlowRetriever:
@@ -115,14 +121,7 @@ def test_a_slow_step_before_the_llm_call_asks_for_a_cancel_and_skips_the_call(us
 
 def test_a_cancel_requested_before_the_claim_stops_the_job_at_the_first_boundary(user, store, monkeypatch):
     job = queued_job(user)
-    calls: list[str] = []
-
-    class RecordingLLM(StubLLM):
-        def invoke(self, prompt, *, deadline=None):
-            calls.append("llm")
-            return super().invoke(prompt, deadline=deadline)
-
-    monkeypatch.setattr(jobs, "_runnable_for", lambda job, key: RecordingLLM())
+    calls = record_llm_calls(monkeypatch)
     claim = jobs.job_claim
 
     def claim_then_cancel(*, job_id):
