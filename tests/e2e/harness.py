@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -123,3 +124,63 @@ def point_celery_at(app, url: str, monkeypatch) -> None:
     monkeypatch.setattr(app.conf, "result_backend", url)
     monkeypatch.setattr(app, "_pool", None, raising=False)
     monkeypatch.setattr(app.amqp, "_producer_pool", None, raising=False)
+
+
+def free_port() -> int:
+    """A TCP port free on the loopback interface right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Flower:
+    """`celery flower` on a free loopback port with basic auth, as `make up` and compose start it.
+
+    Its output goes to var/<log_name>-<port>.log; `stop()` ends it."""
+
+    def __init__(self, env: dict[str, str], *, auth: tuple[str, str], log_name: str = "e2e-flower"):
+        port = free_port()
+        self.base = f"http://127.0.0.1:{port}"
+        self.log_path = REPO / "var" / f"{log_name}-{port}.log"
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "celery",
+                    "-A",
+                    "config.celery_app",
+                    "flower",
+                    "--address=127.0.0.1",
+                    f"--port={port}",
+                    f"--basic-auth={auth[0]}:{auth[1]}",
+                ],
+                cwd=BACKEND,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                preexec_fn=_die_with_parent,
+            )
+
+    def wait_ready(self, timeout: float = 30.0) -> None:
+        import httpx
+
+        def answers():
+            if self.process.poll() is not None:
+                log = self.log_path.read_text()[-2000:]
+                raise RuntimeError(f"flower exited with {self.process.returncode}: {log}")
+            try:
+                return httpx.get(f"{self.base}/healthcheck", timeout=1).status_code == 200
+            except httpx.TransportError:
+                return False
+
+        wait_for(answers, timeout=timeout, interval=0.1, message="flower to answer")
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(timeout=5)

@@ -7,14 +7,11 @@ switching them on, as it does in production."""
 from __future__ import annotations
 
 import json
-import socket
-import subprocess
-import sys
 
 import httpx
 import pytest
 
-from tests.e2e.harness import BACKEND, REPO, wait_for
+from tests.e2e.harness import Flower, wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
@@ -22,62 +19,9 @@ AUTH = ("flower-user", "flower-pw")
 QUERY = "a whaling captain obsessed with a white whale"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Flower:
-    """`celery flower` on a free loopback port with basic auth, as `make up` and compose start it."""
-
-    def __init__(self, env: dict[str, str]):
-        port = free_port()
-        self.base = f"http://127.0.0.1:{port}"
-        self.log_path = REPO / "var" / f"e2e-flower-{port}.log"
-        with open(self.log_path, "ab") as log:
-            self.process = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "celery",
-                    "-A",
-                    "config.celery_app",
-                    "flower",
-                    "--address=127.0.0.1",
-                    f"--port={port}",
-                    f"--basic-auth={AUTH[0]}:{AUTH[1]}",
-                ],
-                cwd=BACKEND,
-                env=env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-
-    def wait_ready(self) -> None:
-        def answers():
-            if self.process.poll() is not None:
-                log = self.log_path.read_text()[-2000:]
-                raise RuntimeError(f"flower exited with {self.process.returncode}: {log}")
-            try:
-                return httpx.get(f"{self.base}/healthcheck", timeout=1).status_code == 200
-            except httpx.TransportError:
-                return False
-
-        wait_for(answers, timeout=30, interval=0.1, message="flower to answer")
-
-    def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(timeout=5)
-
-
 @pytest.fixture
 def flower(stack):
-    process = Flower(stack.env)
+    process = Flower(stack.env, auth=AUTH)
     yield process
     process.stop()
 

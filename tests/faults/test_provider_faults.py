@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import shutil
-import socket
 import time
 
 import pytest
 from standardwebhooks import Webhook
 
-from tests.e2e.harness import wait_for
+from tests.e2e.harness import free_port, wait_for
 from tests.faults.conftest import submit, wait_terminal
 
 pytestmark = [pytest.mark.faults, pytest.mark.django_db(transaction=True)]
@@ -86,12 +85,6 @@ def test_broken_vector_store_degrades_to_exact_search_and_health_says_so(
     assert "vector_store" in health.json()["failing"]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_webhook_receiver_down_then_up_gets_the_event_once(stack, client, settings):
     """7. Connection refused for a while, then a receiver: the event arrives once and verifies."""
     from django.contrib.auth import get_user_model
@@ -102,7 +95,7 @@ def test_webhook_receiver_down_then_up_gets_the_event_once(stack, client, settin
     settings.WEBHOOK_ALLOWED_HOSTS = ["127.0.0.1"]
     user = get_user_model().objects.get(username__startswith="e2e-")
     secret, _ = secret_create_or_rotate(user=user)
-    port = _free_port()
+    port = free_port()
     stack.start_worker(
         env={
             "WEBHOOK_ALLOWED_HOSTS": "127.0.0.1",

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import socket
 import subprocess
 import time
 
@@ -26,7 +25,10 @@ from tests.e2e.conftest import (  # noqa: F401
     stack,
     token,
 )
-from tests.e2e.harness import BACKEND
+from tests.e2e.harness import (
+    BACKEND,
+    free_port,  # noqa: F401 - shared by the security tests
+)
 
 SECURITY_REDIS_DB = 8
 
@@ -106,12 +108,6 @@ def anon(known_settings):
 
 
 # --- helpers for tests that start processes ----------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def wait_http(url: str, *, timeout: float, process: subprocess.Popen | None = None, **kwargs) -> None:

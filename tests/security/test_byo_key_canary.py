@@ -26,7 +26,6 @@ import base64
 import binascii
 import dataclasses
 import logging
-import sys
 import uuid
 
 import httpx
@@ -34,8 +33,7 @@ import pytest
 import redis as redis_lib
 
 from apps.webhooks.testing import WebhookReceiver
-from tests.e2e.harness import REPO, wait_for
-from tests.security.conftest import free_port, start_process, stop_process, wait_http
+from tests.e2e.harness import Flower, wait_for
 
 pytestmark = [
     pytest.mark.security,
@@ -174,26 +172,12 @@ def flower(stack):
     """Flower watching the broker from before the first worker starts (it sees every task event).
 
     Yields (url, log path)."""
-    port = free_port()
-    argv = [
-        sys.executable,
-        "-m",
-        "celery",
-        "-A",
-        "config.celery_app",
-        "flower",
-        "--address=127.0.0.1",
-        f"--port={port}",
-        f"--basic-auth={FLOWER_AUTH[0]}:{FLOWER_AUTH[1]}",
-    ]
-    log_path = REPO / "var" / f"security-flower-{port}.log"
-    process = start_process(argv, env=stack.env, log_path=log_path)
-    url = f"http://127.0.0.1:{port}"
+    process = Flower(stack.env, auth=FLOWER_AUTH, log_name="security-flower")
     try:
-        wait_http(f"{url}/healthcheck", timeout=30, process=process)
-        yield url, log_path
+        process.wait_ready()
+        yield process.base, process.log_path
     finally:
-        stop_process(process)
+        process.stop()
 
 
 # --- the run ---------------------------------------------------------------------------------------------
