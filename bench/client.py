@@ -164,20 +164,30 @@ def bare_throughput(n: int, timeout: float = 120.0) -> tuple[float, float]:
     return started, time.time()
 
 
-def group_memory(pgid: int) -> dict[str, float]:
-    """RSS and PSS (MiB) summed over the processes of a process group, and the largest RSS."""
-    rss = pss = largest = 0.0
-    processes = 0
+def _group_members(pgid: int) -> list[tuple[str, list[str]]]:
+    """(pid, fields of /proc/<pid>/stat after the command name) of the live processes of a process group."""
+    members = []
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
         try:
             with open(f"/proc/{entry}/stat") as f:
                 fields = f.read().rsplit(")", 1)[1].split()
-            if int(fields[2]) != pgid:  # field 5 of stat: the process group
-                continue
-            values = {}
-            with open(f"/proc/{entry}/smaps_rollup") as f:
+        except OSError:
+            continue
+        if int(fields[2]) == pgid:  # field 5 of stat: the process group
+            members.append((entry, fields))
+    return members
+
+
+def group_memory(pgid: int) -> dict[str, float]:
+    """RSS and PSS (MiB) summed over the processes of a process group, and the largest RSS."""
+    rss = pss = largest = 0.0
+    processes = 0
+    for pid, _ in _group_members(pgid):
+        values = {}
+        try:
+            with open(f"/proc/{pid}/smaps_rollup") as f:
                 for line in f:
                     name, _, rest = line.partition(":")
                     if name in ("Rss", "Pss"):
@@ -193,19 +203,9 @@ def group_memory(pgid: int) -> dict[str, float]:
 
 def cpu_seconds(pgid: int) -> float:
     """User + system CPU time (s) used so far by the live processes of a process group."""
-    ticks = os.sysconf("SC_CLK_TCK")
-    total = 0
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[2]) == pgid:
-            total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of stat)
-    return total / ticks
+    # utime, stime: fields 14 and 15 of stat
+    total = sum(int(fields[11]) + int(fields[12]) for _, fields in _group_members(pgid))
+    return total / os.sysconf("SC_CLK_TCK")
 
 
 def threads_of(pid: int) -> int:

@@ -64,23 +64,13 @@ def run(template: Template, *, smoke: bool) -> Section:
         job = asyncio.run(_load(stack, f"/api/agent/jobs/{job_id}", seconds))
         log(f"polling: {POLLERS} pollers on /api/ping for {seconds:.0f} s ...")
         ping = asyncio.run(_load(stack, "/api/ping", seconds))
+
+    def row(label: str, r: dict) -> list:
+        return [label, f"{r['rps']:,.0f}", ms(r["p50"]), ms(r["p95"]), ms(r["p99"]), r["errors"]]
+
     rows = [
-        [
-            "GET /api/agent/jobs/<id> (token auth, job + trace rows)",
-            f"{job['rps']:,.0f}",
-            ms(job["p50"]),
-            ms(job["p95"]),
-            ms(job["p99"]),
-            job["errors"],
-        ],
-        [
-            "**baseline**: GET /api/ping (no auth, no I/O)",
-            f"{ping['rps']:,.0f}",
-            ms(ping["p50"]),
-            ms(ping["p95"]),
-            ms(ping["p99"]),
-            ping["errors"],
-        ],
+        row("GET /api/agent/jobs/<id> (token auth, job + trace rows)", job),
+        row("**baseline**: GET /api/ping (no auth, no I/O)", ping),
         [
             "ratio job / ping",
             f"{job['rps'] / ping['rps']:.2f}",
