@@ -374,47 +374,12 @@ def _terminal_effects(*, job_id: uuid.UUID, job: AgentJob | None = None) -> None
         transaction.on_commit(lambda: key_vault.key_delete(job_id=job_id))
 
 
-#: The finish of a job: written once (services/statements.py), values prepared before the transaction.
-_FINISH = statements.ConditionalUpdate(
-    AgentJob,
-    (
-        "status",
-        "degraded",
-        "result",
-        "error",
-        "finished_at",
-        "prompt_tokens",
-        "completion_tokens",
-        "usage_estimated",
-        "cost_usd",
-        "latency_ms",
-        "vector_store",
-    ),
-    ("id", "status", "attempts", "cancel_requested"),
-)
-_TRACE_INSERT = statements.BulkInsert(
-    TraceStep,
-    (
-        "job",
-        "attempt",
-        "position",
-        "name",
-        "started_at",
-        "duration_ms",
-        "inputs",
-        "outputs",
-        "prompt_tokens",
-        "completion_tokens",
-        "cost_usd",
-        "error",
-    ),
-)
-
-
 def _job_finish(job: AgentJob, attempt: int, result: AgentResult) -> str | None:
     status = JobStatus.FAILED if result.error else JobStatus.SUCCEEDED
     now = timezone.now()
-    finish = _FINISH.prepare(
+    # Written once (services/statements.py); the values are prepared before the transaction opens.
+    finish = statements.conditional_update(
+        AgentJob,
         {
             "status": status,
             "degraded": result.degraded,
@@ -430,22 +395,25 @@ def _job_finish(job: AgentJob, attempt: int, result: AgentResult) -> str | None:
         },
         {"id": job.id, "status": JobStatus.RUNNING, "attempts": attempt, "cancel_requested": False},
     )
-    trace = _TRACE_INSERT.prepare(
-        {
-            "job": job.id,
-            "attempt": attempt,
-            "position": position,
-            "name": step.name,
-            "started_at": step.started_at,
-            "duration_ms": step.duration_ms,
-            "inputs": step.inputs,
-            "outputs": step.outputs,
-            "prompt_tokens": step.prompt_tokens,
-            "completion_tokens": step.completion_tokens,
-            "cost_usd": step.cost_usd,
-            "error": step.error,
-        }
-        for position, step in enumerate(result.trace)
+    trace = statements.bulk_insert(
+        TraceStep,
+        [
+            {
+                "job": job.id,
+                "attempt": attempt,
+                "position": position,
+                "name": step.name,
+                "started_at": step.started_at,
+                "duration_ms": step.duration_ms,
+                "inputs": step.inputs,
+                "outputs": step.outputs,
+                "prompt_tokens": step.prompt_tokens,
+                "completion_tokens": step.completion_tokens,
+                "cost_usd": step.cost_usd,
+                "error": step.error,
+            }
+            for position, step in enumerate(result.trace)
+        ],
     )
     with transaction.atomic():
         if statements.execute(finish):

@@ -45,8 +45,8 @@ def test_conditional_update_stores_what_the_orm_stores(user):
     where = {"status": JobStatus.RUNNING, "attempts": 1, "cancel_requested": False}
     assert AgentJob.objects.filter(id=by_orm.id, **where).update(**VALUES) == 1
 
-    statement = statements.ConditionalUpdate(AgentJob, list(VALUES), ["id", *where])
-    assert statements.execute(statement.prepare(VALUES, {"id": by_statement.id, **where})) == 1
+    statement = statements.conditional_update(AgentJob, VALUES, {"id": by_statement.id, **where})
+    assert statements.execute(statement) == 1
 
     ignored = ("id", "created_at", "request_fingerprint")
     assert row(AgentJob, by_statement.id, ignored) == row(AgentJob, by_orm.id, ignored)
@@ -58,18 +58,15 @@ def test_conditional_update_stores_what_the_orm_stores(user):
 
 def test_conditional_update_changes_nothing_when_a_condition_fails(user):
     job = running_job(user)
-    statement = statements.ConditionalUpdate(AgentJob, ["status"], ["id", "attempts"])
-    assert (
-        statements.execute(statement.prepare({"status": JobStatus.FAILED}, {"id": job.id, "attempts": 2}))
-        == 0
+    statement = statements.conditional_update(
+        AgentJob, {"status": JobStatus.FAILED}, {"id": job.id, "attempts": 2}
     )
+    assert statements.execute(statement) == 0
     assert AgentJob.objects.get(id=job.id).status == JobStatus.RUNNING
 
 
 def test_bulk_insert_stores_what_bulk_create_stores(user):
     first, second = running_job(user), running_job(user)
-    fields = ["job", "attempt", "position", "name", "started_at", "duration_ms", "inputs", "outputs"]
-    fields += ["prompt_tokens", "completion_tokens", "cost_usd", "error"]
     steps = [
         {
             "attempt": 1,
@@ -87,9 +84,12 @@ def test_bulk_insert_stores_what_bulk_create_stores(user):
         for position, name in enumerate(["retrieve", "prompt", "llm"])
     ]
     TraceStep.objects.bulk_create([TraceStep(job_id=first.id, **step) for step in steps])
-    insert = statements.BulkInsert(TraceStep, fields)
-    assert statements.execute(insert.prepare({"job": second.id, **step} for step in steps)) == 3
-    assert insert.prepare([]) is None
+    assert (
+        statements.execute(statements.bulk_insert(TraceStep, [{"job": second.id, **s} for s in steps])) == 3
+    )
+    assert statements.bulk_insert(TraceStep, []) is None
+    with pytest.raises(ValueError, match="same|every row"):
+        statements.bulk_insert(TraceStep, [{"job": second.id, **steps[0]}, steps[1]])
 
     def rows(job):
         return [row(TraceStep, pk, ("id", "job")) for pk in job.trace_steps.values_list("pk", flat=True)]
@@ -98,9 +98,8 @@ def test_bulk_insert_stores_what_bulk_create_stores(user):
 
 
 def test_the_sql_is_written_once_per_vendor_and_row_count(user):
-    fields = ["job", "attempt", "position", "name", "started_at", "duration_ms", "inputs", "outputs"]
-    insert = statements.BulkInsert(TraceStep, fields)
     job = running_job(user)
+    statements._SQL.clear()
     for attempt, count in enumerate((1, 2, 2), start=1):
         steps = [
             {
@@ -113,6 +112,7 @@ def test_the_sql_is_written_once_per_vendor_and_row_count(user):
             | {"duration_ms": 1.0, "inputs": {}, "outputs": {}}
             for p in range(count)
         ]
-        assert statements.execute(insert.prepare(steps)) == count
-    assert set(insert._sql) == {(connection.vendor, 1), (connection.vendor, 2)}
+        assert statements.execute(statements.bulk_insert(TraceStep, steps)) == count
+    names = ("job", "attempt", "position", "name", "started_at", "duration_ms", "inputs", "outputs")
+    assert set(statements._SQL) == {(TraceStep, connection.vendor, names, n) for n in (1, 2)}
     assert job.trace_steps.count() == 5
