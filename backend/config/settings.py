@@ -11,6 +11,7 @@ from pathlib import Path
 
 import environ
 
+from agent.budget import BudgetSettings, check_budget_prices
 from agent.config import LLMSettings
 from agent.errors import env_error
 from agent.vector_config import VectorSettings
@@ -248,6 +249,9 @@ WORKER_SWITCH_INTERVAL_MS = _float("WORKER_SWITCH_INTERVAL_MS", 1.0, minimum=0.0
 
 # --- Agent --------------------------------------------------------------------------------------
 LLM = LLMSettings.from_env(os.environ)
+# Spending caps in USD per user and for the whole deployment, per day and month (docs/costs.md).
+BUDGETS = BudgetSettings.from_env(os.environ)
+check_budget_prices(BUDGETS, LLM)
 VECTOR = VectorSettings.from_env(os.environ, repo_dir=REPO_DIR)
 AGENT_JOB_TIMEOUT_SEC = _float("AGENT_JOB_TIMEOUT_SEC", 60.0, minimum=0.1)
 AGENT_MAX_ATTEMPTS = _int("AGENT_MAX_ATTEMPTS", 3, minimum=1)

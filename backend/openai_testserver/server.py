@@ -8,7 +8,9 @@ Control endpoints (tests change behaviour without restarting):
     GET/POST /_control          read / change the options (JSON object with any of `ServerOptions`)
     GET  /_requests[?path=...]  what was received: method, path, headers (Authorization too), peer, body,
                                 time
-    GET  /_stats                {"calls": n, "faults_served": m}
+    GET  /_stats                {"calls": n, "faults_served": m, "usage": {<API key>: {"calls",
+                                "prompt_tokens", "completion_tokens"}}}: the usage of the chat answers
+                                served (a fault answers nothing), per key the client sent
     POST /_reset                options back to the start-up ones, requests and counters cleared
 
 Faults apply to chat completions and embeddings. The server binds 127.0.0.1 only and records headers in
@@ -128,6 +130,7 @@ class OpenAITestServer:
         self.received: collections.deque[dict[str, Any]] = collections.deque(maxlen=record_limit)
         self.calls = 0
         self.faults_served = 0
+        self.usage: dict[str, dict[str, int]] = {}
         self._runner: web.AppRunner | None = None
 
     # -- lifecycle --
@@ -252,13 +255,16 @@ class OpenAITestServer:
         return web.json_response(items)
 
     async def get_stats(self, request: web.Request) -> web.Response:
-        return web.json_response({"calls": self.calls, "faults_served": self.faults_served})
+        return web.json_response(
+            {"calls": self.calls, "faults_served": self.faults_served, "usage": self.usage}
+        )
 
     async def post_reset(self, request: web.Request) -> web.Response:
         self.options = self.initial_options
         self.received.clear()
         self.calls = 0
         self.faults_served = 0
+        self.usage = {}
         return web.json_response(self.options.to_dict())
 
     # -- internals --
@@ -303,6 +309,7 @@ class OpenAITestServer:
             {"Retry-After": _format_seconds(options.retry_after)} if options.retry_after is not None else {}
         )
         if fault == "none":
+            self._count_usage(request, payload)
             return web.json_response(payload)
         if fault == "429":
             return _error(
@@ -335,8 +342,20 @@ class OpenAITestServer:
             return web.json_response({**payload, "choices": [choice]})
         if fault == "hang":
             await asyncio.sleep(options.hang_sec)
+            self._count_usage(request, payload)
             return web.json_response(payload)
         return await self._drip(request, payload)
+
+    def _count_usage(self, request: web.Request, payload: dict[str, Any]) -> None:
+        """Add a chat answer's reported usage to its key's totals (what a provider would bill)."""
+        usage = payload.get("usage")
+        if payload.get("object") != "chat.completion" or not usage:
+            return
+        key = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
+        totals = self.usage.setdefault(key, {"calls": 0, "prompt_tokens": 0, "completion_tokens": 0})
+        totals["calls"] += 1
+        totals["prompt_tokens"] += usage["prompt_tokens"]
+        totals["completion_tokens"] += usage["completion_tokens"]
 
     async def _drip(self, request: web.Request, payload: dict[str, Any]) -> web.StreamResponse:
         """Send a valid answer one byte at a time: each read is quick, the whole answer is not."""
@@ -421,7 +440,7 @@ class ServerHandle:
         """The requests received, oldest first; `path` filters, e.g. "/v1/chat/completions"."""
         return self._call("GET", "/_requests" + (f"?path={path}" if path else ""))
 
-    def stats(self) -> dict[str, int]:
+    def stats(self) -> dict[str, Any]:
         return self._call("GET", "/_stats")
 
     def reset(self) -> dict[str, Any]:

@@ -1,9 +1,12 @@
 import json
+from datetime import UTC, datetime
 
 from django.contrib import admin
+from django.db.models import Count, Q, Sum
 from django.utils.html import format_html, format_html_join
 
-from .models import AgentJob, Batch, TraceStep
+from .models import AgentJob, Batch, SpendByUser, TraceStep, UserBudget
+from .services.budgets import period_bounds, user_limits
 
 
 class TraceStepInline(admin.TabularInline):
@@ -73,3 +76,62 @@ class BatchAdmin(admin.ModelAdmin):
     list_display = ("id", "owner", "source", "size", "status", "created_at", "completed_at", "cancelled_at")
     list_filter = ("source", "owner")
     readonly_fields = [f.name for f in Batch._meta.fields]
+
+
+@admin.register(UserBudget)
+class UserBudgetAdmin(admin.ModelAdmin):
+    """Per-user overrides of BUDGET_USER_DAILY_USD / BUDGET_USER_MONTHLY_USD (docs/costs.md)."""
+
+    list_display = ("user", "daily_usd", "monthly_usd", "unlimited", "note", "updated_at")
+    search_fields = ("user__username", "note")
+    autocomplete_fields = ("user",)
+
+
+@admin.register(SpendByUser)
+class SpendByUserAdmin(admin.ModelAdmin):
+    """Server-key spend of each user this UTC day and month (from the job rows), largest first."""
+
+    list_display = ("username", "spent_today", "spent_this_month", "paid_calls_this_month", "limits")
+    search_fields = ("username",)
+
+    def get_queryset(self, request):
+        now = datetime.now(UTC)
+        paid = Q(agent_jobs__key_source="server", agent_jobs__cost_usd__gt=0)
+        month = paid & Q(agent_jobs__finished_at__gte=period_bounds(now, "month")[0])
+        day = paid & Q(agent_jobs__finished_at__gte=period_bounds(now, "day")[0])
+        return (
+            super()
+            .get_queryset(request)
+            .annotate(
+                month_usd=Sum("agent_jobs__cost_usd", filter=month),
+                day_usd=Sum("agent_jobs__cost_usd", filter=day),
+                month_calls=Count("agent_jobs", filter=month),
+            )
+            .order_by("-month_usd", "username")
+        )
+
+    @admin.display(description="Today (USD)", ordering="day_usd")
+    def spent_today(self, user) -> str:
+        return f"{user.day_usd or 0:.6f}"
+
+    @admin.display(description="This month (USD)", ordering="month_usd")
+    def spent_this_month(self, user) -> str:
+        return f"{user.month_usd or 0:.6f}"
+
+    @admin.display(description="Paid calls this month", ordering="month_calls")
+    def paid_calls_this_month(self, user) -> int:
+        return user.month_calls
+
+    @admin.display(description="Caps (day / month)")
+    def limits(self, user) -> str:
+        caps = user_limits(user.pk)
+        return " / ".join("unlimited" if caps[p] is None else f"${caps[p]:g}" for p in ("day", "month"))
+
+    def has_add_permission(self, request) -> bool:
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return False

@@ -11,7 +11,7 @@ from django.urls import reverse
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiExample, OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import status
-from rest_framework.permissions import AllowAny
+from rest_framework.permissions import AllowAny, IsAdminUser
 from rest_framework.renderers import JSONRenderer
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -19,7 +19,7 @@ from rest_framework.views import APIView
 from agent.config import BYO_KEY_HEADER
 from agent.types import AgentOptions, Filters
 from apps.agent import reports, selectors
-from apps.agent.errors import ValidationFailed
+from apps.agent.errors import NotFound, ValidationFailed
 from apps.agent.models import AgentJob, Batch
 from apps.agent.pagination import Pagination
 from apps.agent.reports import CSVRenderer, HTMLRenderer
@@ -35,8 +35,11 @@ from apps.agent.serializers import (
     JobCreateInputSerializer,
     JobSerializer,
     JobSummarySerializer,
+    SpendRowSerializer,
+    SpendSerializer,
 )
 from apps.agent.services import batches as batch_services
+from apps.agent.services import budgets as budget_services
 from apps.agent.services import jobs as job_services
 from apps.agent.services.health import health_check
 from apps.agent.throttling import BatchCreateThrottle, JobCreateThrottle
@@ -60,6 +63,39 @@ IDEMPOTENCY_PARAM = OpenApiParameter(
     OpenApiTypes.STR,
     OpenApiParameter.HEADER,
     description="Repeat-safe submissions: the same key and body return the same job; another body gets 422.",
+)
+
+BUDGET_EXCEEDED_EXAMPLE = OpenApiExample(
+    "Budget exceeded",
+    value={
+        "error": {
+            "code": "budget_exceeded",
+            "message": "Your daily budget of $1 is spent ($0.999100 spent, $0.000000 reserved); it resets "
+            "at 2026-12-03T00:00:00+00:00.",
+            "details": {
+                "scope": "user",
+                "period": "day",
+                "limit_usd": 1.0,
+                "spent_usd": 0.9991,
+                "reserved_usd": 0.0,
+                "needed_usd": 0.00102,
+                "resets_at": "2026-12-03T00:00:00+00:00",
+                "retry_after_sec": 3600,
+            },
+        }
+    },
+    response_only=True,
+    status_codes=["429"],
+)
+LIMIT_429 = OpenApiResponse(
+    ErrorResponseSerializer,
+    description=(
+        "Throttled (`throttled`), or `budget_exceeded`: a spending budget of yours (or of the deployment) "
+        "that pays for this call with the server's key is spent; `details` gives the scope, period, "
+        "spent and reserved amounts and `resets_at`, and the `Retry-After` header the seconds until then "
+        "(docs/costs.md)."
+    ),
+    examples=[BUDGET_EXCEEDED_EXAMPLE],
 )
 
 
@@ -184,7 +220,7 @@ class JobListCreateApi(APIView):
             422: OpenApiResponse(
                 ErrorResponseSerializer, description="Idempotency-Key reused with another body."
             ),
-            429: OpenApiResponse(ErrorResponseSerializer, description="Throttled."),
+            429: LIMIT_429,
             503: OpenApiResponse(ErrorResponseSerializer, description="A required service is down."),
         },
         examples=[
@@ -287,7 +323,7 @@ class AgentSyncApi(APIView):
         summary="Ask the agent and wait for the answer (same pipeline, within the request)",
         request=AgentQuerySerializer,
         parameters=[BYO_PARAM],
-        responses={200: AgentResponseSerializer, **ERRORS},
+        responses={200: AgentResponseSerializer, **ERRORS, 429: LIMIT_429},
     )
     def post(self, request):
         data = AgentQuerySerializer(data=request.data)
@@ -296,6 +332,7 @@ class AgentSyncApi(APIView):
             query=data.validated_data["query"],
             options=_options(data.validated_data),
             byo_api_key=_byo_key(request),
+            owner=request.user,
         )
         body = {**result.to_dict(), "cost": decision.to_dict()}
         return Response(AgentResponseSerializer(body).data)
@@ -372,6 +409,7 @@ def batch_payload(batch: Batch) -> dict:
     view = selectors.batch_view(batch=batch)
     return {
         **batch_summary_payload(batch, view["progress"]),
+        "estimated_cost_usd": None if batch.estimated_cost_usd is None else float(batch.estimated_cost_usd),
         "selection": batch.selection,
         "overrides": batch.overrides,
         "webhook_url": batch.webhook_url,
@@ -416,7 +454,14 @@ class BatchListCreateApi(APIView):
             422: OpenApiResponse(
                 ErrorResponseSerializer, description="Idempotency-Key reused with another body."
             ),
-            429: OpenApiResponse(ErrorResponseSerializer, description="Throttled (scope batch_create)."),
+            429: OpenApiResponse(
+                ErrorResponseSerializer,
+                description=(
+                    "Throttled (`throttled`, scope batch_create), or `budget_exceeded`: the batch's "
+                    "worst-case cost does not fit in what is left of a budget (docs/costs.md)."
+                ),
+                examples=[BUDGET_EXCEEDED_EXAMPLE],
+            ),
         },
         examples=[
             OpenApiExample(
@@ -548,3 +593,42 @@ class BatchReportApi(APIView):
             reports.report_csv(view=view),
             headers={"Content-Disposition": f'attachment; filename="{filename}"'},
         )
+
+
+class UsageApi(APIView):
+    @extend_schema(
+        operation_id="agent_usage_retrieve",
+        summary="What you spent and hold reserved this day and month, per model, against your budgets",
+        description=(
+            "Only calls paid with the server's key count (docs/costs.md). Periods are UTC days and months. "
+            "Staff may pass `?user=<username>` to see another user's."
+        ),
+        parameters=[OpenApiParameter("user", OpenApiTypes.STR, description="Staff only: a username.")],
+        responses={200: SpendSerializer, **ERRORS},
+    )
+    def get(self, request):
+        user = request.user
+        username = request.query_params.get("user")
+        if username is not None and username != user.get_username():
+            if not user.is_staff:
+                raise NotFound("No such user.")  # no existence oracle for non-staff
+            user = type(user).objects.filter(username=username).first()
+            if user is None:
+                raise NotFound("No such user.")
+        return Response(SpendSerializer(budget_services.budget_usage_get(user=user)).data)
+
+
+class UsageListApi(APIView):
+    permission_classes = [IsAdminUser]  # is_staff
+
+    @extend_schema(
+        operation_id="agent_usage_users_list",
+        summary="Staff: every user's server-key spend this day and month, largest first",
+        responses={
+            200: SpendRowSerializer(many=True),
+            **ERRORS,
+            403: OpenApiResponse(ErrorResponseSerializer, description="Not staff."),
+        },
+    )
+    def get(self, request):
+        return Response(SpendRowSerializer(budget_services.budget_usage_list(), many=True).data)

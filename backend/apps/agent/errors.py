@@ -59,6 +59,13 @@ class ServiceUnavailable(ApplicationError):
     code = "service_unavailable"
 
 
+class TooManyRequests(ApplicationError):
+    """429: a limit of the user's was reached (e.g. `budget_exceeded`); `headers` carry Retry-After."""
+
+    status_code = status.HTTP_429_TOO_MANY_REQUESTS
+    code = "too_many_requests"
+
+
 class RequestTooLarge(ApplicationError):
     status_code = status.HTTP_413_REQUEST_ENTITY_TOO_LARGE
     code = "request_too_large"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 
 from django.conf import settings
+from django.contrib.auth.models import User
 from django.db import models
 
 
@@ -34,6 +35,13 @@ class Batch(models.Model):
         default=dict, blank=True, help_text="model, cost_mode, top_k, filters, vector_store_build."
     )
     size = models.PositiveIntegerField(default=0, help_text="How many jobs the batch created.")
+    estimated_cost_usd = models.DecimalField(
+        max_digits=12,
+        decimal_places=6,
+        null=True,
+        blank=True,
+        help_text="Worst case of its paid calls at creation (docs/costs.md); empty when not paid or unpriced.",
+    )
     webhook_url = models.URLField(max_length=2000, blank=True, default="")
     idempotency_key = models.CharField(max_length=200, blank=True, default="")
     request_fingerprint = models.CharField(max_length=64, blank=True, default="")
@@ -154,3 +162,38 @@ class TraceStep(models.Model):
 
     def __str__(self) -> str:
         return f"{self.job_id} #{self.attempt}.{self.position} {self.name}"
+
+
+class UserBudget(models.Model):
+    """An operator's override of the default spending caps (BUDGET_USER_*_USD) for one user.
+
+    An empty amount means "the default"; `unlimited` lifts the user's own caps (the global cap still
+    applies). Only calls paid with the server's key count (docs/costs.md).
+    """
+
+    user = models.OneToOneField(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="agent_budget"
+    )
+    daily_usd = models.DecimalField(
+        max_digits=12, decimal_places=6, null=True, blank=True, help_text="Empty: BUDGET_USER_DAILY_USD."
+    )
+    monthly_usd = models.DecimalField(
+        max_digits=12, decimal_places=6, null=True, blank=True, help_text="Empty: BUDGET_USER_MONTHLY_USD."
+    )
+    unlimited = models.BooleanField(
+        default=False, help_text="No per-user cap (the global cap still applies)."
+    )
+    note = models.CharField(max_length=200, blank=True, default="")
+    updated_at = models.DateTimeField(auto_now=True)
+
+    def __str__(self) -> str:
+        return f"Budget of {self.user}"
+
+
+class SpendByUser(User):
+    """The users, as the admin's "spend by user" list sees them (read-only; apps/agent/admin.py)."""
+
+    class Meta:
+        proxy = True
+        verbose_name = "spend by user"
+        verbose_name_plural = "spend by user"

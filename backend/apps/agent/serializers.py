@@ -404,6 +404,12 @@ class BatchSummarySerializer(serializers.Serializer):
 
 
 class BatchSerializer(BatchSummarySerializer):
+    estimated_cost_usd = serializers.FloatField(
+        allow_null=True,
+        help_text="Worst case of the batch's calls paid with the server key, estimated at creation (every "
+        "prompt at its largest, LLM_MAX_TOKENS out); null when the server key does not pay or the model "
+        "has no price. A batch that does not fit in a budget is refused (429 budget_exceeded).",
+    )
     selection = serializers.DictField()
     overrides = serializers.DictField()
     webhook_url = serializers.CharField(allow_blank=True)
@@ -412,3 +418,48 @@ class BatchSerializer(BatchSummarySerializer):
         allow_null=True, help_text="Once the batch is complete, for re-runs of past jobs."
     )
     items = BatchItemSerializer(many=True)
+
+
+class SpendModelSerializer(serializers.Serializer):
+    model = serializers.CharField()
+    spent_usd = serializers.FloatField()
+    reserved_usd = serializers.FloatField(help_text="Held by calls in flight (their worst case).")
+    calls = serializers.IntegerField(help_text="Paid calls settled in the period.")
+
+
+class SpendPeriodSerializer(serializers.Serializer):
+    start = serializers.DateTimeField()
+    resets_at = serializers.DateTimeField()
+    limit_usd = serializers.FloatField(allow_null=True, help_text="Your cap; null: unlimited.")
+    spent_usd = serializers.FloatField()
+    reserved_usd = serializers.FloatField()
+    remaining_usd = serializers.FloatField(allow_null=True)
+    tracked = serializers.BooleanField(
+        help_text="True: read from the spending ledger that enforces the caps; false: no cap applies, "
+        "spend summed from your jobs (reservations are not tracked)."
+    )
+    by_model = SpendModelSerializer(many=True)
+
+
+class SpendUserSerializer(serializers.Serializer):
+    id = serializers.IntegerField()
+    username = serializers.CharField()
+
+
+class SpendPeriodsSerializer(serializers.Serializer):
+    day = SpendPeriodSerializer()
+    month = SpendPeriodSerializer()
+
+
+class SpendSerializer(serializers.Serializer):
+    user = SpendUserSerializer()
+    periods = SpendPeriodsSerializer()
+
+
+class SpendRowSerializer(serializers.Serializer):
+    user = SpendUserSerializer()
+    day_spent_usd = serializers.FloatField()
+    month_spent_usd = serializers.FloatField()
+    month_calls = serializers.IntegerField()
+    day_limit_usd = serializers.FloatField(allow_null=True)
+    month_limit_usd = serializers.FloatField(allow_null=True)

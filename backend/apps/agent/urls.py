@@ -13,5 +13,7 @@ urlpatterns = [
     path("agent/batches/<uuid:batch_id>", apis.BatchDetailApi.as_view(), name="agent-batch-detail"),
     path("agent/batches/<uuid:batch_id>/cancel", apis.BatchCancelApi.as_view(), name="agent-batch-cancel"),
     path("agent/batches/<uuid:batch_id>/report", apis.BatchReportApi.as_view(), name="agent-batch-report"),
+    path("agent/usage", apis.UsageApi.as_view(), name="agent-usage"),
+    path("agent/usage/users", apis.UsageListApi.as_view(), name="agent-usage-users"),
     path("", include("apps.webhooks.urls")),
 ]

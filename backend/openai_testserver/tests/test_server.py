@@ -84,7 +84,8 @@ def test_requests_are_recorded_with_the_authorization_header(server, client):
     assert recorded["headers"]["Authorization"] == f"Bearer {KEY}"
     assert recorded["body"]["messages"] == [{"role": "user", "content": "hi"}]
     assert recorded["time"] <= time.time()
-    assert server.stats() == {"calls": 1, "faults_served": 0}
+    usage = {KEY: {"calls": 1, "prompt_tokens": 1, "completion_tokens": 2}}  # "Echo: hi", in words
+    assert server.stats() == {"calls": 1, "faults_served": 0, "usage": usage}
 
 
 def test_usage_can_be_switched_off(server, client):
@@ -170,7 +171,9 @@ def test_fail_times_then_success(server, client):
     completion = client.chat.completions.create(model="m", messages=messages)
 
     assert completion.choices[0].message.content == "Echo: hi"
-    assert server.stats() == {"calls": 3, "faults_served": 2}
+    # Only the answer served counts in the usage: the two faults billed nothing.
+    usage = {KEY: {"calls": 1, "prompt_tokens": 1, "completion_tokens": 2}}
+    assert server.stats() == {"calls": 3, "faults_served": 2, "usage": usage}
 
 
 def test_content_forces_the_answer_text_until_reset(server, client):

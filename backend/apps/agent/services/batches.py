@@ -11,6 +11,7 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
+from decimal import Decimal
 from typing import Any
 
 from django.conf import settings
@@ -20,8 +21,8 @@ from django.utils import timezone
 from agent.types import AgentOptions, Filters
 from apps.agent.errors import Conflict, IdempotencyMismatch, ValidationFailed
 from apps.agent.models import TERMINAL_STATUSES, AgentJob, Batch, JobStatus
+from apps.agent.services import budgets, retrieval
 from apps.agent.services import jobs as job_services
-from apps.agent.services import retrieval
 
 #: Overrides that change how the LLM is called; passed to `job_create` as its `overrides`.
 LLM_OVERRIDES = ("model", "cost_mode")
@@ -71,7 +72,9 @@ def batch_create(
     Raises `ValidationFailed` (400) with a specific code: `invalid_selection`, `batch_empty`,
     `batch_too_large` (details: count, max), `jobs_not_found` (details: missing ids; another user's
     job counts as missing), `jobs_not_finished`, `byo_key_not_supported`, `byo_key_required`,
-    `unknown_vector_store_build`; `IdempotencyMismatch` (422) for a reused key with another body.
+    `unknown_vector_store_build`, `budget_unpriced_model`; `IdempotencyMismatch` (422) for a reused key
+    with another body; `BudgetExceeded` (429) when the batch's worst-case cost (stored on the batch as
+    `estimated_cost_usd`) does not fit in what is left of a budget.
     """
     overrides = {k: v for k, v in (overrides or {}).items() if v not in (None, "")}
     given = [
@@ -116,6 +119,12 @@ def batch_create(
         selection["matched"] = len(items)
 
     llm_overrides = {k: overrides[k] for k in LLM_OVERRIDES if k in overrides}
+    # The batch is admitted whole: its worst case must fit in what is left of every budget (429 if not).
+    decision = job_services.cost_decision_resolve(byo_api_key=None, overrides=llm_overrides)
+    estimate = budgets.batch_worst_case(
+        decision=decision, items=[(item.query, item.options.top_k) for item in items]
+    )
+    budgets.budget_admit(owner=owner, decision=decision, amount_usd=estimate)
     try:
         with transaction.atomic():
             batch = Batch.objects.create(
@@ -124,6 +133,7 @@ def batch_create(
                 selection=selection,
                 overrides=overrides,
                 size=len(items),
+                estimated_cost_usd=None if estimate is None else Decimal(str(round(estimate, 6))),
                 webhook_url=webhook_url,
                 idempotency_key=idempotency_key,
                 request_fingerprint=fingerprint,

@@ -30,7 +30,7 @@ from agent.llm_factory import build_llm_runnable
 from agent.types import AgentOptions, AgentResult
 from apps.agent.errors import Conflict, IdempotencyMismatch, ServiceUnavailable, ValidationFailed
 from apps.agent.models import AgentJob, Batch, JobStatus, TraceStep
-from apps.agent.services import key_vault, statements
+from apps.agent.services import budgets, key_vault, statements
 from apps.agent.services.retrieval import exact_search, get_retriever, store_identity
 
 logger = logging.getLogger(__name__)
@@ -107,7 +107,9 @@ def job_create(
     # new request at the INSERT, so a new job (the common case) costs no extra query.
     try:
         decision = cost_decision_resolve(byo_api_key=byo_api_key, overrides=overrides)
-    except ValidationFailed:
+        if batch is None:  # a batch is admitted whole, with its worst case (batch_create)
+            budgets.budget_admit(owner=owner, decision=decision)
+    except (ValidationFailed, budgets.BudgetExceeded):
         existing = _job_by_idempotency_key(owner, idempotency_key)
         if existing is None:
             raise
@@ -287,7 +289,8 @@ def job_run(*, job_id: uuid.UUID | str) -> str | None:
                 },
             )
     llm = _JobLLM(
-        _runnable_for(job, byo_key), release_connection=bool(connection.settings_dict["OPTIONS"].get("pool"))
+        budgets.budget_guard(_runnable_for(job, byo_key), owner_id=job.owner_id, decision=job),
+        release_connection=bool(connection.settings_dict["OPTIONS"].get("pool")),
     )
     options = AgentOptions.from_dict(job.options)
 
@@ -423,8 +426,15 @@ def _job_finish(job: AgentJob, attempt: int, result: AgentResult) -> str | None:
             return status
     # Nothing changed. A cancel arrived while the job ran (its answer is discarded), or another attempt
     # took over (we were presumed dead): only the first ends the job, as cancelled.
+    # The call was made (and paid) all the same: its cost stays on the row, where budgets are rebuilt from.
     cancelled = _attempt_rows(job, attempt).filter(cancel_requested=True)
-    return JobStatus.CANCELLED if _job_end(cancelled, job=job, status=JobStatus.CANCELLED) else None
+    spend = {
+        "prompt_tokens": result.prompt_tokens,
+        "completion_tokens": result.completion_tokens,
+        "cost_usd": Decimal(str(round(result.cost_usd, 6))),
+    }
+    ended = _job_end(cancelled, job=job, status=JobStatus.CANCELLED, **spend)
+    return JobStatus.CANCELLED if ended else None
 
 
 def _job_finish_failed(job: AgentJob, attempt: int, error: dict[str, Any]) -> str | None:
@@ -529,13 +539,18 @@ def jobs_sweep() -> dict[str, int]:
 
 
 def agent_run_sync(
-    *, query: str, options: AgentOptions, byo_api_key: str | None
+    *, query: str, options: AgentOptions, byo_api_key: str | None, owner=None
 ) -> tuple[AgentResult, CostDecision]:
-    """Run the pipeline within the request, bounded by the same job timeout. Stores nothing."""
+    """Run the pipeline within the request, bounded by the same job timeout. Stores nothing.
+
+    With an `owner`, a paid call is held to their budgets like a job's (`BudgetExceeded` when spent)."""
     decision = cost_decision_resolve(byo_api_key=byo_api_key)
     llm = build_llm_runnable(
         byo_api_key=byo_api_key if decision.key_source == "user" else None, settings=settings.LLM
     )
+    if owner is not None:
+        budgets.budget_admit(owner=owner, decision=decision)
+        llm = budgets.budget_guard(llm, owner_id=owner.pk, decision=decision)
     deadline = time.monotonic() + settings.AGENT_JOB_TIMEOUT_SEC
     result = pipeline.run(query, options, llm, get_retriever(), deadline, exact_search=exact_search)
     return result, decision

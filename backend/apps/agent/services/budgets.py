@@ -1,0 +1,556 @@
+"""Spending budgets: the Redis ledger behind `agent.budget.BudgetedLLM`, admission at POST, usage reads.
+
+Who pays: only calls paid with the server's key (`key_source == "server"`: paid mode, and hybrid when it
+fell back to the server key) count; a user's own key never does. Caps: per user (BUDGET_USER_*_USD or
+the user's `UserBudget` row) and for the whole deployment (BUDGET_GLOBAL_*_USD), per UTC day and month.
+
+The ledger keeps, per scope (user or global) and period (day or month), three Redis keys:
+    budget:v1:<scope>:<period>:<date>        hash: ready, spent, reserved, spent:<model>, reserved:<model>,
+                                             calls:<model>  (amounts in nano-USD integers)
+    ...:res                                  sorted set of reservation ids scored by lease expiry
+    ...:amt                                  hash: reservation id -> "<nano-USD>|<model>"
+One Lua script checks every applicable cap and reserves in all of them at once (atomic across every
+worker process); it first drops reservations whose lease ended (a worker killed mid-call). A key that is
+not `ready` (new period, Redis lost its data) is rebuilt from the jobs' recorded costs before use.
+See docs/costs.md.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+from django.conf import settings
+from django.db.models import Count, Sum
+
+from agent.budget import (
+    TOKENS_REPLY_PRIMER,
+    BudgetedLLM,
+    Refusal,
+    Reservation,
+    estimate_job_worst_case,
+    worst_case_cost,
+)
+from agent.cost_policy import CostDecision
+from apps.agent.errors import TooManyRequests, ValidationFailed
+from apps.agent.models import AgentJob, UserBudget
+from apps.agent.throttling import _redis_client
+
+logger = logging.getLogger(__name__)
+
+NANO = 1_000_000_000
+PERIODS = ("day", "month")
+SCOPES = ("user", "global")
+_PREFIX = "budget:v1"
+
+# Drops the reservations of KEYS (groups of hash, zset, amounts) whose lease ended before ARGV[1].
+_CLEAN = """
+local function clean(h, z, a, now)
+  local ids = redis.call('ZRANGEBYSCORE', z, '-inf', now)
+  for _, id in ipairs(ids) do
+    local v = redis.call('HGET', a, id)
+    if v then
+      local sep = string.find(v, '|', 1, true)
+      local amt = tonumber(string.sub(v, 1, sep - 1))
+      local model = string.sub(v, sep + 1)
+      redis.call('HINCRBY', h, 'reserved', -amt)
+      redis.call('HINCRBY', h, 'reserved:' .. model, -amt)
+      redis.call('HDEL', a, id)
+    end
+  end
+  if #ids > 0 then redis.call('ZREMRANGEBYSCORE', z, '-inf', now) end
+end
+"""
+
+# ARGV: now, lease expiry, reservation id, amount, model, then per group: limit (-1: none), key TTL.
+# Returns {'ok'}, {'init', group} (rebuild that key first) or {'refused', group, spent, reserved}.
+_RESERVE = (
+    _CLEAN
+    + """
+local now, expiry, rid, amount, model = tonumber(ARGV[1]), ARGV[2], ARGV[3], tonumber(ARGV[4]), ARGV[5]
+local n = #KEYS / 3
+for i = 1, n do
+  local h = KEYS[3 * i - 2]
+  clean(h, KEYS[3 * i - 1], KEYS[3 * i], now)
+  if redis.call('HEXISTS', h, 'ready') == 0 then return {'init', i} end
+  local limit = tonumber(ARGV[4 + 2 * i])
+  local spent = tonumber(redis.call('HGET', h, 'spent') or '0')
+  local reserved = tonumber(redis.call('HGET', h, 'reserved') or '0')
+  if limit >= 0 and spent + reserved + amount > limit then
+    return {'refused', i, spent, reserved}
+  end
+end
+for i = 1, n do
+  local h, z, a = KEYS[3 * i - 2], KEYS[3 * i - 1], KEYS[3 * i]
+  local ttl = tonumber(ARGV[5 + 2 * i])
+  redis.call('HINCRBY', h, 'reserved', amount)
+  redis.call('HINCRBY', h, 'reserved:' .. model, amount)
+  redis.call('HSET', a, rid, amount .. '|' .. model)
+  redis.call('ZADD', z, expiry, rid)
+  redis.call('EXPIRE', h, ttl)
+  redis.call('EXPIRE', z, ttl)
+  redis.call('EXPIRE', a, ttl)
+end
+return {'ok'}
+"""
+)
+
+# ARGV: reservation id, cost, model, charged (1/0). Drops the reservation (if its lease has not ended
+# already) and adds the cost to keys that are ready (a key rebuilt later reads the job rows instead).
+_SETTLE = """
+local rid, cost, model, charged = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4] == '1'
+for i = 1, #KEYS / 3 do
+  local h, z, a = KEYS[3 * i - 2], KEYS[3 * i - 1], KEYS[3 * i]
+  local v = redis.call('HGET', a, rid)
+  if v then
+    local amt = tonumber(string.sub(v, 1, string.find(v, '|', 1, true) - 1))
+    redis.call('HINCRBY', h, 'reserved', -amt)
+    redis.call('HINCRBY', h, 'reserved:' .. model, -amt)
+    redis.call('HDEL', a, rid)
+    redis.call('ZREM', z, rid)
+  end
+  if charged and redis.call('HEXISTS', h, 'ready') == 1 then
+    redis.call('HINCRBY', h, 'spent', cost)
+    redis.call('HINCRBY', h, 'spent:' .. model, cost)
+    redis.call('HINCRBY', h, 'calls:' .. model, 1)
+  end
+end
+return 1
+"""
+
+# KEYS[1]: a hash; ARGV: TTL, then field, value pairs. Marks it ready with the rebuilt values, once.
+_INIT = """
+if redis.call('HEXISTS', KEYS[1], 'ready') == 1 then return 0 end
+redis.call('HSET', KEYS[1], 'ready', 1)
+for i = 2, #ARGV, 2 do redis.call('HINCRBY', KEYS[1], ARGV[i], ARGV[i + 1]) end
+redis.call('EXPIRE', KEYS[1], ARGV[1])
+return 1
+"""
+
+# KEYS: groups of three; ARGV[1]: now. Drops ended leases and returns each group's hash.
+_READ = (
+    _CLEAN
+    + """
+local out = {}
+for i = 1, #KEYS / 3 do
+  clean(KEYS[3 * i - 2], KEYS[3 * i - 1], KEYS[3 * i], tonumber(ARGV[1]))
+  out[i] = redis.call('HGETALL', KEYS[3 * i - 2])
+end
+return out
+"""
+)
+
+
+class BudgetExceeded(TooManyRequests):
+    code = "budget_exceeded"
+
+
+@dataclass(frozen=True)
+class Cap:
+    """One cap: scope `user` or `global`, period `day` or `month`, `limit_usd` None when unlimited."""
+
+    scope: str
+    period: str
+    limit_usd: float | None
+    owner_id: int | None
+    start: datetime
+    resets_at: datetime
+
+    @property
+    def key(self) -> str:
+        stamp = self.start.strftime("%Y%m%d" if self.period == "day" else "%Y%m")
+        who = f"user:{self.owner_id}" if self.scope == "user" else "global"
+        return f"{_PREFIX}:{who}:{self.period}:{stamp}"
+
+    @property
+    def keys(self) -> list[str]:
+        return [self.key, self.key + ":res", self.key + ":amt"]
+
+    def ttl(self, now: datetime) -> int:
+        """Seconds the keys live: to the end of the period and one more day (usage is read after)."""
+        return int((self.resets_at - now).total_seconds()) + 86400
+
+
+def period_bounds(now: datetime, period: str) -> tuple[datetime, datetime]:
+    """The UTC day or month containing `now`: (start, start of the next one)."""
+    now = now.astimezone(UTC)
+    if period == "day":
+        start = now.replace(hour=0, minute=0, second=0, microsecond=0)
+        return start, start + timedelta(days=1)
+    start = now.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+    end = (
+        start.replace(year=start.year + 1, month=1)
+        if start.month == 12
+        else start.replace(month=start.month + 1)
+    )
+    return start, end
+
+
+def user_limits(owner_id: int) -> dict[str, float | None]:
+    """The user's caps in USD per period: their `UserBudget` override, else the BUDGET_USER_* defaults."""
+    defaults = settings.BUDGETS
+    limits = {"day": defaults.user_daily_usd, "month": defaults.user_monthly_usd}
+    override = UserBudget.objects.filter(user_id=owner_id).first()
+    if override is not None:
+        if override.unlimited:
+            return {"day": None, "month": None}
+        if override.daily_usd is not None:
+            limits["day"] = float(override.daily_usd)
+        if override.monthly_usd is not None:
+            limits["month"] = float(override.monthly_usd)
+    return limits
+
+
+def budget_caps(*, owner_id: int, now: datetime | None = None) -> list[Cap]:
+    """The four caps of a call by `owner_id` (user and global, day and month), unlimited ones included."""
+    now = now or datetime.now(UTC)
+    mine = user_limits(owner_id)
+    defaults = settings.BUDGETS
+    theirs = {"day": defaults.global_daily_usd, "month": defaults.global_monthly_usd}
+    caps = []
+    for scope, limits in (("user", mine), ("global", theirs)):
+        for period in PERIODS:
+            start, end = period_bounds(now, period)
+            owner = owner_id if scope == "user" else None
+            caps.append(Cap(scope, period, limits[period], owner, start, end))
+    return caps
+
+
+def _applies(caps: list[Cap]) -> bool:
+    return any(cap.limit_usd is not None for cap in caps)
+
+
+def _is_server_paid(decision: CostDecision | AgentJob) -> bool:
+    return decision.key_source == "server"
+
+
+# --- the ledger -------------------------------------------------------------------------------------
+
+
+class _Scripts:
+    """The Lua scripts, registered once per client (redis-py loads them with EVALSHA, NOSCRIPT-safe)."""
+
+    def __init__(self, client: Any):
+        self.reserve = client.register_script(_RESERVE)
+        self.settle = client.register_script(_SETTLE)
+        self.init = client.register_script(_INIT)
+        self.read = client.register_script(_READ)
+
+
+_scripts: dict[int, _Scripts] = {}
+
+
+def _client() -> Any:
+    """The shared Redis (the cache's). Raises RuntimeError when the cache is not Redis."""
+    client = _redis_client()
+    if client is None:
+        raise RuntimeError("Spending budgets need the Redis cache (CACHE_URL).")
+    return client
+
+
+def _scripts_for(client: Any) -> _Scripts:
+    scripts = _scripts.get(id(client))
+    if scripts is None:
+        scripts = _scripts[id(client)] = _Scripts(client)
+    return scripts
+
+
+def _nano(usd: float) -> int:
+    return math.ceil(round(usd * NANO, 3))
+
+
+def _usd(nano: int | float) -> float:
+    return round(nano / NANO, 9)
+
+
+def _ensure_ready(client: Any, cap: Cap, now: datetime) -> None:
+    """Rebuild `cap`'s counters from the jobs' recorded costs (durable) unless Redis has them."""
+    if client.hexists(cap.key, "ready"):
+        return
+    rows = AgentJob.objects.filter(
+        key_source="server", finished_at__gte=cap.start, finished_at__lt=cap.resets_at, cost_usd__gt=0
+    )
+    if cap.scope == "user":
+        rows = rows.filter(owner_id=cap.owner_id)
+    values: list[Any] = []
+    total = 0
+    for row in rows.values("model").annotate(spent=Sum("cost_usd"), calls=Count("id")):
+        spent = _nano(float(row["spent"]))
+        total += spent
+        values += [f"spent:{row['model']}", spent, f"calls:{row['model']}", row["calls"]]
+    _scripts_for(client).init(keys=[cap.key], args=[cap.ttl(now), "spent", total, *values])
+
+
+class RedisLedger:
+    """The `agent.budget.SpendLedger` of one job's calls: every cap of its owner, in Redis."""
+
+    def __init__(self, caps: list[Cap]):
+        self._caps = caps
+        self._keys = [key for cap in caps for key in cap.keys]
+
+    def reserve(self, *, amount_usd: float, model: str, lease_sec: float) -> Reservation | Refusal:
+        amount = _nano(amount_usd)
+        rid = uuid.uuid4().hex
+        try:
+            client = _client()
+            scripts = _scripts_for(client)
+            for _ in range(len(self._caps) + 1):
+                now = datetime.now(UTC)
+                clock = time.time()
+                args: list[Any] = [clock, clock + lease_sec, rid, amount, model]
+                for cap in self._caps:
+                    args += [-1 if cap.limit_usd is None else _nano(cap.limit_usd), cap.ttl(now)]
+                answer = scripts.reserve(keys=self._keys, args=args)
+                status = answer[0].decode() if isinstance(answer[0], bytes) else answer[0]
+                if status == "init":
+                    _ensure_ready(client, self._caps[int(answer[1]) - 1], now)
+                    continue
+                if status == "refused":
+                    cap = self._caps[int(answer[1]) - 1]
+                    return _refusal(
+                        cap, spent=int(answer[2]), reserved=int(answer[3]), needed=amount, now=now
+                    )
+                return Reservation(id=rid, amount_usd=amount_usd)
+        except Exception as exc:  # Redis down or misconfigured: fail closed, a paid call needs a ledger
+            logger.warning("budget ledger unavailable (%s): the paid call is not made", type(exc).__name__)
+            return Refusal(
+                "budget_unavailable",
+                "The spending ledger is unavailable, so the paid call was not made.",
+                {"reason": type(exc).__name__},
+            )
+        raise RuntimeError("budget counters keep disappearing")  # pragma: no cover
+
+    def settle(self, reservation: Reservation, *, cost_usd: float, model: str, charged: bool) -> None:
+        try:
+            _scripts_for(_client()).settle(
+                keys=self._keys, args=[reservation.id, _nano(cost_usd), model, "1" if charged else "0"]
+            )
+        except Exception as exc:  # the lease drops the reservation; the job row keeps the cost
+            logger.warning("budget ledger unavailable at settle (%s)", type(exc).__name__)
+
+
+def _refusal(cap: Cap, *, spent: int, reserved: int, needed: int, now: datetime) -> Refusal:
+    details = _exceeded_details(cap, spent=spent, reserved=reserved, needed=needed, now=now)
+    who = "your" if cap.scope == "user" else "the deployment's"
+    return Refusal(
+        "budget_exceeded",
+        f"{who.capitalize()} {_PERIOD_WORD[cap.period]} budget of ${cap.limit_usd:g} is spent "
+        f"(${details['spent_usd']:.6f} spent, ${details['reserved_usd']:.6f} reserved); it resets at "
+        f"{details['resets_at']}. The paid call was not made.",
+        details,
+    )
+
+
+_PERIOD_WORD = {"day": "daily", "month": "monthly"}
+
+
+def _exceeded_details(cap: Cap, *, spent: int, reserved: int, needed: int, now: datetime) -> dict[str, Any]:
+    return {
+        "scope": cap.scope,
+        "period": cap.period,
+        "limit_usd": cap.limit_usd,
+        "spent_usd": _usd(spent),
+        "reserved_usd": _usd(reserved),
+        "needed_usd": _usd(needed),
+        "resets_at": cap.resets_at.isoformat(),
+        "retry_after_sec": max(1, math.ceil((cap.resets_at - now).total_seconds())),
+    }
+
+
+def budget_guard(runnable: Any, *, owner_id: int, decision: CostDecision | AgentJob) -> Any:
+    """`runnable` wrapped in a `BudgetedLLM` when its calls are paid with the server's key (per the
+    recorded `decision`, a job row carries the same fields) and a cap applies to `owner_id`; else
+    `runnable` unchanged (BYO keys and the stub never count)."""
+    if not _is_server_paid(decision) or decision.provider == "stub":
+        return runnable
+    caps = budget_caps(owner_id=owner_id)
+    if not _applies(caps):
+        return runnable
+    return BudgetedLLM(
+        runnable,
+        RedisLedger(caps),
+        price=settings.LLM.price_of(decision.model),
+        max_tokens=settings.LLM.max_tokens,
+        lease_margin_sec=settings.AGENT_RUNNING_GRACE_SEC,
+    )
+
+
+# --- admission (POST) --------------------------------------------------------------------------------
+
+
+def budget_admit(*, owner, decision: CostDecision, amount_usd: float | None = None) -> None:
+    """Refuse a submission that cannot fit: 429 `budget_exceeded` (details: the cap's period, spent,
+    reset time; header Retry-After), or 400 `budget_unpriced_model` when a cap applies to a model
+    without a price. `amount_usd` is the batch's worst case; None means one call of an empty prompt.
+
+    Fails open when Redis is unreachable: the worker's reservation (which fails closed) still guards.
+    """
+    if not _is_server_paid(decision) or decision.provider == "stub":
+        return
+    caps = budget_caps(owner_id=owner.pk)
+    if not _applies(caps):
+        return
+    price = settings.LLM.price_of(decision.model)
+    if price is None:
+        raise ValidationFailed(
+            f"The model {decision.model!r} has no price in LLM_PRICES, so a spending budget cannot cap "
+            "it: paid calls to it are refused.",
+            code="budget_unpriced_model",
+            details={"model": decision.model},
+        )
+    if amount_usd is None:
+        amount_usd = worst_case_cost(TOKENS_REPLY_PRIMER, settings.LLM.max_tokens, price)
+    needed = _nano(amount_usd)
+    now = datetime.now(UTC)
+    try:
+        states = _read(caps, now)
+    except Exception as exc:
+        logger.warning("budget ledger unavailable at admission (%s); admitting", type(exc).__name__)
+        return
+    for cap, state in zip(caps, states, strict=True):
+        if cap.limit_usd is None:
+            continue
+        spent, reserved = state.get("spent", 0), state.get("reserved", 0)
+        if spent + reserved + needed > _nano(cap.limit_usd):
+            details = _exceeded_details(cap, spent=spent, reserved=reserved, needed=needed, now=now)
+            refusal = _refusal(cap, spent=spent, reserved=reserved, needed=needed, now=now)
+            raise BudgetExceeded(
+                refusal.message.replace(" The paid call was not made.", ""),
+                details=details,
+                headers={"Retry-After": str(details["retry_after_sec"])},
+            )
+
+
+def batch_worst_case(*, decision: CostDecision, items: list[tuple[str, int]]) -> float | None:
+    """The worst-case USD of a batch's paid calls (`items`: query, top_k), or None when they are not paid
+    with the server's key or the model has no price."""
+    if not _is_server_paid(decision) or decision.provider == "stub":
+        return None
+    price = settings.LLM.price_of(decision.model)
+    if price is None:
+        return None
+    max_tokens = settings.LLM.max_tokens
+    return sum(estimate_job_worst_case(query, top_k, max_tokens, price) for query, top_k in items)
+
+
+def _read(caps: list[Cap], now: datetime) -> list[dict[str, int]]:
+    """Each cap's counters (nano-USD), rebuilt from the job rows first where Redis lacks them."""
+    client = _client()
+    for cap in caps:
+        _ensure_ready(client, cap, now)
+    raw = _scripts_for(client).read(keys=[k for cap in caps for k in cap.keys], args=[time.time()])
+    states = []
+    for flat in raw:
+        pairs = iter(flat)
+        states.append({_text(field): int(value) for field, value in zip(pairs, pairs, strict=True)})
+    return states
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+# --- usage (GET /api/agent/usage) ---------------------------------------------------------------------
+
+
+def budget_usage_get(*, user) -> dict[str, Any]:
+    """What `user` spent and holds reserved this UTC day and month, per model, against their caps.
+
+    Read from the ledger (what enforcement sees) when a cap applies; else from the job rows (spent only).
+    """
+    now = datetime.now(UTC)
+    caps = budget_caps(owner_id=user.pk, now=now)
+    mine = [cap for cap in caps if cap.scope == "user"]
+    states: list[dict[str, int]] | None = None
+    if _applies(caps):
+        try:
+            states = _read(mine, now)
+        except Exception as exc:
+            logger.warning("budget ledger unavailable for usage (%s); reading job rows", type(exc).__name__)
+    periods = {}
+    for index, cap in enumerate(mine):
+        state = states[index] if states is not None else _db_state(cap)
+        periods[cap.period] = _period_view(cap, state, tracked=states is not None)
+    return {"user": {"id": user.pk, "username": user.get_username()}, "periods": periods}
+
+
+def _db_state(cap: Cap) -> dict[str, int]:
+    rows = AgentJob.objects.filter(
+        owner_id=cap.owner_id,
+        key_source="server",
+        finished_at__gte=cap.start,
+        finished_at__lt=cap.resets_at,
+        cost_usd__gt=0,
+    )
+    state = {"spent": 0}
+    for row in rows.values("model").annotate(spent=Sum("cost_usd"), calls=Count("id")):
+        spent = _nano(float(row["spent"]))
+        state["spent"] += spent
+        state[f"spent:{row['model']}"] = spent
+        state[f"calls:{row['model']}"] = row["calls"]
+    return state
+
+
+def _period_view(cap: Cap, state: dict[str, int], *, tracked: bool) -> dict[str, Any]:
+    spent, reserved = state.get("spent", 0), state.get("reserved", 0)
+    models = sorted({f.split(":", 1)[1] for f in state if ":" in f})
+    by_model = [
+        {
+            "model": model,
+            "spent_usd": _usd(state.get(f"spent:{model}", 0)),
+            "reserved_usd": _usd(state.get(f"reserved:{model}", 0)),
+            "calls": state.get(f"calls:{model}", 0),
+        }
+        for model in models
+    ]
+    remaining = None if cap.limit_usd is None else max(0.0, round(cap.limit_usd - _usd(spent + reserved), 9))
+    return {
+        "start": cap.start,
+        "resets_at": cap.resets_at,
+        "limit_usd": cap.limit_usd,
+        "spent_usd": _usd(spent),
+        "reserved_usd": _usd(reserved),
+        "remaining_usd": remaining,
+        "tracked": tracked,
+        "by_model": [row for row in by_model if row["spent_usd"] or row["reserved_usd"] or row["calls"]],
+    }
+
+
+def budget_usage_list() -> list[dict[str, Any]]:
+    """Every user's server-key spend this UTC day and month (from the job rows), largest first, with
+    their caps: what staff see at GET /api/agent/usage?all=true and the admin lists."""
+    now = datetime.now(UTC)
+    day_start, _ = period_bounds(now, "day")
+    month_start, _ = period_bounds(now, "month")
+    rows = (
+        AgentJob.objects.filter(key_source="server", finished_at__gte=month_start, cost_usd__gt=0)
+        .values("owner_id", "owner__username")
+        .annotate(month=Sum("cost_usd"), calls=Count("id"))
+        .order_by("-month")
+    )
+    today = dict(
+        AgentJob.objects.filter(key_source="server", finished_at__gte=day_start, cost_usd__gt=0)
+        .values("owner_id")
+        .annotate(day=Sum("cost_usd"))
+        .values_list("owner_id", "day")
+    )
+    out = []
+    for row in rows:
+        limits = user_limits(row["owner_id"])
+        out.append(
+            {
+                "user": {"id": row["owner_id"], "username": row["owner__username"]},
+                "day_spent_usd": float(today.get(row["owner_id"]) or Decimal(0)),
+                "month_spent_usd": float(row["month"]),
+                "month_calls": row["calls"],
+                "day_limit_usd": limits["day"],
+                "month_limit_usd": limits["month"],
+            }
+        )
+    return out

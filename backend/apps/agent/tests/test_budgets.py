@@ -1,0 +1,334 @@
+"""Spending budgets: the Redis ledger (on fakeredis, Lua included), admission, jobs, batches, usage.
+
+The same ledger against a real Redis and two worker processes: tests/e2e/test_budgets_e2e.py.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+import time
+from datetime import UTC, datetime
+from decimal import Decimal
+
+import pytest
+
+from agent.budget import BudgetSettings, Refusal, Reservation
+from agent.llm_factory import StubLLM
+from agent.types import AgentOptions
+from apps.agent.models import AgentJob, JobStatus, UserBudget
+from apps.agent.services import budgets, jobs
+
+pytestmark = pytest.mark.django_db
+
+PRICE = (1000.0, 2000.0)  # USD per million tokens
+
+
+@pytest.fixture
+def ledger(monkeypatch):
+    """The budget ledger's Redis, served by fakeredis (Lua scripts run on lupa)."""
+    import fakeredis
+
+    client = fakeredis.FakeRedis()
+    monkeypatch.setattr(budgets, "_client", lambda: client)
+    monkeypatch.setattr(budgets, "_scripts", {})
+    return client
+
+
+@pytest.fixture
+def paid(settings):
+    """The server key pays for model "m" at PRICE; LLM_MAX_TOKENS=100."""
+    settings.LLM = dataclasses.replace(
+        settings.LLM,
+        provider="openai_compatible",
+        api_key="sk-server",
+        model="m",
+        prices={"m": PRICE},
+        max_tokens=100,
+        allow_byo_key=True,
+    )
+    settings.BUDGETS = BudgetSettings()
+    return settings
+
+
+def caps_for(user, **limits):
+    UserBudget.objects.update_or_create(user=user, defaults=limits)
+    return budgets.budget_caps(owner_id=user.pk)
+
+
+def test_a_reservation_is_checked_against_every_cap_at_once(paid, user, ledger):
+    paid.BUDGETS = BudgetSettings(global_daily_usd=0.5)
+    ledger_ = budgets.RedisLedger(caps_for(user, daily_usd=Decimal("1")))
+
+    first = ledger_.reserve(amount_usd=0.4, model="m", lease_sec=30)
+    second = ledger_.reserve(amount_usd=0.2, model="m", lease_sec=30)
+
+    assert isinstance(first, Reservation)
+    assert isinstance(second, Refusal) and second.code == "budget_exceeded"
+    assert second.details["scope"] == "global" and second.details["period"] == "day"
+    assert second.details["reserved_usd"] == 0.4 and second.details["needed_usd"] == 0.2
+    # The refused reservation left nothing behind in any cap.
+    user_day = budgets.budget_usage_get(user=user)["periods"]["day"]
+    assert user_day["reserved_usd"] == 0.4 and user_day["limit_usd"] == 1.0
+
+
+def test_concurrent_reservations_never_exceed_the_cap(paid, user, ledger):
+    caps = caps_for(user, daily_usd=Decimal("1"))
+    outcomes: list = []
+    start = threading.Barrier(40)
+
+    def reserve():
+        start.wait()
+        outcomes.append(budgets.RedisLedger(caps).reserve(amount_usd=0.1, model="m", lease_sec=30))
+
+    threads = [threading.Thread(target=reserve) for _ in range(40)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    assert sum(isinstance(o, Reservation) for o in outcomes) == 10
+    assert budgets.budget_usage_get(user=user)["periods"]["day"]["reserved_usd"] == pytest.approx(1.0)
+
+
+def test_settling_moves_the_reservation_to_the_spend_of_its_model(paid, user, ledger):
+    ledger_ = budgets.RedisLedger(caps_for(user, daily_usd=Decimal("1"), monthly_usd=Decimal("5")))
+    reservation = ledger_.reserve(amount_usd=0.3, model="m", lease_sec=30)
+    failed = ledger_.reserve(amount_usd=0.3, model="m", lease_sec=30)
+
+    ledger_.settle(reservation, cost_usd=0.05, model="m", charged=True)
+    ledger_.settle(failed, cost_usd=0.0, model="m", charged=False)
+
+    for period, limit in (("day", 1.0), ("month", 5.0)):
+        view = budgets.budget_usage_get(user=user)["periods"][period]
+        assert view["spent_usd"] == 0.05 and view["reserved_usd"] == 0.0
+        assert view["remaining_usd"] == pytest.approx(limit - 0.05) and view["tracked"] is True
+        assert view["by_model"] == [{"model": "m", "spent_usd": 0.05, "reserved_usd": 0.0, "calls": 1}]
+
+
+def test_a_reservation_whose_lease_ended_is_dropped(paid, user, ledger):
+    """A worker killed mid-call never settles: its lease ends and the money is free again."""
+    ledger_ = budgets.RedisLedger(caps_for(user, daily_usd=Decimal("1")))
+    assert isinstance(ledger_.reserve(amount_usd=0.9, model="m", lease_sec=0.05), Reservation)
+    assert isinstance(ledger_.reserve(amount_usd=0.9, model="m", lease_sec=30), Refusal)
+
+    time.sleep(0.1)
+
+    assert isinstance(ledger_.reserve(amount_usd=0.9, model="m", lease_sec=30), Reservation)
+    assert budgets.budget_usage_get(user=user)["periods"]["day"]["reserved_usd"] == 0.9
+
+
+def test_lost_counters_are_rebuilt_from_the_jobs_recorded_costs(paid, user, other_user, ledger):
+    now = datetime.now(UTC)
+    for owner, key_source, cost in (
+        (user, "server", "0.7"),
+        (user, "user", "5"),
+        (other_user, "server", "3"),
+    ):
+        AgentJob.objects.create(
+            owner=owner,
+            query="q",
+            timeout_sec=10,
+            status=JobStatus.SUCCEEDED,
+            finished_at=now,
+            cost_mode="hybrid",
+            key_source=key_source,
+            provider="openai_compatible",
+            model="m",
+            cost_usd=Decimal(cost),
+        )
+    ledger_ = budgets.RedisLedger(caps_for(user, daily_usd=Decimal("1")))
+
+    # Only this user's server-key spend counts: 0.7 of 1.0 is gone, whatever Redis forgot.
+    refusal = ledger_.reserve(amount_usd=0.4, model="m", lease_sec=30)
+    assert isinstance(refusal, Refusal) and refusal.details["spent_usd"] == 0.7
+    assert isinstance(ledger_.reserve(amount_usd=0.3, model="m", lease_sec=30), Reservation)
+
+
+def test_the_ledger_fails_closed_when_redis_is_down(paid, user, monkeypatch):
+    import redis
+
+    def down():
+        raise redis.ConnectionError("down")
+
+    monkeypatch.setattr(budgets, "_client", down)
+    refusal = budgets.RedisLedger(caps_for(user, daily_usd=Decimal("1"))).reserve(
+        amount_usd=0.1, model="m", lease_sec=1
+    )
+    assert isinstance(refusal, Refusal) and refusal.code == "budget_unavailable"
+
+
+# --- jobs ----------------------------------------------------------------------------------------
+
+
+class PaidStub(StubLLM):
+    """Stands in for the provider: answers like the stub, reports a cost, counts its calls."""
+
+    provider = "openai_compatible"
+    calls = 0
+
+    def invoke(self, prompt, *, deadline=None):
+        PaidStub.calls += 1
+        return {**super().invoke(prompt, deadline=deadline), "provider": self.provider, "cost_usd": 0.002}
+
+
+@pytest.fixture
+def paid_llm(monkeypatch):
+    PaidStub.calls = 0
+    monkeypatch.setattr(jobs, "_runnable_for", lambda job, key: PaidStub(model=job.model))
+    return PaidStub
+
+
+def spend(user, usd: str):
+    AgentJob.objects.create(
+        owner=user,
+        query="old",
+        timeout_sec=10,
+        status=JobStatus.SUCCEEDED,
+        finished_at=datetime.now(UTC),
+        cost_mode="paid",
+        key_source="server",
+        provider="openai_compatible",
+        model="m",
+        cost_usd=Decimal(usd),
+    )
+
+
+def test_a_job_that_cannot_reserve_succeeds_degraded_without_a_paid_call(paid, user, ledger, store, paid_llm):
+    UserBudget.objects.create(user=user, daily_usd=Decimal("1"))
+    job, _ = jobs.job_create(owner=user, query="whales", options=AgentOptions(top_k=2), enqueue=False)
+    spend(user, "0.9999")  # spent after the job was accepted
+
+    assert jobs.job_run(job_id=job.id) == JobStatus.SUCCEEDED
+
+    job.refresh_from_db()
+    assert job.degraded is True and job.cost_usd == 0 and paid_llm.calls == 0
+    assert [r["id"] for r in job.result["results"]] == ["1", "2"]  # the retrieved books
+    llm_step = job.trace_steps.get(name="llm")
+    assert llm_step.error["code"] == "budget_exceeded"
+    assert llm_step.error["details"]["period"] == "day" and llm_step.error["details"]["scope"] == "user"
+
+
+def test_a_job_that_fits_is_charged_and_settled(paid, user, ledger, store, paid_llm):
+    UserBudget.objects.create(user=user, daily_usd=Decimal("10"))  # the worst case is about 1.5
+    job, _ = jobs.job_create(owner=user, query="whales", options=AgentOptions(top_k=2), enqueue=False)
+
+    assert jobs.job_run(job_id=job.id) == JobStatus.SUCCEEDED
+
+    job.refresh_from_db()
+    assert job.degraded is False and paid_llm.calls == 1 and job.cost_usd == Decimal("0.002")
+    day = budgets.budget_usage_get(user=user)["periods"]["day"]
+    assert day["spent_usd"] == 0.002 and day["reserved_usd"] == 0.0
+
+
+def test_jobs_paid_with_the_users_own_key_ignore_an_exhausted_budget(paid, user, ledger, store, paid_llm):
+    paid.LLM = dataclasses.replace(paid.LLM, cost_mode=type(paid.LLM.cost_mode)("hybrid"))
+    UserBudget.objects.create(user=user, daily_usd=Decimal("1"))
+    spend(user, "1")
+    job, _ = jobs.job_create(
+        owner=user, query="whales", options=AgentOptions(top_k=2), byo_api_key="sk-mine", enqueue=False
+    )
+    monkey_key = {"sk": "sk-mine"}
+    jobs.key_vault.key_put(job_id=job.id, api_key=monkey_key["sk"])
+
+    assert job.key_source == "user"
+    assert jobs.job_run(job_id=job.id) == JobStatus.SUCCEEDED
+    job.refresh_from_db()
+    assert job.degraded is False and paid_llm.calls == 1
+
+
+def test_without_any_budget_the_runnable_is_not_wrapped(paid, user):
+    job = AgentJob(owner=user, key_source="server", provider="openai_compatible", model="m")
+    inner = PaidStub(model="m")
+    assert budgets.budget_guard(inner, owner_id=user.pk, decision=job) is inner
+
+
+# --- the API ---------------------------------------------------------------------------------------
+
+
+def test_post_of_a_job_over_budget_is_429_budget_exceeded_with_retry_after(paid, user, api, ledger):
+    paid.BUDGETS = BudgetSettings(user_daily_usd=1.0)
+    spend(user, "0.95")  # 0.05 left; one call of an empty prompt needs 100 * 2000 / 1e6 = 0.2
+
+    response = api.post("/api/agent/jobs", {"query": "whales"}, format="json")
+
+    assert response.status_code == 429
+    error = response.json()["error"]
+    assert error["code"] == "budget_exceeded"
+    details = error["details"]
+    assert (details["scope"], details["period"], details["limit_usd"]) == ("user", "day", 1.0)
+    assert details["spent_usd"] == 0.95
+    reset = datetime.fromisoformat(details["resets_at"])
+    assert reset.hour == 0 and reset > datetime.now(UTC)
+    assert 0 < int(response["Retry-After"]) <= 86400
+    assert not AgentJob.objects.filter(query="whales").exists()
+
+
+def test_post_with_the_users_own_key_is_accepted_over_budget(paid, user, api, ledger):
+    paid.LLM = dataclasses.replace(paid.LLM, cost_mode=type(paid.LLM.cost_mode)("hybrid"))
+    paid.BUDGETS = BudgetSettings(user_daily_usd=1.0)
+    spend(user, "1")
+
+    response = api.post(
+        "/api/agent/jobs", {"query": "whales"}, format="json", headers={"X-LLM-API-Key": "sk-mine"}
+    )
+
+    assert response.status_code == 202
+
+
+def test_a_capped_model_without_a_price_is_refused_at_post(paid, user, api, ledger):
+    paid.LLM = dataclasses.replace(paid.LLM, prices={})
+    UserBudget.objects.create(user=user, daily_usd=Decimal("1"))
+
+    response = api.post("/api/agent/jobs", {"query": "whales"}, format="json")
+
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] == "budget_unpriced_model"
+
+
+def test_a_batch_shows_its_worst_case_and_is_refused_when_it_cannot_fit(paid, user, api, ledger, store):
+    paid.BUDGETS = BudgetSettings(user_daily_usd=100.0)
+    body = {"queries": ["whales", "dragons"], "overrides": {"top_k": 1}}
+
+    accepted = api.post("/api/agent/batches", body, format="json")
+    assert accepted.status_code == 202
+    estimate = accepted.json()["estimated_cost_usd"]
+    # Two jobs of at most 100 tokens out (0.2 USD each) and a prompt with one book (>1,200 tokens).
+    assert 2 * (0.2 + 1.2) < estimate < 1.0 * 10
+
+    paid.BUDGETS = BudgetSettings(user_daily_usd=estimate * 1.5)
+    big = {"queries": ["whales", "dragons", "whales", "dragons"], "overrides": {"top_k": 1}}
+    refused = api.post("/api/agent/batches", big, format="json")
+    assert refused.status_code == 429
+    assert refused.json()["error"]["code"] == "budget_exceeded"
+    # What was needed: twice the first batch's worst case, more than the 1.5 times of it that is left.
+    assert refused.json()["error"]["details"]["needed_usd"] == pytest.approx(estimate * 2, rel=1e-6)
+    assert refused.json()["error"]["details"]["spent_usd"] == 0  # the accepted batch has not run
+
+
+def test_usage_is_the_users_own_and_staff_may_see_anyones(
+    paid, user, other_user, api, other_api, ledger, django_user_model
+):
+    paid.BUDGETS = BudgetSettings(user_monthly_usd=10.0)
+    spend(user, "0.25")
+
+    mine = api.get("/api/agent/usage").json()
+    assert mine["user"]["username"] == "alice"
+    assert mine["periods"]["month"]["limit_usd"] == 10.0
+    assert mine["periods"]["month"]["spent_usd"] == 0.25
+    assert mine["periods"]["day"]["limit_usd"] is None
+    assert mine["periods"]["month"]["by_model"] == [
+        {"model": "m", "spent_usd": 0.25, "reserved_usd": 0.0, "calls": 1}
+    ]
+
+    # Another user's usage is not found for a non-staff user, and the list is staff-only.
+    assert other_api.get("/api/agent/usage?user=alice").json()["error"]["code"] == "not_found"
+    assert other_api.get("/api/agent/usage/users").json()["error"]["code"] == "permission_denied"
+
+    other_user.is_staff = True
+    other_user.save()
+    assert other_api.get("/api/agent/usage?user=alice").json()["periods"]["month"]["spent_usd"] == 0.25
+    rows = other_api.get("/api/agent/usage/users").json()
+    assert [(r["user"]["username"], r["month_spent_usd"], r["month_limit_usd"]) for r in rows] == [
+        ("alice", 0.25, 10.0)
+    ]
