@@ -122,7 +122,9 @@ def run(
     if llm_error:
         degraded = True
         logger.warning("llm failed, answering degraded: code=%s", llm_error.get("code"))
-        message = _fallback_message(hits, language)
+        message = _fallback_message(
+            hits, language, budget=str(llm_error.get("code", "")).startswith("budget_")
+        )
     else:
         message = (answer.get("content") or "").strip()
     results = [_result_row(hit, message, source) for hit in hits]
@@ -285,8 +287,18 @@ _FALLBACK = {
 }
 
 
-def _fallback_message(hits: Sequence[Hit], language: str) -> str:
+#: When a spending budget stopped the call (agent.budget): the model was not asked, on purpose.
+_BUDGET_INTRO = {
+    "es": "El presupuesto de uso del modelo de lenguaje está agotado. Estos son los libros del catálogo más "
+    "cercanos a tu pregunta:",
+    "en": "The spending budget for the language model is used up. These are the closest books in the catalogue:",
+}
+
+
+def _fallback_message(hits: Sequence[Hit], language: str, *, budget: bool = False) -> str:
     intro, empty = _FALLBACK.get(language, _FALLBACK["en"])
+    if budget:
+        intro = _BUDGET_INTRO.get(language, _BUDGET_INTRO["en"])
     if not hits:
         return empty
     lines = [f"- {hit.title} ({hit.author}, {hit.year})" for hit in hits]

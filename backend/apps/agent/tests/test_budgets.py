@@ -197,7 +197,8 @@ def spend(user, usd: str):
 
 def test_a_job_that_cannot_reserve_succeeds_degraded_without_a_paid_call(paid, user, ledger, store, paid_llm):
     UserBudget.objects.create(user=user, daily_usd=Decimal("1"))
-    job, _ = jobs.job_create(owner=user, query="whales", options=AgentOptions(top_k=2), enqueue=False)
+    query = "novels about whales and the sea"
+    job, _ = jobs.job_create(owner=user, query=query, options=AgentOptions(top_k=2), enqueue=False)
     spend(user, "0.9999")  # spent after the job was accepted
 
     assert jobs.job_run(job_id=job.id) == JobStatus.SUCCEEDED
@@ -205,6 +206,7 @@ def test_a_job_that_cannot_reserve_succeeds_degraded_without_a_paid_call(paid, u
     job.refresh_from_db()
     assert job.degraded is True and job.cost_usd == 0 and paid_llm.calls == 0
     assert [r["id"] for r in job.result["results"]] == ["1", "2"]  # the retrieved books
+    assert job.result["message"].startswith("The spending budget for the language model is used up.")
     llm_step = job.trace_steps.get(name="llm")
     assert llm_step.error["code"] == "budget_exceeded"
     assert llm_step.error["details"]["period"] == "day" and llm_step.error["details"]["scope"] == "user"
