@@ -257,6 +257,9 @@ def test_post_of_a_job_over_budget_is_429_budget_exceeded_with_retry_after(paid,
     assert response.status_code == 429
     error = response.json()["error"]
     assert error["code"] == "budget_exceeded"
+    assert error["message"].startswith(
+        "Your daily budget of $1 is spent ($0.950000 spent, $0.000000 reserved)"
+    )
     details = error["details"]
     assert (details["scope"], details["period"], details["limit_usd"]) == ("user", "day", 1.0)
     assert details["spent_usd"] == 0.95
