@@ -100,6 +100,9 @@ def test_200_paid_jobs_on_two_workers_never_spend_more_than_the_cap(stack, token
     served = provider_cost(stack, API_KEY)
     assert recorded <= cap and served <= cap, (recorded, served)
     assert served == pytest.approx(recorded, abs=200 * 1e-6)  # rows keep 6 decimals
+    print(
+        f"budget e2e: {len(paid)} paid, {len(refused)} degraded; rows ${recorded:.6f}, provider ${served:.6f}"
+    )
     assert stack.llm.stats()["usage"][API_KEY]["calls"] == len(paid)
     # The ledger agrees and holds nothing once every job ended.
     with api_client(stack, token) as client:
