@@ -352,3 +352,19 @@ def test_the_admin_lists_spend_by_user_and_edits_budgets(paid, user, other_user,
     assert "0.125000" in text and "$2 / unlimited" in text and "unlimited / unlimited" in text
     assert client.get("/admin/agent/userbudget/").status_code == 200
     assert client.get("/admin/agent/userbudget/add/").status_code == 200
+
+
+def test_a_cancel_during_the_paid_call_keeps_its_cost_on_the_row(paid, user, ledger, store, monkeypatch):
+    """The provider was paid all the same: the row keeps the cost that budgets are rebuilt from."""
+    job, _ = jobs.job_create(owner=user, query="whales", options=AgentOptions(top_k=2), enqueue=False)
+
+    class CancelledDuringCall(PaidStub):
+        def invoke(self, prompt, *, deadline=None):
+            AgentJob.objects.filter(id=job.id).update(cancel_requested=True)  # as POST .../cancel does
+            return super().invoke(prompt, deadline=deadline)
+
+    monkeypatch.setattr(jobs, "_runnable_for", lambda job, key: CancelledDuringCall(model=job.model))
+
+    assert jobs.job_run(job_id=job.id) == JobStatus.CANCELLED
+    job.refresh_from_db()
+    assert job.cost_usd == Decimal("0.002") and job.prompt_tokens > 0
