@@ -23,6 +23,8 @@ pytestmark = [pytest.mark.security, pytest.mark.django_db]
 PUBLIC = {"ping", "health", "schema", "swagger-ui", "redoc"}
 #: Per-user singletons rather than lists (tested on their own below).
 SINGLETONS = {"webhooks:secret"}
+#: Staff only: any other user gets 403 (tested below).
+STAFF_ONLY = {"agent-usage-users"}
 METHODS = ("get", "post", "put", "patch", "delete")
 
 
@@ -82,7 +84,7 @@ ENDPOINTS = api_endpoints()
 PROTECTED = [e for e in ENDPOINTS if e.name not in PUBLIC]
 OBJECT_ENDPOINTS = [e for e in PROTECTED if any(c == "uuid" for c in e.converters.values())]
 COLLECTION_ENDPOINTS = [
-    e for e in PROTECTED if not e.converters and "get" in e.methods and e.name not in SINGLETONS
+    e for e in PROTECTED if not e.converters and "get" in e.methods and e.name not in SINGLETONS | STAFF_ONLY
 ]
 
 
@@ -276,6 +278,18 @@ def test_lists_show_only_the_callers_objects(api, other_api, alice_objects, othe
     if endpoint.name == "agent-jobs":
         listed = [row["id"] for row in other_api.get(endpoint.url()).json()["results"]]
         assert listed == [str(mallory_job.id)]
+
+
+@pytest.mark.parametrize("name", sorted(STAFF_ONLY))
+def test_staff_only_endpoints_refuse_everyone_else(other_api, alice_objects, name):
+    assert_error(other_api.get(reverse(name)), 403, "permission_denied")
+
+
+def test_another_users_spend_is_not_found_like_an_unknown_user(other_api, alice_objects):
+    theirs = assert_error(other_api.get(reverse("agent-usage") + "?user=alice"), 404, "not_found")
+    unknown = assert_error(other_api.get(reverse("agent-usage") + "?user=nobody"), 404, "not_found")
+
+    assert theirs == unknown
 
 
 def test_the_webhook_secret_is_per_user(api, other_api):
