@@ -19,7 +19,6 @@ from rest_framework.views import APIView
 from agent.config import BYO_KEY_HEADER
 from agent.types import AgentOptions, Filters
 from apps.agent import reports, selectors
-from apps.agent.errors import ValidationFailed
 from apps.agent.models import AgentJob, Batch
 from apps.agent.pagination import Pagination
 from apps.agent.reports import CSVRenderer, HTMLRenderer
@@ -40,6 +39,7 @@ from apps.agent.services import batches as batch_services
 from apps.agent.services import jobs as job_services
 from apps.agent.services.health import health_check
 from apps.agent.throttling import BatchCreateThrottle, JobCreateThrottle
+from core.errors import ValidationFailed
 
 IDEMPOTENCY_HEADER = "Idempotency-Key"
 POLL_AFTER_SEC = 1

@@ -8,8 +8,8 @@ from typing import Any
 from django.db.models import Count
 
 from apps.agent import comparison
-from apps.agent.errors import NotFound
 from apps.agent.models import AgentJob, Batch, JobStatus
+from core.errors import NotFound
 
 
 def job_get(*, user, job_id: uuid.UUID) -> AgentJob:
@@ -24,7 +24,7 @@ def job_list(*, user, status: str | None = None):
     qs = AgentJob.objects.filter(owner=user).order_by("-created_at", "id")
     if status is not None:  # "?status=" is a bad filter, not "no filter"
         if status not in JobStatus.values:
-            from apps.agent.errors import ValidationFailed
+            from core.errors import ValidationFailed
 
             raise ValidationFailed(f"Unknown status {status!r}.", details={"status": JobStatus.values})
         qs = qs.filter(status=status)

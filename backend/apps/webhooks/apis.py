@@ -10,8 +10,8 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from apps.agent.errors import NotFound
 from apps.agent.serializers import ErrorResponseSerializer
+from core.errors import NotFound
 
 from .selectors import delivery_state_for_job, owned_job_get, secret_metadata
 from .serializers import (

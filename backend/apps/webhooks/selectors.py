@@ -5,8 +5,8 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from apps.agent.errors import NotFound
 from apps.agent.models import AgentJob
+from core.errors import NotFound
 
 from .models import Delivery, WebhookSecret
 

@@ -24,8 +24,8 @@ from django.db.models import Count, F, Q
 from django.utils import timezone
 from standardwebhooks import Webhook
 
-from apps.agent.errors import Conflict, NotFound, ValidationFailed
 from apps.agent.models import AgentJob, Batch, JobStatus
+from core.errors import Conflict, NotFound, ValidationFailed
 
 from .crypto import SecretUnreadable, display_prefix, secret_decrypt, secret_encrypt, secret_generate
 from .models import (

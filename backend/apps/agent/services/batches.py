@@ -18,10 +18,10 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from agent.types import AgentOptions, Filters
-from apps.agent.errors import Conflict, IdempotencyMismatch, ValidationFailed
 from apps.agent.models import TERMINAL_STATUSES, AgentJob, Batch, JobStatus
 from apps.agent.services import jobs as job_services
 from apps.agent.services import retrieval
+from core.errors import Conflict, IdempotencyMismatch, ValidationFailed
 
 #: Overrides that change how the LLM is called; passed to `job_create` as its `overrides`.
 LLM_OVERRIDES = ("model", "cost_mode")

@@ -28,10 +28,10 @@ from agent.cost_policy import CostDecision, resolve_cost_decision
 from agent.errors import Cancelled, ImproperlyConfigured
 from agent.llm_factory import build_llm_runnable
 from agent.types import AgentOptions, AgentResult
-from apps.agent.errors import Conflict, IdempotencyMismatch, ServiceUnavailable, ValidationFailed
 from apps.agent.models import AgentJob, Batch, JobStatus, TraceStep
 from apps.agent.services import key_vault, statements
 from apps.agent.services.retrieval import exact_search, get_retriever, store_identity
+from core.errors import Conflict, IdempotencyMismatch, ServiceUnavailable, ValidationFailed
 
 logger = logging.getLogger(__name__)
 

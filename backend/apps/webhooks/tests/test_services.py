@@ -13,8 +13,8 @@ from django.utils import timezone
 from standardwebhooks import Webhook
 from standardwebhooks.webhooks import WebhookVerificationError
 
-from apps.agent.errors import Conflict, NotFound, ValidationFailed, exception_handler
 from apps.agent.models import JobStatus
+from apps.core.http_errors import exception_handler
 from apps.webhooks import services
 from apps.webhooks.models import (
     AttemptOutcome,
@@ -34,6 +34,7 @@ from apps.webhooks.services import (
     webhook_url_validate,
 )
 from apps.webhooks.testing import Reply, redirect
+from core.errors import Conflict, NotFound, ValidationFailed
 
 from .conftest import PUBLIC_IP
 from .factories import batch_make, job_make
