@@ -39,6 +39,8 @@ from apps.agent.services import batches as batch_services
 from apps.agent.services import jobs as job_services
 from apps.agent.services.health import health_check
 from apps.agent.throttling import BatchCreateThrottle, JobCreateThrottle
+from apps.webhooks.selectors import delivery_state_for_job
+from apps.webhooks.services import webhook_url_validate
 from core.errors import ValidationFailed
 
 IDEMPOTENCY_HEADER = "Idempotency-Key"
@@ -94,8 +96,6 @@ def _idempotency_key(request) -> str:
 
 
 def _validate_webhook_url(url: str) -> str:
-    from apps.webhooks.services import webhook_url_validate
-
     return webhook_url_validate(url=url) if url else ""
 
 
@@ -124,8 +124,6 @@ def job_payload(job: AgentJob, request) -> dict:
         run_ms = (job.finished_at - job.started_at).total_seconds() * 1000
     webhook = None
     if job.webhook_url:
-        from apps.webhooks.selectors import delivery_state_for_job
-
         webhook = delivery_state_for_job(job)
     return {
         "id": job.id,

@@ -9,7 +9,7 @@ from django.db.models import Count
 
 from apps.agent import comparison
 from apps.agent.models import AgentJob, Batch, JobStatus
-from core.errors import NotFound
+from core.errors import NotFound, ValidationFailed
 
 
 def job_get(*, user, job_id: uuid.UUID) -> AgentJob:
@@ -24,8 +24,6 @@ def job_list(*, user, status: str | None = None):
     qs = AgentJob.objects.filter(owner=user).order_by("-created_at", "id")
     if status is not None:  # "?status=" is a bad filter, not "no filter"
         if status not in JobStatus.values:
-            from core.errors import ValidationFailed
-
             raise ValidationFailed(f"Unknown status {status!r}.", details={"status": JobStatus.values})
         qs = qs.filter(status=status)
     return qs

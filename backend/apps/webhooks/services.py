@@ -25,17 +25,18 @@ from django.utils import timezone
 from standardwebhooks import Webhook
 
 from apps.agent.models import AgentJob, Batch, JobStatus
+from apps.core import publish
 from core.errors import Conflict, NotFound, ValidationFailed
 
 from .crypto import SecretUnreadable, display_prefix, secret_decrypt, secret_encrypt, secret_generate
 from .models import (
     BATCH_EVENT_TYPES,
+    EVENT_TYPE_BY_JOB_STATUS,
     JOB_EVENT_TYPES,
     AttemptOutcome,
     Delivery,
     DeliveryAttempt,
     DeliveryStatus,
-    EventType,
     WebhookEndpointBlock,
     WebhookSecret,
 )
@@ -44,11 +45,6 @@ from .transport import pinned_client
 
 logger = logging.getLogger(__name__)
 
-EVENT_TYPE_BY_JOB_STATUS = {
-    JobStatus.SUCCEEDED: EventType.JOB_SUCCEEDED,
-    JobStatus.FAILED: EventType.JOB_FAILED,
-    JobStatus.CANCELLED: EventType.JOB_CANCELLED,
-}
 # Links in payloads are paths: the service does not know the public host name it is reached by.
 JOB_LINK = "/api/agent/jobs/{id}"
 BATCH_LINK = "/api/agent/batches/{id}"
@@ -223,10 +219,10 @@ def event_enqueue(
 
 def _enqueue_send(*, delivery_id: int, series: int, countdown: float | None = None) -> None:
     """Publish the send task. A broker failure is logged, not raised: the sweep re-enqueues overdue rows."""
-    from .tasks import delivery_send_task
-
     try:
-        delivery_send_task.apply_async(args=[delivery_id], kwargs={"series": series}, countdown=countdown)
+        publish.task_publish(
+            publish.DELIVERY_SEND, args=[delivery_id], kwargs={"series": series}, countdown=countdown
+        )
     except Exception:
         logger.warning(
             "webhook delivery %s not enqueued; the sweep will retry it", delivery_id, exc_info=True
