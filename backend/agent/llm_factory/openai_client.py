@@ -28,8 +28,9 @@ from agent.llm_factory.results import (
     result,
     to_messages,
 )
-from agent.llm_factory.retries import retry_after_seconds, retry_wait
+from agent.llm_factory.retries import retry_wait
 from agent.llm_factory.scrub import scrub_secrets
+from core.retry_after import retry_after_seconds
 
 logger = logging.getLogger("agent.llm_factory")
 
@@ -240,13 +241,19 @@ class OpenAICompatibleLLM:
             return _Failure("quota_exceeded", message)
         if status == 429:
             return _Failure(
-                "rate_limited", message, retryable=True, retry_after=retry_after_seconds(exc.response)
+                "rate_limited",
+                message,
+                retryable=True,
+                retry_after=retry_after_seconds(getattr(exc.response, "headers", None)),
             )
         if status in (401, 403):
             return _Failure("auth_failed", message)
         retryable = status >= 500 or status == 408
         return _Failure(
-            "provider_error", message, retryable=retryable, retry_after=retry_after_seconds(exc.response)
+            "provider_error",
+            message,
+            retryable=retryable,
+            retry_after=retry_after_seconds(getattr(exc.response, "headers", None)),
         )
 
     def _retry_wait(self, outcome: _Success | _Failure, attempts: int, end: float | None) -> float | None:

@@ -2,35 +2,14 @@
 
 from __future__ import annotations
 
-import math
 import random
 import time
-from email.utils import parsedate_to_datetime
-from typing import Any
 
 #: Backoff between retries when the provider gives no Retry-After: 0.25 s, 0.5 s, 1 s ... (with jitter).
 BACKOFF_BASE_SEC = 0.25
 BACKOFF_MAX_SEC = 4.0
 #: A retry that would get less time than this is not worth an upstream call.
 MIN_ATTEMPT_SEC = 0.05
-
-
-def retry_after_seconds(response: Any) -> float | None:
-    """Seconds from `Retry-After` / `retry-after-ms` (number or HTTP date); None when absent or unreadable."""
-    headers = getattr(response, "headers", None) or {}
-    try:
-        if headers.get("retry-after-ms") is not None:
-            return max(0.0, float(headers["retry-after-ms"]) / 1000)
-        value = headers.get("retry-after")
-        if value is None:
-            return None
-        try:
-            seconds = float(value)
-        except ValueError:
-            seconds = parsedate_to_datetime(value).timestamp() - time.time()
-    except (TypeError, ValueError, OverflowError):
-        return None
-    return max(0.0, seconds) if math.isfinite(seconds) else None
 
 
 def retry_wait(

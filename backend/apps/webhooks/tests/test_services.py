@@ -30,11 +30,14 @@ from apps.webhooks.services import (
     delivery_redeliver,
     delivery_send,
     event_enqueue,
+    http_attempt,
     secret_create_or_rotate,
+    sending,
     webhook_url_validate,
 )
 from apps.webhooks.testing import Reply, redirect
 from core.errors import Conflict, NotFound, ValidationFailed
+from core.retry_after import retry_after_seconds
 
 from .conftest import PUBLIC_IP
 from .factories import batch_make, job_make
@@ -78,7 +81,7 @@ def job(user, receiver, loopback_allowed):
 def fresh_timestamps(monkeypatch):
     """A distinct `webhook-timestamp` per attempt, within the receiver's 5-minute tolerance."""
     ticks = iter(range(int(time.time()) - 100, int(time.time()) + 100, 7))
-    monkeypatch.setattr(services, "_epoch_seconds", lambda: next(ticks))
+    monkeypatch.setattr(http_attempt, "epoch_seconds", lambda: next(ticks))
 
 
 # --- signing and payload -------------------------------------------------------------------------
@@ -255,12 +258,8 @@ def test_retry_after_is_capped_and_accepts_http_dates(secret, job, receiver, set
     assert delivery_send(delivery_id=delivery.id).retry_in == 30.0
 
     later = timezone.now() + timedelta(seconds=20)
-    assert (
-        18
-        <= services._parse_retry_after(later.strftime("%a, %d %b %Y %H:%M:%S GMT"), now=timezone.now())
-        <= 20
-    )
-    assert services._parse_retry_after("soon", now=timezone.now()) is None
+    assert 18 <= retry_after_seconds({"retry-after": later.strftime("%a, %d %b %Y %H:%M:%S GMT")}) <= 20
+    assert retry_after_seconds({"retry-after": "soon"}) is None
 
 
 def test_backoff_follows_the_schedule_with_bounded_jitter(secret, job, receiver, settings):
@@ -571,8 +570,8 @@ def test_sweep_re_enqueues_only_overdue_unlocked_pending_deliveries(user, monkey
     settings.WEBHOOK_SWEEP_OVERDUE_SEC = 60
     sent: list[tuple[int, int]] = []
     monkeypatch.setattr(
-        services,
-        "_enqueue_send",
+        sending,
+        "enqueue_send",
         lambda *, delivery_id, series, countdown=None: sent.append((delivery_id, series)),
     )
     long_ago = timezone.now() - timedelta(minutes=10)
@@ -630,7 +629,7 @@ def test_an_unexpected_error_is_recorded_not_lost(secret, job, receiver, monkeyp
     def explode(**kwargs):
         raise RuntimeError("bug")
 
-    monkeypatch.setattr(services, "_http_attempt", explode)
+    monkeypatch.setattr(http_attempt, "http_attempt", explode)
     delivery = enqueue(job)
 
     outcome = delivery_send(delivery_id=delivery.id)
