@@ -7,6 +7,7 @@ from typing import Any
 
 from django.db.models import Count
 
+from agent.types import TRACE_STEP_FIELDS
 from apps.agent import comparison
 from apps.agent.models import AgentJob, Batch, JobStatus
 from core.errors import NotFound, ValidationFailed
@@ -30,23 +31,9 @@ def job_list(*, user, status: str | None = None):
 
 
 def job_trace(*, job: AgentJob) -> list[dict]:
-    """The trace of the job's last attempt, ordered."""
+    """The trace of the job's last attempt, ordered: each step's `TRACE_STEP_FIELDS` and its attempt."""
     steps = job.trace_steps.filter(attempt=job.attempts).order_by("position")
-    return [
-        {
-            "name": s.name,
-            "attempt": s.attempt,
-            "started_at": s.started_at,
-            "duration_ms": s.duration_ms,
-            "inputs": s.inputs,
-            "outputs": s.outputs,
-            "prompt_tokens": s.prompt_tokens,
-            "completion_tokens": s.completion_tokens,
-            "cost_usd": s.cost_usd,
-            "error": s.error,
-        }
-        for s in steps
-    ]
+    return list(steps.values("attempt", *TRACE_STEP_FIELDS))
 
 
 # --- batches --------------------------------------------------------------------------------------

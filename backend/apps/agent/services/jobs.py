@@ -384,20 +384,7 @@ def _job_finish(job: AgentJob, attempt: int, result: AgentResult) -> str | None:
         "vector_store": store_identity(),
     }
     trace = [
-        TraceStep(
-            job_id=job.id,
-            attempt=attempt,
-            position=position,
-            name=step.name,
-            started_at=step.started_at,
-            duration_ms=step.duration_ms,
-            inputs=step.inputs,
-            outputs=step.outputs,
-            prompt_tokens=step.prompt_tokens,
-            completion_tokens=step.completion_tokens,
-            cost_usd=step.cost_usd,
-            error=step.error,
-        )
+        TraceStep.from_step(step, job_id=job.id, attempt=attempt, position=position)
         for position, step in enumerate(result.trace)
     ]
     with transaction.atomic():
