@@ -1,4 +1,4 @@
-"""Events: check a `webhook_url` at submission, record the event of a terminal job or a completed batch.
+"""Events: check a `webhook_url` at submission, record the event of a job or a batch that ended.
 
 `event_enqueue()` runs inside the transaction that makes the outcome durable; the send is published
 after commit (`sending.enqueue_send`).
@@ -12,10 +12,8 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from apps.agent.models import AgentJob, Batch
 from apps.webhooks.models import (
     BATCH_EVENT_TYPES,
-    EVENT_TYPE_BY_JOB_STATUS,
     JOB_EVENT_TYPES,
     Delivery,
     DeliveryStatus,
@@ -23,7 +21,6 @@ from apps.webhooks.models import (
 )
 from apps.webhooks.services import sending
 from apps.webhooks.services.http_attempt import cap
-from apps.webhooks.services.payloads import batch_payload, job_payload
 from apps.webhooks.ssrf import WebhookURLRejected, validate_webhook_url
 from core.errors import ValidationFailed
 
@@ -46,34 +43,32 @@ def webhook_url_validate(*, url: str) -> str:
 
 
 def event_enqueue(
-    *, event_type: str, job: AgentJob | None = None, batch: Batch | None = None
+    *,
+    event_type: str,
+    owner_id: int,
+    url: str,
+    payload: dict[str, Any],
+    job_id: Any = None,
+    batch_id: Any = None,
 ) -> Delivery | None:
-    """Record the event of a terminal job (or a completed batch) and send it after commit.
+    """Record an event for `url` (the owner's webhook) and send it after commit.
 
-    Call it INSIDE the transaction that makes the outcome durable, with exactly one of `job`/`batch`
-    reflecting that outcome. Returns None when there is no webhook_url; otherwise the delivery. Calling
-    it again for the same outcome returns the existing delivery and sends nothing more (one event per
-    (job, event type) and per (batch, event type)). An endpoint disabled by a 410 gets a delivery in
-    status "disabled" that is never sent. Raises ValueError when the arguments do not describe a
-    terminal outcome (a wiring bug: it rolls the caller's transaction back).
+    The agent app calls it (`apps.agent.services.events`) INSIDE the transaction that makes the job's (or
+    batch's) outcome durable, with exactly one of `job_id` / `batch_id` and the event's JSON `payload`.
+    Returns None when there is no `url`; otherwise the delivery. Calling it again for the same outcome
+    returns the existing delivery and sends nothing more (one event per (job, event type) and per
+    (batch, event type)). An endpoint disabled by a 410 gets a delivery in status "disabled" that is
+    never sent. Raises ValueError for an event type that is not a job's (or a batch's) event (a wiring
+    bug: it rolls the caller's transaction back).
     """
-    if (job is None) == (batch is None):
-        raise ValueError("event_enqueue needs exactly one of job or batch")
-    now = timezone.now()
-    if job is not None:
-        if event_type not in JOB_EVENT_TYPES or EVENT_TYPE_BY_JOB_STATUS.get(job.status) != event_type:
-            raise ValueError(f"{event_type!r} does not describe job {job.id} in status {job.status!r}")
-        url, owner_id, lookup = job.webhook_url, job.owner_id, {"job": job}
-        payload = job_payload(job=job, event_type=event_type, now=now)
-    else:
-        assert batch is not None
-        if event_type not in BATCH_EVENT_TYPES:
-            raise ValueError(f"{event_type!r} is not a batch event")
-        url, owner_id, lookup = batch.webhook_url, batch.owner_id, {"batch": batch}
-        payload = batch_payload(batch=batch, event_type=event_type, now=now)
+    if (job_id is None) == (batch_id is None):
+        raise ValueError("event_enqueue needs exactly one of job_id or batch_id")
+    if event_type not in (JOB_EVENT_TYPES if job_id is not None else BATCH_EVENT_TYPES):
+        raise ValueError(f"{event_type!r} is not a {'job' if job_id is not None else 'batch'} event")
     if not url:
         return None
-
+    now = timezone.now()
+    lookup = {"job_id": job_id} if job_id is not None else {"batch_id": batch_id}
     block = WebhookEndpointBlock.objects.filter(owner_id=owner_id, url=url).first()
     defaults: dict[str, Any] = {"owner_id": owner_id, "url": url, "payload": payload, "next_attempt_at": now}
     if block is not None:

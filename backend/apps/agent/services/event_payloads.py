@@ -1,4 +1,4 @@
-"""The JSON bodies of webhook events: a terminal job's, a completed batch's."""
+"""The JSON bodies of the agent's webhook events: a job that ended, a batch that completed."""
 
 from __future__ import annotations
 
@@ -9,16 +9,16 @@ from django.db.models import Count
 
 from apps.agent.models import AgentJob, Batch, JobStatus
 
+# Links are paths: the service does not know the public host name it is reached by.
 JOB_LINK = "/api/agent/jobs/{id}"
 BATCH_LINK = "/api/agent/batches/{id}"
-# A task message may run slightly before the stored due time (clock skew between hosts).
 
 
 def iso(value: datetime | None) -> str | None:
     return value.isoformat().replace("+00:00", "Z") if value else None
 
 
-def job_payload(*, job: AgentJob, event_type: str, now: datetime) -> dict[str, Any]:
+def job_event_payload(*, job: AgentJob, event_type: str, now: datetime) -> dict[str, Any]:
     result = job.result or {}
     return {
         "type": event_type,
@@ -40,7 +40,7 @@ def job_payload(*, job: AgentJob, event_type: str, now: datetime) -> dict[str, A
     }
 
 
-def batch_payload(*, batch: Batch, event_type: str, now: datetime) -> dict[str, Any]:
+def batch_event_payload(*, batch: Batch, event_type: str, now: datetime) -> dict[str, Any]:
     counts = dict(batch.jobs.order_by().values_list("status").annotate(n=Count("id")))
     by_status = {status: counts.get(status, 0) for status in JobStatus.values}
     return {
