@@ -26,6 +26,7 @@ lint: $(STAMP)
 
 test: lint
 	$(PY) backend/manage.py spectacular --validate --fail-on-warn --file /dev/null
+	PYTHONPATH=backend $(VENV)/bin/lint-imports
 	$(VENV)/bin/pytest -n $(TEST_WORKERS) --dist loadgroup
 
 format: $(STAMP)
