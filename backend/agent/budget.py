@@ -11,16 +11,16 @@ Only calls paid with the server's key go through here; calls with a user's own k
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from agent.config import PROVIDER_OPENAI_COMPATIBLE, CostMode, LLMSettings
-from agent.errors import ImproperlyConfigured, env_error
 from agent.language import detect_language
 from agent.llm_factory import to_messages
 from agent.prompts import SYNOPSIS_MAX_CHARS, build_grounded_prompt
+from core.env import Env, env_error, parse_float
+from core.errors import ImproperlyConfigured
 
 #: Chat formats add a few tokens per message and to prime the reply (OpenAI documents 3-4).
 TOKENS_PER_MESSAGE = 4
@@ -58,19 +58,20 @@ class BudgetSettings:
         return any(value is not None for value in self._values())
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] = os.environ) -> BudgetSettings:
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> BudgetSettings:
         """Read the `BUDGET_*` variables (empty = unlimited). Raises `ImproperlyConfigured` naming one."""
-        values = []
-        for name in BUDGET_VARIABLES:
-            raw = environ.get(name, "").strip()
-            if not raw:
-                values.append(None)
-                continue
-            try:
-                values.append(float(raw))
-            except ValueError:
-                raise env_error(name, raw, "an amount in USD >= 0, or empty for unlimited") from None
-        return cls(*values)
+        env = Env(environ)
+
+        def get(name: str) -> float | None:
+            raw = env.raw(name)
+            return parse_float(name, raw, minimum=0.0) if raw else None
+
+        return cls(
+            user_daily_usd=get("BUDGET_USER_DAILY_USD"),
+            user_monthly_usd=get("BUDGET_USER_MONTHLY_USD"),
+            global_daily_usd=get("BUDGET_GLOBAL_DAILY_USD"),
+            global_monthly_usd=get("BUDGET_GLOBAL_MONTHLY_USD"),
+        )
 
 
 def check_budget_prices(budgets: BudgetSettings, llm: LLMSettings) -> None:
@@ -85,8 +86,8 @@ def check_budget_prices(budgets: BudgetSettings, llm: LLMSettings) -> None:
     if llm.cost_mode is CostMode.BYO_KEY or llm.price_of(llm.model) is not None:
         return
     raise ImproperlyConfigured(
-        f"A spending budget is set ({', '.join(n for n in BUDGET_VARIABLES if os.environ.get(n, '').strip())}"
-        f" or in code) but LLM_MODEL={llm.model!r} has no price in LLM_PRICES: an unpriced model cannot be "
+        f"A spending budget is set ({', '.join(BUDGET_VARIABLES)}) but LLM_MODEL={llm.model!r} has no "
+        f"price in LLM_PRICES: an unpriced model cannot be "
         f"capped. Add it, e.g. LLM_PRICES={llm.model}=0.15/0.60 (USD per million input/output tokens)."
     )
 

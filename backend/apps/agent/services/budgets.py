@@ -38,9 +38,9 @@ from agent.budget import (
     worst_case_cost,
 )
 from agent.cost_policy import CostDecision
-from apps.agent.errors import TooManyRequests, ValidationFailed
 from apps.agent.models import AgentJob, UserBudget
 from apps.agent.throttling import _redis_client
+from core.errors import TooManyRequests, ValidationFailed
 
 logger = logging.getLogger(__name__)
 
