@@ -152,6 +152,7 @@ def main() -> None:
     manage("migrate", "--noinput", "-v", "0", env=env)
     say("loading the catalogue fixture")
     manage("loaddata", "libros_prueba", "-v", "0", env=env)
+    say("collecting static files (admin, Swagger UI, ReDoc) under var/static; gunicorn serves them")
     manage("collectstatic", "--noinput", "-v", "0", env=env)
     say("building the vector store (incremental: nothing to do when it is up to date)")
     manage("build_vector_db", env=env)
