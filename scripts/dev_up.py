@@ -42,6 +42,11 @@ def free_port(preferred: int) -> int:
             return s.getsockname()[1]
 
 
+def api_command(port: int, host: str = "127.0.0.1") -> list[str]:
+    """gunicorn as every shipped server runs it (config/gunicorn.conf.py), to be run in backend/."""
+    return [PY, "-m", "gunicorn", "-c", "config/gunicorn.conf.py", "config.wsgi", "-b", f"{host}:{port}"]
+
+
 def redis_answers(url: str) -> bool:
     import redis
 
@@ -141,7 +146,9 @@ def stop_all(*_: object) -> None:
 def main() -> None:
     VAR.mkdir(exist_ok=True)
     env = dict(os.environ)
-    env.setdefault("DEBUG", "true")
+    # What `make up` changes in the environment (README, "What `make up` sets"): unbuffered logs, and
+    # below REDIS_URL when it starts its own Redis and WORKER_BEAT=1 for its one worker. DEBUG stays as
+    # given (off by default, as in production).
     env["PYTHONUNBUFFERED"] = "1"
     env["PYTHON"] = PY
     signal.signal(signal.SIGINT, stop_all)
@@ -161,24 +168,7 @@ def main() -> None:
     flower_port = free_port(int(env.get("FLOWER_PORT", "5555")))
     flower_auth = env.get("FLOWER_BASIC_AUTH", "admin:librarian")
     base = f"http://127.0.0.1:{api_port}"
-    start(
-        [
-            PY,
-            "-m",
-            "gunicorn",
-            "config.wsgi",
-            "-b",
-            f"127.0.0.1:{api_port}",
-            "--workers",
-            "2",
-            "--threads",
-            "8",
-            "--timeout",
-            "120",
-        ],
-        env,
-        "api",
-    )
+    start(api_command(api_port), env, "api")
     start([str(REPO / "worker" / "start.sh")], {**env, "WORKER_BEAT": "1"}, "worker")
     start(
         [

@@ -55,3 +55,10 @@ def test_docker_compose_parses_it_when_available():
         [binary, "-f", str(COMPOSE), "config", "-q"], capture_output=True, text=True, timeout=60
     )
     assert done.returncode == 0, done.stderr
+
+
+def test_web_collects_static_files_and_runs_gunicorn_as_make_up_does():
+    command = load()["services"]["web"]["command"]
+    assert "collectstatic --noinput" in command
+    assert command.index("collectstatic") < command.index("gunicorn")
+    assert "gunicorn -c config/gunicorn.conf.py config.wsgi" in command

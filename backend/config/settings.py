@@ -84,6 +84,9 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    # Outermost: whatever Django answers by itself under /api/ (no route, a crash, DEBUG's pages) becomes
+    # the API's one error shape.
+    "apps.agent.errors.ApiErrorShapeMiddleware",
     "django.middleware.security.SecurityMiddleware",
     # Static files (admin, Swagger UI, ReDoc) served by the API process itself, compressed and with
     # content-hashed names cached for a year: gunicorn serves nothing else (`collectstatic` fills STATIC_ROOT).
@@ -324,6 +327,7 @@ USE_I18N = True
 USE_TZ = True
 STATIC_URL = "static/"
 STATIC_ROOT = VAR_DIR / "static"
+STATIC_ROOT.mkdir(exist_ok=True)  # WhiteNoise warns at start-up about a missing one (before collectstatic)
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
     # collectstatic writes each file under a content-hashed name with .gz beside it; WhiteNoise serves them.

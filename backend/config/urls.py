@@ -14,7 +14,4 @@ urlpatterns = [
     ),
 ]
 
-# Under /api/, errors that never reach a DRF view keep the API's error shape (apps.agent.errors).
-handler400 = "apps.agent.errors.bad_request"
-handler404 = "apps.agent.errors.page_not_found"
-handler500 = "apps.agent.errors.server_error"
+# Under /api/, errors that never reach a DRF view keep the API's error shape: ApiErrorShapeMiddleware.
