@@ -202,10 +202,7 @@ def main() -> None:
         [
             PY,
             "-m",
-            "celery",
-            "-A",
-            "config.celery_app",
-            "flower",
+            "config.flower",  # celery flower with /metrics behind the same basic auth
             "--address=127.0.0.1",
             f"--port={flower_port}",
             f"--basic-auth={flower_auth}",

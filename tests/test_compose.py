@@ -36,6 +36,8 @@ def test_published_ports_bind_to_localhost_only():
 def test_flower_requires_basic_auth_and_chroma_is_behind_a_profile():
     services = load()["services"]
     assert "--basic-auth=" in " ".join(services["flower"]["command"])
+    # config.flower: celery flower with /metrics behind the same auth (tests/e2e/test_flower_e2e.py)
+    assert "python -m config.flower " in " ".join(services["flower"]["command"])
     assert services["chroma"]["profiles"] == ["chroma"]
 
 
