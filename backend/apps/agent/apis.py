@@ -49,6 +49,13 @@ ERRORS = {
     401: OpenApiResponse(ErrorResponseSerializer, description="Missing or invalid credentials."),
     404: OpenApiResponse(ErrorResponseSerializer, description="No such object for this user."),
 }
+# Operations that take a body: RequestSizeLimitMiddleware refuses one over DATA_UPLOAD_MAX_MEMORY_SIZE.
+TOO_LARGE = {
+    413: OpenApiResponse(
+        ErrorResponseSerializer,
+        description="`request_too_large`: the body is larger than DATA_UPLOAD_MAX_MEMORY_SIZE (64 KiB by default).",
+    )
+}
 BYO_PARAM = OpenApiParameter(
     BYO_KEY_HEADER,
     OpenApiTypes.STR,
@@ -184,7 +191,8 @@ class JobListCreateApi(APIView):
             422: OpenApiResponse(
                 ErrorResponseSerializer, description="Idempotency-Key reused with another body."
             ),
-            429: OpenApiResponse(ErrorResponseSerializer, description="Throttled."),
+            **TOO_LARGE,
+            429: OpenApiResponse(ErrorResponseSerializer, description="Throttled (scope job_create)."),
             503: OpenApiResponse(ErrorResponseSerializer, description="A required service is down."),
         },
         examples=[
@@ -287,7 +295,15 @@ class AgentSyncApi(APIView):
         summary="Ask the agent and wait for the answer (same pipeline, within the request)",
         request=AgentQuerySerializer,
         parameters=[BYO_PARAM],
-        responses={200: AgentResponseSerializer, **ERRORS},
+        responses={
+            200: AgentResponseSerializer,
+            **ERRORS,
+            **TOO_LARGE,
+            429: OpenApiResponse(
+                ErrorResponseSerializer,
+                description="Throttled (scope job_create, shared with job submission).",
+            ),
+        },
     )
     def post(self, request):
         data = AgentQuerySerializer(data=request.data)
@@ -416,6 +432,7 @@ class BatchListCreateApi(APIView):
             422: OpenApiResponse(
                 ErrorResponseSerializer, description="Idempotency-Key reused with another body."
             ),
+            **TOO_LARGE,
             429: OpenApiResponse(ErrorResponseSerializer, description="Throttled (scope batch_create)."),
         },
         examples=[
@@ -501,6 +518,11 @@ class BatchReportApi(APIView):
     renderer_classes = [CSVRenderer, HTMLRenderer]
 
     def perform_content_negotiation(self, request, force=False):
+        if not force and request.query_params.get("format", "csv") not in ("csv", "html"):
+            # DRF takes an empty `format=` for no format at all (and answers CSV); the schema's enum says no.
+            raise ValidationFailed(
+                "format must be csv or html.", code="invalid_format", details={"format": ["csv", "html"]}
+            )
         try:
             return super().perform_content_negotiation(request, force=force)
         except Http404:  # DRF's answer to an unknown ?format=
