@@ -14,4 +14,5 @@ urlpatterns = [
     ),
 ]
 
-# Under /api/, errors that never reach a DRF view keep the API's error shape: ApiErrorShapeMiddleware.
+# Under /api/, errors that never reach a DRF view keep the API's error shape: ApiErrorShapeMiddleware
+# (apps.core.http_errors), in every mode.

@@ -83,7 +83,7 @@ def fuzz_token(known_settings, catalogue_vector_settings, user, monkeypatch):
     )
     # Health probes a worker and Redis (a second per call); its shape is checked with a fixed report.
     monkeypatch.setattr(
-        apis,
+        apis.system,
         "health_check",
         lambda: (True, {"status": "ok", "failing": [], "checks": {"database": {"ok": True}}}),
     )
@@ -149,7 +149,7 @@ def test_the_checks_fail_on_an_undocumented_status_and_body(fuzz_token, monkeypa
     with pytest.raises(FailureGroup, match="Undocumented status code"):
         _operation("GET /api/ping").Case().call_and_validate(checks=CHECKS)
 
-    monkeypatch.setattr(apis, "health_check", lambda: (True, {"status": 5, "checks": "none"}))
+    monkeypatch.setattr(apis.system, "health_check", lambda: (True, {"status": 5, "checks": "none"}))
     with pytest.raises(FailureGroup, match="Response violates schema"):
         _operation("GET /api/health").Case().call_and_validate(checks=CHECKS)
 

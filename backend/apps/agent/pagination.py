@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from rest_framework.pagination import LimitOffsetPagination
 
-from apps.agent.errors import ValidationFailed
+from core.errors import ValidationFailed
 
 MAX_PAGE = 100
 # Far past any real table; it bounds the digits read (an int of any size would be read otherwise).

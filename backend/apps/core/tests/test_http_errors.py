@@ -1,5 +1,5 @@
 """The one error shape at the edges: oversized bodies, unknown URLs and crashes outside DRF views, in every
-mode (DEBUG=true is how `make up` runs)."""
+mode (DEBUG=true included)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import pytest
 from django.test import override_settings
 from django.urls import path
 
-from apps.agent.errors import error_body
+from core.errors import error_body
 
 
 def boom(request):
