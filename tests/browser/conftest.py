@@ -15,7 +15,7 @@ import pytest
 
 from scripts import dev_up
 from tests.browser.harness import Browser, missing
-from tests.e2e.conftest import _database_url, e2e_vector_settings, redis_url  # noqa: F401 - fixtures
+from tests.e2e.conftest import _database_url, e2e_vector_settings  # noqa: F401 - a fixture
 from tests.e2e.harness import BACKEND, REPO, Worker, free_port, point_celery_at, wait_for
 from tests.security.conftest import start_process, stop_process, wait_http
 
@@ -34,8 +34,15 @@ class ShippedStack:
 
 
 @pytest.fixture(scope="session")
-def shipped_stack(django_db_setup, django_db_blocker, redis_url, e2e_vector_settings):  # noqa: F811
+def shipped_stack(django_db_setup, redis_server, e2e_vector_settings):  # noqa: F811
+    """Kept for the session; its worker consumes database 1 of this run's Redis, so it never takes the
+    tasks of the e2e tests' own workers (database 0)."""
+    import redis as redis_lib
+
     from config.celery_app import app
+
+    redis_url = f"{redis_server.base_url}/1"
+    redis_lib.Redis.from_url(redis_url).flushdb()
 
     env = {k: v for k, v in os.environ.items() if not k.startswith(("LLM_", "AGENT_", "VECTOR_", "CELERY_"))}
     env.pop("DEBUG", None)  # as `make up` runs it: DEBUG as given, off by default
@@ -60,20 +67,21 @@ def shipped_stack(django_db_setup, django_db_blocker, redis_url, e2e_vector_sett
     log = REPO / "var" / f"browser-api-{port}.log"
     api = start_process(dev_up.api_command(port), env=env, log_path=log)
     worker = None
-    with pytest.MonkeyPatch.context() as mp:
-        point_celery_at(app, redis_url, mp)
-        try:
-            base = f"http://127.0.0.1:{port}"
-            wait_http(f"{base}/api/ping", timeout=60, process=api)
-            worker = Worker(
-                env, name=f"browser-{uuid.uuid4().hex[:6]}", log_path=REPO / "var" / "browser-worker.log"
-            )
+    try:
+        base = f"http://127.0.0.1:{port}"
+        wait_http(f"{base}/api/ping", timeout=60, process=api)
+        worker = Worker(
+            env, name=f"browser-{uuid.uuid4().hex[:6]}", log_path=REPO / "var" / "browser-worker.log"
+        )
+        with pytest.MonkeyPatch.context() as mp:  # this process pings the worker on its broker only here
+            point_celery_at(app, redis_url, mp)
             worker.wait_ready(app)
-            yield ShippedStack(base_url=base, env=env, api_log=log, worker=worker)
-        finally:
-            if worker is not None:
-                worker.stop()
-            stop_process(api)
+        yield ShippedStack(base_url=base, env=env, api_log=log, worker=worker)
+    finally:
+        if worker is not None:
+            worker.stop()
+        stop_process(api)
+        redis_lib.Redis.from_url(redis_url).flushdb()
 
 
 @pytest.fixture
