@@ -62,7 +62,7 @@ class Browser:
         options.binary_location = str(CHROMIUM)
         for flag in [*FLAGS, f"--user-data-dir={self.profile}"]:
             options.add_argument(flag)
-        options.set_capability("goog:loggingPrefs", {"performance": "ALL", "browser": "ALL"})
+        options.set_capability("goog:loggingPrefs", {"performance": "ALL"})
         self.driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
         self.wait_sec = wait_sec
         self._requests: dict[str, str] = {}
@@ -122,9 +122,6 @@ class Browser:
             for url in self.collect_requests()
             if urlsplit(url).scheme in ("http", "https", "ws", "wss") and urlsplit(url).hostname != host
         ]
-
-    def console_errors(self) -> list[str]:
-        return [e["message"] for e in self.driver.get_log("browser") if e["level"] == "SEVERE"]
 
     def settle(self, seconds: float = 0.5) -> None:
         """Let late requests (fonts, lazy scripts) start before checking what was requested."""

@@ -76,3 +76,17 @@ def test_docs_pages_point_at_collected_assets_and_nothing_outside(collected):
     assert "img-src 'self' data:;" in redoc and "default-src 'self';" in redoc
     swagger = Client().get("/api/docs/").content.decode()
     assert '"validatorUrl": null' in swagger
+
+
+@pytest.mark.django_db
+def test_with_debug_on_the_docs_assets_are_served_too(collected, settings):
+    """`DEBUG=true` (a developer's choice): WhiteNoise serves the same assets (unhashed names, from the
+    apps' static folders), so the pages work in both modes."""
+    settings.DEBUG = True
+    client = Client()  # a new handler: WhiteNoise reads DEBUG when it is built
+    for path in ("/api/docs/", "/api/redoc/", "/admin/login/"):
+        html = client.get(path).content.decode()
+        assets = re.findall(r'(?:src|href)="(/static/[^"]+)"', html)
+        assert assets, path
+        for asset in assets:
+            assert client.get(asset).status_code == 200, asset
