@@ -19,6 +19,7 @@ from apps.agent.apis.common import (
     IDEMPOTENCY_PARAM,
     LIMIT_429,
     POLL_AFTER_SEC,
+    TOO_LARGE,
     UNAUTHENTICATED_RESPONSE,
     byo_key_from,
     idempotency_key_from,
@@ -112,6 +113,7 @@ class JobListCreateApi(APIView):
             422: OpenApiResponse(
                 ErrorResponseSerializer, description="Idempotency-Key reused with another body."
             ),
+            **TOO_LARGE,
             429: LIMIT_429,
             503: OpenApiResponse(ErrorResponseSerializer, description="A required service is down."),
         },
@@ -215,7 +217,7 @@ class AgentSyncApi(APIView):
         summary="Ask the agent and wait for the answer (same pipeline, within the request)",
         request=AgentQuerySerializer,
         parameters=[BYO_PARAM],
-        responses={200: AgentResponseSerializer, **ERRORS, 429: LIMIT_429},
+        responses={200: AgentResponseSerializer, **ERRORS, **TOO_LARGE, 429: LIMIT_429},
     )
     def post(self, request):
         data = AgentQuerySerializer(data=request.data)
