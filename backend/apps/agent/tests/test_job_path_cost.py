@@ -14,13 +14,9 @@ from agent.llm_factory import StubLLM
 from agent.types import AgentOptions
 from apps.agent.models import AgentJob, JobStatus
 from apps.agent.services import jobs
+from apps.agent.tests.factories import job_submit
 
 pytestmark = pytest.mark.django_db
-
-
-def queued_job(user) -> AgentJob:
-    job, _ = jobs.job_create(owner=user, query="whales", options=AgentOptions(top_k=2), enqueue=False)
-    return job
 
 
 def test_submission_marks_the_job_published_in_its_insert(
@@ -52,7 +48,7 @@ def test_a_refused_publish_clears_the_mark_for_the_sweep(
 def test_a_job_without_webhook_costs_four_statements_and_two_savepoint_marks(
     user, store, django_assert_num_queries
 ):
-    job = queued_job(user)
+    job = job_submit(user)
 
     # claim: UPDATE, SELECT; finish: SAVEPOINT, UPDATE, INSERT (trace rows), RELEASE SAVEPOINT. The
     # savepoint statements exist only because the test runs inside a transaction; no cancel query (the
@@ -66,7 +62,7 @@ def test_a_job_without_webhook_costs_four_statements_and_two_savepoint_marks(
 def test_a_cancel_during_the_llm_call_is_seen_by_the_finish_without_a_query_of_its_own(
     user, store, monkeypatch, django_assert_num_queries
 ):
-    job = queued_job(user)
+    job = job_submit(user)
 
     class SlowCancelledLLM(StubLLM):
         def invoke(self, prompt, *, deadline=None):
@@ -103,7 +99,7 @@ def record_llm_calls(monkeypatch) -> list[str]:
 
 
 def test_a_slow_step_before_the_llm_call_asks_for_a_cancel_and_skips_the_call(user, store, monkeypatch):
-    job = queued_job(user)
+    job = job_submit(user)
     calls = record_llm_calls(monkeypatch)
     real = jobs.get_retriever()
 
@@ -120,7 +116,7 @@ def test_a_slow_step_before_the_llm_call_asks_for_a_cancel_and_skips_the_call(us
 
 
 def test_a_cancel_requested_before_the_claim_stops_the_job_at_the_first_boundary(user, store, monkeypatch):
-    job = queued_job(user)
+    job = job_submit(user)
     calls = record_llm_calls(monkeypatch)
     claim = jobs.job_claim
 
