@@ -14,7 +14,7 @@ from django.utils import timezone
 from agent.types import AgentOptions, Filters
 from apps.agent import selectors
 from apps.agent.models import AgentJob, Batch, JobStatus
-from apps.agent.services import batches, jobs, retrieval
+from apps.agent.services import batches, job_execution, jobs, retrieval
 from apps.agent.tests.factories import job_finished
 from core.errors import Conflict, IdempotencyMismatch, ValidationFailed
 
@@ -363,7 +363,7 @@ def test_cancel_cancels_queued_and_asks_running_to_stop(user):
     assert batches.batch_cancel(batch=batch).status == "cancelling"  # idempotent
 
     # The running job stops at its next step boundary; the batch then ends as cancelled.
-    jobs._job_finish_cancelled(AgentJob.objects.get(id=running.id), 1)
+    job_execution._job_finish_cancelled(AgentJob.objects.get(id=running.id), 1)
     batch.refresh_from_db()
     assert batch.status == "cancelled" and batch.completed_at is not None
 

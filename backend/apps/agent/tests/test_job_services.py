@@ -8,7 +8,7 @@ import pytest
 from django.utils import timezone
 
 from apps.agent.models import AgentJob, JobStatus
-from apps.agent.services import jobs
+from apps.agent.services import job_execution, jobs
 from apps.agent.tests.factories import job_submit
 
 pytestmark = pytest.mark.django_db
@@ -16,8 +16,8 @@ pytestmark = pytest.mark.django_db
 
 def test_second_delivery_does_nothing(user, store):
     job = job_submit(user)
-    assert jobs.job_run(job_id=job.id) == JobStatus.SUCCEEDED
-    assert jobs.job_run(job_id=job.id) is None
+    assert job_execution.job_run(job_id=job.id) == JobStatus.SUCCEEDED
+    assert job_execution.job_run(job_id=job.id) is None
     job.refresh_from_db()
     assert job.attempts == 1
     assert job.trace_steps.count() == 4
@@ -25,9 +25,9 @@ def test_second_delivery_does_nothing(user, store):
 
 def test_running_job_is_not_claimed_twice(user, store):
     job = job_submit(user)
-    claimed = jobs.job_claim(job_id=job.id)
+    claimed = job_execution.job_claim(job_id=job.id)
     assert claimed is not None and claimed.status == JobStatus.RUNNING
-    assert jobs.job_claim(job_id=job.id) is None
+    assert job_execution.job_claim(job_id=job.id) is None
 
 
 def test_the_claim_moves_exactly_one_queued_row_and_returns_it_as_stored(user, other_user, store):
@@ -35,7 +35,7 @@ def test_the_claim_moves_exactly_one_queued_row_and_returns_it_as_stored(user, o
     bystander = job_submit(other_user)
     before = timezone.now()
 
-    claimed = jobs.job_claim(job_id=str(job.id))  # as the task passes it: a string
+    claimed = job_execution.job_claim(job_id=str(job.id))  # as the task passes it: a string
 
     stored = AgentJob.objects.get(id=job.id)
     assert (stored.status, stored.attempts) == (JobStatus.RUNNING, 1)
@@ -52,7 +52,7 @@ def test_stale_running_job_is_taken_over(user, store, settings):
     job = job_submit(
         user, status=JobStatus.RUNNING, attempts=1, heartbeat_at=timezone.now() - timedelta(hours=1)
     )
-    assert jobs.job_run(job_id=job.id) == JobStatus.SUCCEEDED
+    assert job_execution.job_run(job_id=job.id) == JobStatus.SUCCEEDED
     job.refresh_from_db()
     assert job.attempts == 2
 
@@ -60,7 +60,7 @@ def test_stale_running_job_is_taken_over(user, store, settings):
 def test_max_attempts_fails_the_job(user, store, settings):
     settings.AGENT_MAX_ATTEMPTS = 3
     job = job_submit(user, attempts=3)
-    assert jobs.job_run(job_id=job.id) is None
+    assert job_execution.job_run(job_id=job.id) is None
     job.refresh_from_db()
     assert job.status == JobStatus.FAILED
     assert job.error["code"] == "max_attempts"
@@ -69,11 +69,14 @@ def test_max_attempts_fails_the_job(user, store, settings):
 
 def test_old_attempt_cannot_overwrite_a_newer_one(user, store):
     job = job_submit(user)
-    claimed = jobs.job_claim(job_id=job.id)
+    claimed = job_execution.job_claim(job_id=job.id)
     AgentJob.objects.filter(id=job.id).update(attempts=2)  # another worker took over meanwhile
     from agent.types import AgentResult
 
-    assert jobs._job_finish(claimed, 1, AgentResult(message="late", results=[], actions=[], trace=[])) is None
+    assert (
+        job_execution._job_finish(claimed, 1, AgentResult(message="late", results=[], actions=[], trace=[]))
+        is None
+    )
     job.refresh_from_db()
     assert job.status == JobStatus.RUNNING and job.result is None
 

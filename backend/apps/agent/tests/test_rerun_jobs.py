@@ -8,7 +8,7 @@ import pytest
 from django.core.management import CommandError, call_command
 
 from apps.agent.models import AgentJob, Batch, JobStatus
-from apps.agent.services import jobs
+from apps.agent.services import job_execution
 from apps.agent.tests.factories import job_submit
 
 
@@ -16,7 +16,7 @@ def past_jobs(user, queries) -> list[AgentJob]:
     made = []
     for query in queries:
         job = job_submit(user, query)
-        assert jobs.job_run(job_id=job.id) == JobStatus.SUCCEEDED
+        assert job_execution.job_run(job_id=job.id) == JobStatus.SUCCEEDED
         made.append(job)
     return made
 
