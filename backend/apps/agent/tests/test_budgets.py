@@ -17,7 +17,8 @@ from agent.budget import BudgetSettings, Refusal, Reservation
 from agent.llm_factory import StubLLM
 from agent.types import AgentOptions
 from apps.agent.models import AgentJob, JobStatus, UserBudget
-from apps.agent.services import budgets, jobs
+from apps.agent.services import budgets, job_execution, jobs, key_vault
+from apps.agent.tests.wiring import wire_runtime
 
 pytestmark = pytest.mark.django_db
 
@@ -176,7 +177,7 @@ class PaidStub(StubLLM):
 @pytest.fixture
 def paid_llm(monkeypatch):
     PaidStub.calls = 0
-    monkeypatch.setattr(jobs, "_runnable_for", lambda job, key: PaidStub(model=job.model))
+    wire_runtime(monkeypatch, llm_for=lambda job, key: PaidStub(model=job.model))
     return PaidStub
 
 
@@ -201,7 +202,7 @@ def test_a_job_that_cannot_reserve_succeeds_degraded_without_a_paid_call(paid, u
     job, _ = jobs.job_create(owner=user, query=query, options=AgentOptions(top_k=2), enqueue=False)
     spend(user, "0.9999")  # spent after the job was accepted
 
-    assert jobs.job_run(job_id=job.id) == JobStatus.SUCCEEDED
+    assert job_execution.job_run(job_id=job.id) == JobStatus.SUCCEEDED
 
     job.refresh_from_db()
     assert job.degraded is True and job.cost_usd == 0 and paid_llm.calls == 0
@@ -216,7 +217,7 @@ def test_a_job_that_fits_is_charged_and_settled(paid, user, ledger, store, paid_
     UserBudget.objects.create(user=user, daily_usd=Decimal("10"))  # the worst case is about 1.5
     job, _ = jobs.job_create(owner=user, query="whales", options=AgentOptions(top_k=2), enqueue=False)
 
-    assert jobs.job_run(job_id=job.id) == JobStatus.SUCCEEDED
+    assert job_execution.job_run(job_id=job.id) == JobStatus.SUCCEEDED
 
     job.refresh_from_db()
     assert job.degraded is False and paid_llm.calls == 1 and job.cost_usd == Decimal("0.002")
@@ -231,10 +232,10 @@ def test_jobs_paid_with_the_users_own_key_ignore_an_exhausted_budget(paid, user,
     job, _ = jobs.job_create(
         owner=user, query="whales", options=AgentOptions(top_k=2), byo_api_key="sk-mine", enqueue=False
     )
-    jobs.key_vault.key_put(job_id=job.id, api_key="sk-mine")  # the hand-off job_create did (locmem cache)
+    key_vault.key_put(job_id=job.id, api_key="sk-mine")  # the hand-off job_create did (locmem cache)
 
     assert job.key_source == "user"
-    assert jobs.job_run(job_id=job.id) == JobStatus.SUCCEEDED
+    assert job_execution.job_run(job_id=job.id) == JobStatus.SUCCEEDED
     job.refresh_from_db()
     assert job.degraded is False and paid_llm.calls == 1
 
@@ -363,8 +364,8 @@ def test_a_cancel_during_the_paid_call_keeps_its_cost_on_the_row(paid, user, led
             AgentJob.objects.filter(id=job.id).update(cancel_requested=True)  # as POST .../cancel does
             return super().invoke(prompt, deadline=deadline)
 
-    monkeypatch.setattr(jobs, "_runnable_for", lambda job, key: CancelledDuringCall(model=job.model))
+    wire_runtime(monkeypatch, llm_for=lambda job, key: CancelledDuringCall(model=job.model))
 
-    assert jobs.job_run(job_id=job.id) == JobStatus.CANCELLED
+    assert job_execution.job_run(job_id=job.id) == JobStatus.CANCELLED
     job.refresh_from_db()
     assert job.cost_usd == Decimal("0.002") and job.prompt_tokens > 0

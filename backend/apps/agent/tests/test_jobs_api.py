@@ -11,6 +11,7 @@ import pytest
 from django.db import connection
 
 from apps.agent.models import AgentJob, JobStatus, TraceStep
+from apps.agent.tests.wiring import wire_runtime
 
 pytestmark = pytest.mark.django_db
 
@@ -171,7 +172,7 @@ def test_cancel_queued_then_terminal_is_409(api, store):
 
 
 def test_cancel_running_takes_effect_at_next_step(api, store):
-    from apps.agent.services import jobs
+    from apps.agent.services import job_execution
 
     job_id = submit(api).json()["id"]
     AgentJob.objects.filter(id=job_id).update(status=JobStatus.RUNNING)
@@ -179,7 +180,7 @@ def test_cancel_running_takes_effect_at_next_step(api, store):
     assert response.json()["status"] == "running" and response.json()["cancel_requested"] is True
     # The worker's attempt sees the flag at its first step boundary.
     AgentJob.objects.filter(id=job_id).update(status=JobStatus.QUEUED)
-    assert jobs.job_run(job_id=job_id) == JobStatus.CANCELLED
+    assert job_execution.job_run(job_id=job_id) == JobStatus.CANCELLED
     assert store.calls == []
 
 
@@ -193,7 +194,6 @@ def test_store_failure_gives_degraded_success(api, store, django_capture_on_comm
 
 
 def test_llm_failure_gives_degraded_success(api, store, monkeypatch, django_capture_on_commit_callbacks):
-    from apps.agent.services import jobs
 
     class Broken:
         def invoke(self, prompt, *, deadline=None):
@@ -209,7 +209,7 @@ def test_llm_failure_gives_degraded_success(api, store, monkeypatch, django_capt
                 "error": {"code": "provider_error", "message": "500"},
             }
 
-    monkeypatch.setattr(jobs, "_runnable_for", lambda job, key: Broken())
+    wire_runtime(monkeypatch, llm_for=lambda job, key: Broken())
     job_id = submit(api, capture=django_capture_on_commit_callbacks).json()["id"]
     job = api.get(f"{URL}/{job_id}").json()
     assert job["status"] == "succeeded" and job["degraded"] is True

@@ -4,25 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from apps.agent.models import AgentJob
 from apps.agent.pagination import MAX_OFFSET, MAX_PAGE
+from apps.agent.tests.factories import jobs_make
 
 pytestmark = pytest.mark.django_db
-
-
-def make_jobs(owner, n: int) -> None:
-    AgentJob.objects.bulk_create(
-        AgentJob(
-            owner=owner,
-            query=f"q{i}",
-            timeout_sec=60,
-            cost_mode="paid",
-            key_source="none",
-            provider="stub",
-            model="stub",
-        )
-        for i in range(n)
-    )
 
 
 @pytest.mark.parametrize(
@@ -49,7 +34,7 @@ def test_bad_limit_or_offset_is_400(api, query):
 
 
 def test_a_full_page_and_offset_pages(api, user):
-    make_jobs(user, MAX_PAGE + 5)
+    jobs_make(user, MAX_PAGE + 5)
 
     page = api.get(f"/api/agent/jobs?limit={MAX_PAGE}").json()
     tail = api.get(f"/api/agent/jobs?limit=10&offset={MAX_PAGE}").json()

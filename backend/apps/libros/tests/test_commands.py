@@ -11,8 +11,9 @@ import pytest
 from django.conf import settings as django_settings
 from django.core.management import CommandError, call_command
 
+from agent.datasets import load_dataset
 from agent.embeddings import get_embedder
-from agent.vector_build import build_vector_db, load_dataset
+from agent.vector_build import build_vector_db
 from agent.vector_store import release_client
 from apps.libros.catalogue import libro_document, libro_documents
 from apps.libros.models import Libro

@@ -8,9 +8,10 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import connection
 
+from agent.datasets import DatasetError, load_dataset
 from agent.embeddings import get_embedder
 from agent.errors import VectorStoreUnavailable
-from agent.vector_build import DatasetError, build_vector_db, export_zip, load_dataset
+from agent.vector_build import build_vector_db, export_zip
 from apps.libros.catalogue import libro_documents
 from apps.libros.models import Libro
 
