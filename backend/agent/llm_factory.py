@@ -43,7 +43,7 @@ from agent.cost_policy import (
     select_api_key,
 )
 from agent.errors import ImproperlyConfigured
-from agent.language import detect_language
+from agent.language import DEFAULT_LANGUAGE, detect_language
 from agent.prompts import GroundedPrompt, parse_grounded_prompt
 
 logger = logging.getLogger(__name__)
@@ -289,7 +289,11 @@ def stub_answer(messages: Sequence[Mapping[str, Any]]) -> str:
 
 
 def _grounded_stub_answer(grounded: GroundedPrompt) -> str:
-    language = grounded.language if grounded.language in _STUB_TEXT else detect_language(grounded.question)
+    language = (
+        grounded.language
+        if grounded.language in _STUB_TEXT
+        else (detect_language(grounded.question) or DEFAULT_LANGUAGE)
+    )
     text = _STUB_TEXT[language]
     if not grounded.books:
         return text["none"]

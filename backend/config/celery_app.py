@@ -14,8 +14,10 @@ app.autodiscover_tasks()
 
 
 def _warm_up() -> None:
+    from agent.language import warm_up as language_warm_up
     from apps.agent.services.retrieval import retrieval_warm_up
 
+    language_warm_up()
     retrieval_warm_up()
 
 

@@ -17,6 +17,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from agent.config import BYO_KEY_HEADER
+from agent.language import parse_accept_language
 from agent.types import AgentOptions, Filters
 from apps.agent import reports, selectors
 from apps.agent.errors import ValidationFailed
@@ -61,10 +62,25 @@ IDEMPOTENCY_PARAM = OpenApiParameter(
     OpenApiParameter.HEADER,
     description="Repeat-safe submissions: the same key and body return the same job; another body gets 422.",
 )
+ACCEPT_LANGUAGE_PARAM = OpenApiParameter(
+    "Accept-Language",
+    OpenApiTypes.STR,
+    OpenApiParameter.HEADER,
+    description="The answer language (es or en) when the body has no `language`; otherwise the question's.",
+)
 
 
-def _options(data: dict) -> AgentOptions:
-    return AgentOptions(top_k=data["top_k"], filters=Filters.from_dict(data.get("filters")))
+def _options(data: dict, request) -> AgentOptions:
+    """The job's options from the validated body; the answer language from the body, else Accept-Language."""
+    language, source = data.get("language"), "option"
+    if not language:
+        language, source = parse_accept_language(request.headers.get("Accept-Language")), "header"
+    return AgentOptions(
+        top_k=data["top_k"],
+        filters=Filters.from_dict(data.get("filters")),
+        language=language,
+        language_source=source if language else None,
+    )
 
 
 # A provider key is a token of visible ASCII; it ends up in an outbound Authorization header.
@@ -177,7 +193,7 @@ class JobListCreateApi(APIView):
         operation_id="agent_jobs_create",
         summary="Submit a question as an asynchronous job",
         request=JobCreateInputSerializer,
-        parameters=[BYO_PARAM, IDEMPOTENCY_PARAM],
+        parameters=[BYO_PARAM, IDEMPOTENCY_PARAM, ACCEPT_LANGUAGE_PARAM],
         responses={
             202: JobAcceptedSerializer,
             **ERRORS,
@@ -206,7 +222,7 @@ class JobListCreateApi(APIView):
         job, created = job_services.job_create(
             owner=request.user,
             query=data.validated_data["query"],
-            options=_options(data.validated_data),
+            options=_options(data.validated_data, request),
             webhook_url=webhook_url,
             idempotency_key=_idempotency_key(request),
             byo_api_key=_byo_key(request),
@@ -286,7 +302,7 @@ class AgentSyncApi(APIView):
         operation_id="agent_run_sync",
         summary="Ask the agent and wait for the answer (same pipeline, within the request)",
         request=AgentQuerySerializer,
-        parameters=[BYO_PARAM],
+        parameters=[BYO_PARAM, ACCEPT_LANGUAGE_PARAM],
         responses={200: AgentResponseSerializer, **ERRORS},
     )
     def post(self, request):
@@ -294,7 +310,7 @@ class AgentSyncApi(APIView):
         data.is_valid(raise_exception=True)
         result, decision = job_services.agent_run_sync(
             query=data.validated_data["query"],
-            options=_options(data.validated_data),
+            options=_options(data.validated_data, request),
             byo_api_key=_byo_key(request),
         )
         body = {**result.to_dict(), "cost": decision.to_dict()}
