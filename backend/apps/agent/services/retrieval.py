@@ -8,7 +8,7 @@ from typing import Any
 
 from django.conf import settings
 
-from agent.errors import VectorStoreUnavailable
+from agent.errors import VectorStoreBuilding, VectorStoreUnavailable
 from agent.types import Document, Filters, Hit
 
 _lock = threading.Lock()
@@ -106,5 +106,9 @@ def retrieval_warm_up() -> None:
 
     try:
         get_retriever().retrieve("warm up", 1, Filters())
+    except VectorStoreBuilding as exc:
+        logging.getLogger(__name__).info(
+            "%s: jobs answer from exact search (degraded) until it is ready", exc.message
+        )
     except VectorStoreUnavailable as exc:
         logging.getLogger(__name__).warning("vector store unavailable at worker start: %s", exc.message)
