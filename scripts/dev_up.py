@@ -156,7 +156,9 @@ def main() -> None:
     manage("loaddata", "libros_prueba", "-v", "0", env=env)
     say("collecting static files")
     manage("collectstatic", "--noinput", "-v", "0", env=env)
-    say("vector store: up to date, or imported from the bundled zip, or built (only what changed is embedded)")
+    say(
+        "vector store: up to date, or imported from the bundled zip, or built (only what changed is embedded)"
+    )
     manage("build_vector_db", "--no-progress", env=env)
 
     api_port = free_port(int(env.get("API_PORT", "8000")))
