@@ -242,3 +242,32 @@ def test_a_fresh_clone_imports_the_bundled_store_instead_of_embedding(vector, se
     assert manifest["document_count"] == Libro.objects.count() == 320
     # And the next start finds it up to date
     assert run("build_vector_db").startswith("up to date: 320 documents, nothing to embed")
+
+
+def test_build_before_migrate_says_what_to_run_instead_of_a_traceback(tmp_path):
+    """A fresh clone's first command is sometimes build_vector_db: an empty database is a clear refusal."""
+    import os
+    import subprocess
+    import sys
+
+    env = {
+        **os.environ,
+        "DATABASE_URL": f"sqlite:///{tmp_path / 'empty.sqlite3'}",
+        "VAR_DIR": str(tmp_path),
+        "VECTOR_DB_DIR": str(tmp_path / "vector_db"),
+        "VECTOR_DB_MANIFEST": str(tmp_path / "vector_db" / "manifest.json"),
+        "VECTOR_DATASET_PATH": "",
+    }
+    result = subprocess.run(
+        [sys.executable, "manage.py", "build_vector_db", "--no-progress"],
+        cwd=django_settings.BACKEND_DIR,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert "no catalogue table (libros_libro) yet: run `manage.py migrate`" in result.stderr
+    assert not (tmp_path / "vector_db" / "manifest.json").exists()
