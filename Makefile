@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 # pytest-xdist workers: one runs the tests with real processes in order, the others the in-process tests.
 TEST_WORKERS ?= 2
 
-.PHONY: up test lint format venv testserver bench bench-smoke clean
+.PHONY: up test lint format venv testserver bench bench-smoke clean seed-vector-db
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "Python 3.11 is required ($(PYTHON) not found); set PYTHON=/path/to/python3.11"; exit 2; }
@@ -41,6 +41,11 @@ bench: $(STAMP)
 
 bench-smoke: $(STAMP)
 	$(PY) -m bench --smoke
+
+# Refresh the bundled store after changing the catalogue fixture: load it (make up does), then export.
+seed-vector-db: $(STAMP)
+	cd backend && ../$(PY) manage.py loaddata libros_prueba -v 0 && \
+		../$(PY) manage.py build_vector_db --no-progress --zip apps/libros/fixtures/vector_db.zip
 
 clean:
 	rm -rf var vector_db/chroma* vector_db/manifest.json

@@ -65,8 +65,8 @@ def redis_server(tmp_path_factory):
 def catalogue_vector_settings(tmp_path_factory):
     """VectorSettings of a store built from the real catalogue fixture (320 books, the real local model).
 
-    Built once under var/test_vector_db (incremental: an unchanged fixture costs no embedding at all after
-    the first run), under a file lock so that concurrent runs never build it twice at once, then copied
+    Made once under var/test_vector_db (the first run imports the bundled store, VECTOR_DB_SEED, with no
+    embedding; later runs find it up to date), under a file lock so that concurrent runs never build it twice at once, then copied
     into a directory of this run (of this xdist worker): no two runs share an open store.
     """
     from django.conf import settings

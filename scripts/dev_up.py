@@ -26,10 +26,12 @@ PY = sys.executable
 QUERY = os.environ.get("UP_QUERY", "a novel about a whale hunt and obsession at sea")
 
 children: list[subprocess.Popen] = []
+# Seconds since `make up` started this script, on every line: where a slow start spends its time shows.
+T0 = time.monotonic()
 
 
 def say(msg: str) -> None:
-    print(f"[up] {msg}", flush=True)
+    print(f"[up {time.monotonic() - T0:6.1f}s] {msg}", flush=True)
 
 
 def port_is_free(port: int) -> bool:
@@ -189,13 +191,16 @@ def main() -> None:
     manage("loaddata", "libros_prueba", "-v", "0", env=env)
     say("collecting static files (admin, Swagger UI, ReDoc) under var/static; gunicorn serves them")
     manage("collectstatic", "--noinput", "-v", "0", env=env)
-    say("building the vector store (incremental: nothing to do when it is up to date)")
-    manage("build_vector_db", env=env)
+    say(
+        "vector store: up to date, or imported from the bundled zip, or built (only what changed is embedded)"
+    )
+    manage("build_vector_db", "--no-progress", env=env)
 
     api_port = choose_port("API_PORT", 8000, env)
     flower_port = choose_port("FLOWER_PORT", 5555, env)
     flower_auth = env.get("FLOWER_BASIC_AUTH", "admin:librarian")
     base = f"http://127.0.0.1:{api_port}"
+    say("starting the API, the worker and Flower")
     start(api_command(api_port), env, "api")
     start([str(REPO / "worker" / "start.sh")], {**env, "WORKER_BEAT": "1"}, "worker")
     start(
@@ -249,6 +254,7 @@ def main() -> None:
     say(
         f"job {job['id']} ended {job['status']} (degraded={job.get('degraded')}) in {job['timings']['run_ms']:.0f} ms"
     )
+    say(f"first answer {time.monotonic() - T0:.1f} s after `make up` started this script")
     print("\n" + (job.get("message") or json.dumps(job.get("error"))) + "\n", flush=True)
     for row in job.get("results", []):
         print(

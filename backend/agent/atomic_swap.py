@@ -21,6 +21,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from .vector_store import BUILD_STATUS_FILE
+
 _AT_FDCWD = -100
 _RENAME_EXCHANGE = 2
 
@@ -127,7 +129,14 @@ def carry_over_extra_files(old: Path, new: Path) -> None:
 
 
 def _is_chroma_file(path: Path) -> bool:
-    return path.name.startswith("chroma.sqlite3") or path.name == "manifest.json" or _is_uuid(path.name)
+    """Files of the store itself (and of a build in progress), as opposed to an operator's extras."""
+    return (
+        path.name.startswith("chroma.sqlite3")
+        or path.name in ("manifest.json", BUILD_STATUS_FILE)
+        or path.name.startswith(".manifest.json.tmp-")
+        or path.name.startswith(f".{BUILD_STATUS_FILE}.tmp-")
+        or _is_uuid(path.name)
+    )
 
 
 def _is_uuid(name: str) -> bool:

@@ -37,6 +37,15 @@ class VectorStoreUnavailable(AgentError):
     code = "vector_store_unavailable"
 
 
+class VectorStoreBuilding(VectorStoreUnavailable):
+    """There is no store yet because a build is running; nobody has to act, it will appear when done."""
+
+    def __init__(self, *, done: int, total: int):
+        self.done = done
+        self.total = total
+        super().__init__(f"vector store is being built, {done}/{total} documents")
+
+
 class InvalidQuery(AgentError):
     """The query or its options are invalid; the job fails without retry."""
 

@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from .errors import Cancelled, InvalidQuery, VectorStoreUnavailable
-from .language import detect_language
+from .language import choose_language
 from .prompts import PROMPT_VERSION, build_grounded_prompt
 from .types import AgentOptions, AgentResult, Filters, Hit, TraceStep
 
@@ -72,7 +72,8 @@ def run(
         return AgentResult(
             message="", results=[], actions=[], trace=trace, error={"code": exc.code, "message": exc.message}
         )
-    language = detect_language(query)
+    choice = choose_language(query, requested=options.language, requested_source=options.language_source)
+    language = choice.language
 
     # 1. Retrieve, falling back to exact search over the catalogue when the vector store fails.
     _check_cancel(is_cancelled)
@@ -88,7 +89,7 @@ def run(
             name="prompt",
             started_at=clock.started_at,
             duration_ms=clock.ms(),
-            inputs={"books": len(hits), "language": language},
+            inputs={"books": len(hits), **choice.to_trace()},
             outputs={"prompt_version": PROMPT_VERSION, "messages": len(messages), "chars": _chars(messages)},
         )
     )

@@ -74,7 +74,7 @@ class GroundedPrompt:
 def build_grounded_prompt(query: str, hits: Sequence[Hit], language: str) -> list[dict[str, str]]:
     """Return the chat messages (system + user) asking for recommendations among `hits` only.
 
-    `language` ("es" or "en") is the language to answer in, normally `detect_language(query)`.
+    `language` ("es" or "en") is the language to answer in, chosen by `language.choose_language`.
     """
     language_name = _LANGUAGE_NAMES.get(language, language)
     lines = [_book_line(n, hit) for n, hit in enumerate(hits, start=1)] or [_NO_BOOKS]

@@ -123,11 +123,24 @@ class AgentOptions:
 
     top_k: int = 5
     filters: Filters = field(default_factory=Filters)
+    #: The answer language the client asked for ("es" or "en"); None: detect it from the question.
+    language: str | None = None
+    #: Which client signal gave `language`: "option" (the request body) or "header" (Accept-Language).
+    language_source: str | None = None
 
     @classmethod
     def from_dict(cls, data: dict[str, Any] | None) -> AgentOptions:
         data = data or {}
-        return cls(top_k=int(data.get("top_k") or 5), filters=Filters.from_dict(data.get("filters")))
+        return cls(
+            top_k=int(data.get("top_k") or 5),
+            filters=Filters.from_dict(data.get("filters")),
+            language=data.get("language") or None,
+            language_source=data.get("language_source") or None,
+        )
 
     def to_dict(self) -> dict[str, Any]:
-        return {"top_k": self.top_k, "filters": self.filters.to_dict()}
+        out: dict[str, Any] = {"top_k": self.top_k, "filters": self.filters.to_dict()}
+        if self.language:
+            out["language"] = self.language
+            out["language_source"] = self.language_source or "option"
+        return out

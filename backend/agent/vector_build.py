@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime as dt
+import hashlib
 import json
 import logging
 import os
@@ -21,7 +22,7 @@ import sys
 import time
 import uuid
 import zipfile
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -40,6 +41,7 @@ from .errors import VectorStoreUnavailable
 from .types import Document
 from .vector_config import VectorSettings
 from .vector_store import (
+    BUILD_STATUS_FILE,
     DISTANCE,
     HASH_KEY,
     MANIFEST_KEY,
@@ -58,7 +60,14 @@ ZIP_FOLDER = "vector_db"  # the seed's export format: vector_db.zip holds vector
 MAX_IMPORT_BYTES = 4 * 1024**3  # refuse zip bombs: a 300-book store is a few MB, 100k docs a few hundred
 SCALARS = (str, int, float, bool)
 
-# --- Syncing a collection with the documents ----------------------------------------------------
+
+class DatasetError(ValueError):
+    """An item of the dataset is malformed. `index` is its position (0-based) in the input."""
+
+    def __init__(self, index: int | None, problem: str):
+        self.index = index
+        self.problem = problem
+        super().__init__(f"item {index}: {problem}" if index is not None else problem)
 
 
 def _chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
@@ -86,11 +95,13 @@ def sync_collection(
     *,
     batch_size: int,
     progress: bool,
+    on_progress: Callable[[int, int], None] | None = None,
 ) -> dict[str, int]:
     """Make `collection` hold exactly `documents`: embed and upsert new or changed ones, delete the rest.
 
-    Returns counts: added, updated, deleted, unchanged. Raises `ValueError` if the embedder returns
-    vectors of the wrong shape.
+    Returns counts: added, updated, deleted, unchanged. `on_progress(done, total)` is called before
+    the first batch and after each one, over the documents to embed. Raises `ValueError` if the
+    embedder returns vectors of the wrong shape.
     """
     existing = _existing_hashes(collection)
     wanted = {doc.id for doc in documents}
@@ -99,6 +110,9 @@ def sync_collection(
     added = sum(1 for doc in to_embed if doc.id not in existing)
     from tqdm import tqdm
 
+    done = 0
+    if on_progress is not None:
+        on_progress(done, len(to_embed))
     with tqdm(total=len(to_embed), desc="embedding", unit="doc", disable=not progress) as bar:
         for chunk in _chunks(to_embed, batch_size):
             vectors = embedder.embed_documents([doc.text for doc in chunk])
@@ -113,6 +127,9 @@ def sync_collection(
                 metadatas=[to_chroma_metadata(doc.metadata, hashes[doc.id]) for doc in chunk],
             )
             bar.update(len(chunk))
+            done += len(chunk)
+            if on_progress is not None:
+                on_progress(done, len(to_embed))
     for chunk in _chunks(to_delete, 5000):
         collection.delete(ids=list(chunk))
     return {
@@ -126,14 +143,14 @@ def sync_collection(
 # --- Build ---------------------------------------------------------------------------------------------
 
 
-def _reusable(settings: VectorSettings, embedder: Embedder) -> bool:
-    """Whether the current store opens cleanly with this model (then only the differences are applied)."""
+def _reusable(settings: VectorSettings, embedder: Embedder) -> Manifest | None:
+    """The manifest of the current store when it opens cleanly with this model (then only the
+    differences are applied), else None."""
     try:
-        VectorStore(settings=settings, embedder=embedder)
+        return VectorStore(settings=settings, embedder=embedder).manifest
     except VectorStoreUnavailable as exc:
         logger.info("full vector build: %s", exc.message)
-        return False
-    return True
+        return None
 
 
 def _create_collection(client: Any, name: str) -> Any:
@@ -151,10 +168,14 @@ def build_vector_db(
     progress: bool | None = None,
     force: bool = False,
 ) -> Manifest:
-    """Build or update the store at `settings` from `documents`; return the manifest written.
+    """Build or update the store at `settings` from `documents`; return its manifest plus `outcome`.
 
-    Incremental unless `force`: when the existing store opens with this model, only new or changed
-    documents (by content hash) are embedded and removed ids are deleted. `progress=None` shows a bar
+    `outcome` (not stored) says what this call did: "up_to_date" (the store already held exactly these
+    documents with this model: nothing written, the counts say no change), "imported" (no usable store,
+    and the bundled `settings.seed_zip` held exactly these documents: imported, verified, nothing
+    embedded) or "built". Incremental unless `force`: when the existing store (or the imported seed)
+    opens with this model, only new or changed documents (by content hash) are embedded and removed
+    ids are deleted. `progress=None` shows a bar
     only when stdout is a terminal. Raises `DatasetError` for a malformed document before anything
     is written; on any failure the previous store is left as it was.
     """
@@ -179,43 +200,165 @@ def build_vector_db(
     with build_lock(target):
         recover_interrupted_swap(target)
         remove_stale_temp_dirs(target)
-        incremental = not force and _reusable(settings, embedder)
-        tmp = temp_dir(target, "build")
-        try:
-            if incremental:
-                shutil.copytree(target, tmp, dirs_exist_ok=True)
-            else:
-                carry_over_extra_files(target, tmp)
-            import chromadb
-
-            client = chromadb.PersistentClient(path=str(tmp), settings=chroma_settings())
-            try:
-                if incremental:
-                    collection = client.get_collection(settings.collection, embedding_function=None)
-                else:
-                    collection = _create_collection(client, settings.collection)
-                changes = sync_collection(
-                    collection,
-                    docs,
-                    hashes,
-                    embedder,
-                    batch_size=settings.embeddings_batch_size,
-                    progress=show,
-                )
-                manifest = _manifest(docs, settings, embedder, source, changes, incremental, started)
-                collection.modify(metadata={MANIFEST_KEY: json.dumps(manifest, sort_keys=True)})
-            finally:
-                client.close()
-            write_json_atomic(tmp / "manifest.json", manifest)
-            swap_directory(tmp, target)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
+        current = None if force else _reusable(settings, embedder)
+        if current is None and not force and settings.seed_zip is not None:
+            current = _import_seed(Path(settings.seed_zip), docs, source, settings, embedder)
+            if current is not None and current.get("dataset_sha256") == dataset_sha256(docs):
+                return {**current, "outcome": "imported"}
+        if current is not None and current.get("dataset_sha256") == dataset_sha256(docs):
+            # Nothing to embed, nothing to write: the store already holds exactly these documents.
+            return {**current, "outcome": "up_to_date", **_no_changes(docs)}
+        manifest = _build_embedded(
+            docs,
+            hashes,
+            target,
+            settings=settings,
+            embedder=embedder,
+            source=source,
+            progress=show,
+            incremental=current is not None,
+            started=started,
+        )
     release_client(
         settings
     )  # this process's readers reopen the new files; other processes see the manifest change
     if Path(settings.manifest_path).resolve() != (target / "manifest.json").resolve():
         write_json_atomic(Path(settings.manifest_path), manifest)
+    return {**manifest, "outcome": "built"}
+
+
+def _no_changes(docs: Sequence[Document]) -> dict[str, Any]:
+    return {"incremental": True, "added": 0, "updated": 0, "deleted": 0, "unchanged": len(docs)}
+
+
+def _write_build_status(target: Path, *, phase: str, done: int, total: int) -> None:
+    write_json_atomic(
+        target / BUILD_STATUS_FILE,
+        {"phase": phase, "done": done, "total": total, "pid": os.getpid(), "updated_at": time.time()},
+    )
+
+
+def _build_embedded(
+    docs: Sequence[Document],
+    hashes: dict[str, str],
+    target: Path,
+    *,
+    settings: VectorSettings,
+    embedder: Embedder,
+    source: str,
+    progress: bool,
+    incremental: bool,
+    started: float,
+) -> Manifest:
+    """Build in a temporary directory and swap it in; called with the build lock held.
+
+    While it runs, `BUILD_STATUS_FILE` in the store's directory says how far it got (readers report
+    "being built, N/M"); the swap that ends the build takes the file away with the old directory.
+    """
+    created = not target.exists()
+    target.mkdir(parents=True, exist_ok=True)
+    _write_build_status(target, phase="starting", done=0, total=len(docs))
+    tmp = temp_dir(target, "build")
+    try:
+        if incremental:
+            shutil.copytree(
+                target,
+                tmp,
+                dirs_exist_ok=True,
+                ignore=shutil.ignore_patterns(BUILD_STATUS_FILE, f".{BUILD_STATUS_FILE}.tmp-*"),
+            )
+        else:
+            carry_over_extra_files(target, tmp)
+        import chromadb
+
+        client = chromadb.PersistentClient(path=str(tmp), settings=chroma_settings())
+        try:
+            if incremental:
+                collection = client.get_collection(settings.collection, embedding_function=None)
+            else:
+                collection = _create_collection(client, settings.collection)
+            changes = sync_collection(
+                collection,
+                docs,
+                hashes,
+                embedder,
+                batch_size=settings.embeddings_batch_size,
+                progress=progress,
+                on_progress=lambda done, total: _write_build_status(
+                    target, phase="embedding", done=done, total=total
+                ),
+            )
+            manifest = _manifest(docs, settings, embedder, source, changes, incremental, started)
+            collection.modify(metadata={MANIFEST_KEY: json.dumps(manifest, sort_keys=True)})
+        finally:
+            client.close()
+        write_json_atomic(tmp / "manifest.json", manifest)
+        swap_directory(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        _clear_build_status(target, created=created)
+        raise
+    return manifest
+
+
+def _clear_build_status(target: Path, *, created: bool) -> None:
+    """Remove the status file, and the store's directory when this build created it and it stayed empty."""
+    (target / BUILD_STATUS_FILE).unlink(missing_ok=True)
+    if created:
+        with contextlib.suppress(OSError):  # not empty: something else lives there now
+            target.rmdir()
+
+
+def _import_seed(
+    seed_zip: Path, docs: Sequence[Document], source: str, settings: VectorSettings, embedder: Embedder
+) -> Manifest | None:
+    """Import the bundled store (`VECTOR_DB_SEED`) when it fits; return its manifest, else None.
+
+    Called with the build lock held, when there is no usable store. It fits when it was built with
+    this model and holds either exactly `docs` or documents from the same `source` (the catalogue
+    table, edited since): the incremental build that follows embeds only the documents that differ.
+    A seed of another dataset, or one that does not verify (checksums, model), is logged and
+    skipped: the store is built instead.
+    """
+    if not seed_zip.is_file():
+        return None
+    try:
+        with zipfile.ZipFile(seed_zip) as archive:
+            top, _ = _safe_members(archive)
+            seed = json.loads(archive.read(f"{top}/manifest.json"))
+    except (OSError, ValueError, zipfile.BadZipFile) as exc:
+        logger.warning("bundled vector store %s is unreadable (%s): building instead", seed_zip, exc)
+        return None
+    wanted = {
+        "collection": settings.collection,
+        "embedding_model": embedder.name,
+        "embedding_version": embedder.version,
+        "metadata_schema": METADATA_SCHEMA,
+        "distance": DISTANCE,
+    }
+    differs = {key: (seed.get(key), value) for key, value in wanted.items() if seed.get(key) != value}
+    if seed.get("dataset_sha256") != dataset_sha256(docs) and seed.get("dataset_source") != source:
+        differs["dataset"] = (seed.get("dataset_source"), source)
+    if differs:
+        logger.info("bundled vector store %s does not fit (%s): building instead", seed_zip, differs)
+        return None
+    target = Path(settings.dir)
+    created = not target.exists()
+    target.mkdir(parents=True, exist_ok=True)
+    _write_build_status(target, phase="importing", done=0, total=len(docs))
+    try:
+        manifest = _import_unlocked(seed_zip, settings, embedder=embedder)
+    except (OSError, ValueError, zipfile.BadZipFile, VectorStoreUnavailable) as exc:
+        _clear_build_status(target, created=created)
+        logger.warning("bundled vector store %s does not verify (%s): building instead", seed_zip, exc)
+        return None
+    # The swap took the status file away with the old directory.
+    release_client(settings)
+    if Path(settings.manifest_path).resolve() != (target / "manifest.json").resolve():
+        write_json_atomic(Path(settings.manifest_path), manifest)
+    logger.info(
+        "imported the bundled vector store %s (%s documents)", seed_zip, manifest.get("document_count")
+    )
     return manifest
 
 
@@ -272,7 +415,7 @@ def _build_on_server(
     with contextlib.suppress(Exception):  # no staging collection left over: nothing to delete
         client.delete_collection(staging_name)
     staging = _create_collection(client, staging_name)
-    incremental = not force and _reusable(settings, embedder)
+    incremental = not force and _reusable(settings, embedder) is not None
     if incremental:
         live = client.get_collection(settings.collection, embedding_function=None)
         _copy_records(live, staging)
@@ -286,7 +429,7 @@ def _build_on_server(
     staging.modify(name=settings.collection)
     release_client(settings)
     write_json_atomic(Path(settings.manifest_path), manifest)
-    return manifest
+    return {**manifest, "outcome": "built"}
 
 
 def _copy_records(source: Any, dest: Any, page: int = 2000) -> None:
@@ -308,10 +451,21 @@ def _copy_records(source: Any, dest: Any, page: int = 2000) -> None:
 # --- Export and import ---------------------------------------------------------------------------------
 
 
+def _sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def export_zip(settings: VectorSettings, out_path: str | Path) -> Path:
     """Write the embedded store as a zip holding `vector_db/` (manifest inside); return the zip's path.
 
-    Raises `VectorStoreUnavailable` when there is no built store to export.
+    The zip's manifest is the store's plus `files`: the size and sha256 of every other file, which
+    `import_zip` verifies before it swaps anything in. Members are written in a fixed order with a
+    fixed timestamp, so that the same store exports to the same bytes. Raises `VectorStoreUnavailable`
+    when there is no built store to export.
     """
     target = Path(settings.dir)
     out = Path(out_path)
@@ -320,16 +474,62 @@ def export_zip(settings: VectorSettings, out_path: str | Path) -> Path:
             raise VectorStoreUnavailable(f"no built vector store at {target} to export")
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+        manifest = json.loads((target / "manifest.json").read_text(encoding="utf-8"))
+        files = {
+            PurePosixPath(*path.relative_to(target).parts).as_posix(): path
+            for path in sorted(target.rglob("*"))
+            if path.is_file() and path.name not in ("manifest.json", BUILD_STATUS_FILE)
+        }
+        manifest["files"] = {
+            name: {"bytes": path.stat().st_size, "sha256": _sha256_file(path)} for name, path in files.items()
+        }
         try:
-            with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as archive:
-                for path in sorted(target.rglob("*")):
-                    if path.is_file():
-                        archive.write(path, str(PurePosixPath(ZIP_FOLDER, *path.relative_to(target).parts)))
+            with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=9) as archive:
+                _write_member(
+                    archive,
+                    f"{ZIP_FOLDER}/manifest.json",
+                    (json.dumps(manifest, indent=2, ensure_ascii=False) + "\n").encode("utf-8"),
+                )
+                for name, path in files.items():
+                    _write_member(archive, f"{ZIP_FOLDER}/{name}", path.read_bytes())
             os.replace(tmp, out)
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
     return out
+
+
+def _write_member(archive: zipfile.ZipFile, name: str, data: bytes) -> None:
+    info = zipfile.ZipInfo(name, date_time=(2020, 1, 1, 0, 0, 0))
+    info.compress_type = zipfile.ZIP_DEFLATED
+    info.external_attr = 0o644 << 16
+    archive.writestr(info, data, compresslevel=9)
+
+
+def verify_files(unpacked: Path, manifest: Manifest) -> None:
+    """Check the unpacked files against the manifest's `files` (size and sha256, none missing or extra).
+
+    Raises `ValueError` naming the first file that differs.
+    """
+    listed = manifest.get("files")
+    if not isinstance(listed, dict) or not listed:
+        raise ValueError("the manifest lists no file checksums (export the store with build_vector_db --zip)")
+    present = {
+        PurePosixPath(*path.relative_to(unpacked).parts).as_posix()
+        for path in unpacked.rglob("*")
+        if path.is_file() and path.name != "manifest.json"
+    }
+    extra = sorted(present - set(listed))
+    if extra:
+        raise ValueError(f"file not listed in the manifest: {extra[0]}")
+    for name, expected in sorted(listed.items()):
+        path = unpacked / name
+        if name not in present:
+            raise ValueError(f"file listed in the manifest is missing: {name}")
+        if not isinstance(expected, dict):
+            raise ValueError(f"malformed checksum entry for {name}")
+        if path.stat().st_size != expected.get("bytes") or _sha256_file(path) != expected.get("sha256"):
+            raise ValueError(f"checksum mismatch: {name}")
 
 
 def _safe_members(archive: zipfile.ZipFile) -> tuple[str, list[zipfile.ZipInfo]]:
@@ -359,8 +559,9 @@ def _safe_members(archive: zipfile.ZipFile) -> tuple[str, list[zipfile.ZipInfo]]
 def import_zip(zip_path: str | Path, settings: VectorSettings, *, embedder: Embedder) -> Manifest:
     """Replace the embedded store with the one in `zip_path` (an `export_zip` file); return its manifest.
 
-    The zip is unpacked next to the target, opened and checked against its manifest and `embedder`,
-    and only then swapped in atomically. Raises `ValueError` for an unsafe or malformed zip and
+    The zip is unpacked next to the target, its files checked against the manifest's checksums, the
+    store opened and checked against its manifest and `embedder`, and only then swapped in atomically.
+    Raises `ValueError` for an unsafe or malformed zip or a checksum mismatch and
     `VectorStoreUnavailable` when the unpacked store does not check out; the live store is untouched.
     """
     if settings.url:
@@ -369,36 +570,49 @@ def import_zip(zip_path: str | Path, settings: VectorSettings, *, embedder: Embe
         )
     target = Path(settings.dir)
     with build_lock(target):
-        recover_interrupted_swap(target)
-        remove_stale_temp_dirs(target)
-        tmp = temp_dir(target, "import")
-        try:
-            with zipfile.ZipFile(zip_path) as archive:
-                top, members = _safe_members(archive)
-                for info in members:
-                    dest = (tmp / info.filename).resolve()
-                    if not dest.is_relative_to(tmp.resolve()):
-                        raise ValueError(f"unsafe path in the zip: {info.filename!r}")
-                    if info.is_dir():
-                        dest.mkdir(parents=True, exist_ok=True)
-                        continue
-                    dest.parent.mkdir(parents=True, exist_ok=True)
-                    with archive.open(info) as src, open(dest, "wb") as out:
-                        shutil.copyfileobj(src, out)
-            unpacked = tmp / top
-            check = dataclasses.replace(settings, dir=unpacked, manifest_path=unpacked / "manifest.json")
-            import chromadb
-
-            client = chromadb.PersistentClient(path=str(unpacked), settings=chroma_settings())
-            try:
-                manifest = VectorStore(settings=check, embedder=embedder, client=client).manifest
-            finally:
-                client.close()
-            carry_over_extra_files(target, unpacked)
-            swap_directory(unpacked, target)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+        manifest = _import_unlocked(zip_path, settings, embedder=embedder)
     release_client(settings)
     if Path(settings.manifest_path).resolve() != (target / "manifest.json").resolve():
         write_json_atomic(Path(settings.manifest_path), manifest)
+    return manifest
+
+
+def _import_unlocked(zip_path: str | Path, settings: VectorSettings, *, embedder: Embedder) -> Manifest:
+    """`import_zip`'s work, with the build lock already held; the live manifest carries no `files`."""
+    target = Path(settings.dir)
+    recover_interrupted_swap(target)
+    remove_stale_temp_dirs(target)
+    tmp = temp_dir(target, "import")
+    try:
+        with zipfile.ZipFile(zip_path) as archive:
+            top, members = _safe_members(archive)
+            for info in members:
+                dest = (tmp / info.filename).resolve()
+                if not dest.is_relative_to(tmp.resolve()):
+                    raise ValueError(f"unsafe path in the zip: {info.filename!r}")
+                if info.is_dir():
+                    dest.mkdir(parents=True, exist_ok=True)
+                    continue
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                with archive.open(info) as src, open(dest, "wb") as out:
+                    shutil.copyfileobj(src, out)
+        unpacked = tmp / top
+        listed = json.loads((unpacked / "manifest.json").read_text(encoding="utf-8"))
+        if not isinstance(listed, dict):
+            raise ValueError("the zip's manifest.json is not a JSON object")
+        verify_files(unpacked, listed)
+        listed.pop("files")
+        write_json_atomic(unpacked / "manifest.json", listed)
+        check = dataclasses.replace(settings, dir=unpacked, manifest_path=unpacked / "manifest.json")
+        import chromadb
+
+        client = chromadb.PersistentClient(path=str(unpacked), settings=chroma_settings())
+        try:
+            manifest = VectorStore(settings=check, embedder=embedder, client=client).manifest
+        finally:
+            client.close()
+        carry_over_extra_files(target, unpacked)
+        swap_directory(unpacked, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return manifest

@@ -10,6 +10,8 @@ from pathlib import Path
 from core.env import Env
 
 EMBEDDINGS_PROVIDERS = ("local", "openai_compatible")
+#: The bundled catalogue's store, built with the default model (make seed-vector-db refreshes it).
+SEED_ZIP = "backend/apps/libros/fixtures/vector_db.zip"
 
 
 @dataclass(frozen=True)
@@ -27,6 +29,9 @@ class VectorSettings:
     embeddings_provider: str
     embeddings_model: str
     embeddings_batch_size: int
+    #: A store exported with `build_vector_db --zip` that a build imports instead of embedding everything
+    #: when there is no usable store and the zip was built with the configured model (None: never).
+    seed_zip: Path | None = None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ, *, repo_dir: Path) -> VectorSettings:
@@ -39,6 +44,10 @@ class VectorSettings:
         if not manifest.is_absolute():
             manifest = repo_dir / manifest
         dataset = env.str("VECTOR_DATASET_PATH")
+        seed = env.str("VECTOR_DB_SEED", str(repo_dir / SEED_ZIP))
+        seed_zip = None if seed.lower() == "off" else Path(seed)
+        if seed_zip is not None and not seed_zip.is_absolute():
+            seed_zip = repo_dir / seed_zip
         provider = env.choice("EMBEDDINGS_PROVIDER", "local", EMBEDDINGS_PROVIDERS)
         batch = env.int("EMBEDDINGS_BATCH_SIZE", 32, minimum=1)
         return cls(
@@ -53,4 +62,5 @@ class VectorSettings:
                 "multilingual-e5-small-q4" if provider == "local" else "text-embedding-3-small",
             ),
             embeddings_batch_size=batch,
+            seed_zip=seed_zip,
         )

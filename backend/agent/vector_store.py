@@ -27,7 +27,7 @@ from urllib.parse import urlparse
 from core.caches import LRU
 
 from .embeddings import Embedder, get_embedder
-from .errors import InvalidQuery, VectorStoreUnavailable
+from .errors import InvalidQuery, VectorStoreBuilding, VectorStoreUnavailable
 from .types import Filters, Hit
 from .vector_config import VectorSettings
 
@@ -92,6 +92,9 @@ def _new_client(settings: VectorSettings) -> Any:
                 settings=chroma_settings(),
             )
         if not (Path(settings.dir) / "chroma.sqlite3").is_file():
+            progress = build_progress(settings)
+            if progress is not None:
+                raise VectorStoreBuilding(done=progress["done"], total=progress["total"])
             raise VectorStoreUnavailable(
                 f"no vector store at {settings.dir}: run `manage.py build_vector_db` or `import_vector_db`"
             )
@@ -100,6 +103,31 @@ def _new_client(settings: VectorSettings) -> Any:
         raise
     except Exception as exc:  # Chroma raises many types (sqlite, rust bindings, HTTP); all mean "unavailable"
         raise VectorStoreUnavailable(f"cannot open the vector store: {type(exc).__name__}: {exc}") from exc
+
+
+#: A build in progress writes this file into the store's directory (it vanishes with the swap that ends
+#: the build), so that readers can say "being built, N/M" instead of "no store: run build_vector_db".
+BUILD_STATUS_FILE = ".building.json"
+#: A status file not updated for this long is from a build that died (a build updates it per batch).
+BUILD_STATUS_STALE_SEC = 300.0
+
+
+def build_progress(settings: VectorSettings) -> dict[str, Any] | None:
+    """`{"done", "total", "phase", ...}` of the build running into `settings.dir`, or None when none runs."""
+    path = Path(settings.dir) / BUILD_STATUS_FILE
+    try:
+        if time.time() - path.stat().st_mtime > BUILD_STATUS_STALE_SEC:
+            return None
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if (
+        not isinstance(data, dict)
+        or not isinstance(data.get("done"), int)
+        or not isinstance(data.get("total"), int)
+    ):
+        return None
+    return data
 
 
 def release_client(settings: VectorSettings) -> None:

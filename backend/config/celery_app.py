@@ -19,8 +19,10 @@ app.autodiscover_tasks()
 def _warm_up() -> None:
     # Imported when a worker starts, not with this module: Django imports this module (config/__init__.py)
     # before its app registry is ready, and the services import models.
+    from agent.language import warm_up as language_warm_up
     from apps.agent.services.retrieval import retrieval_warm_up
 
+    language_warm_up()
     retrieval_warm_up()
 
 

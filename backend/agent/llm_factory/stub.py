@@ -9,7 +9,7 @@ from typing import Any
 
 from agent.config import PROVIDER_STUB, CostMode
 from agent.cost_policy import STUB_MODEL, CostDecision
-from agent.language import detect_language
+from agent.language import DEFAULT_LANGUAGE, detect_language
 from agent.llm_factory.results import (
     Prompt,
     deadline_message,
@@ -97,7 +97,11 @@ def stub_answer(messages: Sequence[Mapping[str, Any]]) -> str:
 
 
 def _grounded_stub_answer(grounded: GroundedPrompt) -> str:
-    language = grounded.language if grounded.language in _STUB_TEXT else detect_language(grounded.question)
+    language = (
+        grounded.language
+        if grounded.language in _STUB_TEXT
+        else (detect_language(grounded.question) or DEFAULT_LANGUAGE)
+    )
     text = _STUB_TEXT[language]
     if not grounded.books:
         return text["none"]

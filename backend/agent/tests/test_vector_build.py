@@ -40,9 +40,12 @@ def vsettings(tmp_path):
 
 
 def build(docs, vsettings, embedder, **kwargs):
-    return build_vector_db(
+    """The manifest of the build (without `outcome`, which only the call returns)."""
+    manifest = build_vector_db(
         docs, settings=vsettings, embedder=embedder, source="test", progress=False, **kwargs
     )
+    manifest.pop("outcome")
+    return manifest
 
 
 def leftovers(vsettings):
@@ -269,9 +272,10 @@ def test_an_interrupted_swap_is_recovered(vsettings, monkeypatch):
     # When the next build runs (through the fallback path, as on a system without renameat2)
     monkeypatch.setattr(atomic_swap, "_exchange", lambda a, b: False)
     counting = CountingEmbedder(FakeEmbedder())
-    after = build(book_documents(), vsettings, counting)
+    after = build(book_documents()[:-1], vsettings, counting)  # one book fewer: a new build is swapped in
     # Then the old store was restored and reused (nothing re-embedded), and no leftovers remain
     assert after["incremental"] is True and counting.documents_embedded == 0
+    assert (after["deleted"], after["unchanged"]) == (1, len(book_documents()) - 1)
     assert after["build_id"] != before["build_id"]
     assert leftovers(vsettings) == []
 

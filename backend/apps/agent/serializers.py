@@ -11,6 +11,7 @@ from rest_framework import serializers
 from rest_framework_dataclasses.serializers import DataclassSerializer
 
 from agent import types
+from agent.language import LANGUAGES
 from agent.pipeline import MAX_QUERY_CHARS, MAX_TOP_K
 
 # \Z, not $: "$" also matches before a trailing newline.
@@ -72,6 +73,11 @@ class AgentQuerySerializer(StrictSerializer):
     query = QueryField(help_text="The question, 1..4000 characters after trimming.")
     top_k = serializers.IntegerField(required=False, min_value=1, max_value=MAX_TOP_K)
     filters = FiltersSerializer(required=False)
+    language = serializers.ChoiceField(
+        choices=LANGUAGES,
+        required=False,
+        help_text="The language of the answer. Without it: the Accept-Language header's, else the question's.",
+    )
 
     def validate(self, attrs):
         attrs.setdefault("top_k", settings.AGENT_TOP_K_DEFAULT)

@@ -10,6 +10,7 @@ from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiExample, OpenApiParameter, OpenApiResponse
 
 from agent.config import BYO_KEY_HEADER
+from agent.language import parse_accept_language
 from agent.types import AgentOptions, Filters
 from apps.core.serializers import ErrorResponseSerializer
 from apps.webhooks.services import webhook_url_validate
@@ -79,8 +80,25 @@ IDEMPOTENCY_PARAM = OpenApiParameter(
 )
 
 
-def options_from(data: dict) -> AgentOptions:
-    return AgentOptions(top_k=data["top_k"], filters=Filters.from_dict(data.get("filters")))
+ACCEPT_LANGUAGE_PARAM = OpenApiParameter(
+    "Accept-Language",
+    OpenApiTypes.STR,
+    OpenApiParameter.HEADER,
+    description="The answer language (es or en) when the body has no `language`; otherwise the question's.",
+)
+
+
+def options_from(data: dict, request) -> AgentOptions:
+    """The job's options from the validated body; the answer language from the body, else Accept-Language."""
+    language, source = data.get("language"), "option"
+    if not language:
+        language, source = parse_accept_language(request.headers.get("Accept-Language")), "header"
+    return AgentOptions(
+        top_k=data["top_k"],
+        filters=Filters.from_dict(data.get("filters")),
+        language=language,
+        language_source=source if language else None,
+    )
 
 
 # A provider key is a token of visible ASCII; it ends up in an outbound Authorization header.

@@ -14,6 +14,7 @@ from rest_framework.views import APIView
 
 from apps.agent import selectors
 from apps.agent.apis.common import (
+    ACCEPT_LANGUAGE_PARAM,
     BYO_PARAM,
     ERRORS,
     IDEMPOTENCY_PARAM,
@@ -106,7 +107,7 @@ class JobListCreateApi(APIView):
         operation_id="agent_jobs_create",
         summary="Submit a question as an asynchronous job",
         request=JobCreateInputSerializer,
-        parameters=[BYO_PARAM, IDEMPOTENCY_PARAM],
+        parameters=[BYO_PARAM, IDEMPOTENCY_PARAM, ACCEPT_LANGUAGE_PARAM],
         responses={
             202: JobAcceptedSerializer,
             **ERRORS,
@@ -136,7 +137,7 @@ class JobListCreateApi(APIView):
         job, created = job_services.job_create(
             owner=request.user,
             query=data.validated_data["query"],
-            options=options_from(data.validated_data),
+            options=options_from(data.validated_data, request),
             webhook_url=webhook_url,
             idempotency_key=idempotency_key_from(request),
             byo_api_key=byo_key_from(request),
@@ -216,7 +217,7 @@ class AgentSyncApi(APIView):
         operation_id="agent_run_sync",
         summary="Ask the agent and wait for the answer (same pipeline, within the request)",
         request=AgentQuerySerializer,
-        parameters=[BYO_PARAM],
+        parameters=[BYO_PARAM, ACCEPT_LANGUAGE_PARAM],
         responses={200: AgentResponseSerializer, **ERRORS, **TOO_LARGE, 429: LIMIT_429},
     )
     def post(self, request):
@@ -224,7 +225,7 @@ class AgentSyncApi(APIView):
         data.is_valid(raise_exception=True)
         result, decision = job_services.agent_run_sync(
             query=data.validated_data["query"],
-            options=options_from(data.validated_data),
+            options=options_from(data.validated_data, request),
             byo_api_key=byo_key_from(request),
             owner=request.user,
         )

@@ -11,7 +11,7 @@ from django.conf import settings
 
 from agent import exact_search as core_exact_search
 from agent import vector_store
-from agent.errors import VectorStoreUnavailable
+from agent.errors import VectorStoreBuilding, VectorStoreUnavailable
 from agent.types import Document, Filters, Hit
 from apps.libros.catalogue import libro_documents
 
@@ -100,5 +100,7 @@ def retrieval_warm_up() -> None:
     """
     try:
         get_retriever().retrieve("warm up", 1, Filters())
+    except VectorStoreBuilding as exc:
+        logger.info("%s: jobs answer from exact search (degraded) until it is ready", exc.message)
     except VectorStoreUnavailable as exc:
         logger.warning("vector store unavailable at worker start: %s", exc.message)

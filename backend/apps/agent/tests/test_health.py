@@ -63,3 +63,41 @@ def test_health_never_shows_a_key(client, all_ok, settings):
     response = client.get("/api/health")
     assert "sk-secret-health" not in response.content.decode()
     assert response.json()["checks"]["llm"]["key_source"] == "server"
+
+
+def test_a_store_being_built_is_reported_as_such_not_as_missing(
+    client, all_ok, monkeypatch, settings, tmp_path, caplog
+):
+    import dataclasses
+    import json
+    import logging
+
+    from agent.vector_store import BUILD_STATUS_FILE, release_client
+    from apps.agent.services import retrieval
+    from apps.agent.services.retrieval import retrieval_warm_up, store_health
+
+    # Given a first build running into an empty store directory (it has embedded 96 of 320 books)
+    directory = tmp_path / "vector_db"
+    directory.mkdir()
+    (directory / BUILD_STATUS_FILE).write_text(json.dumps({"phase": "embedding", "done": 96, "total": 320}))
+    settings.VECTOR = dataclasses.replace(
+        settings.VECTOR, dir=directory, manifest_path=directory / "manifest.json"
+    )
+    monkeypatch.setitem(health.CHECKS, "vector_store", store_health)
+    try:
+        # Then the health check says so
+        body = client.get("/api/health").json()
+        assert body["checks"]["vector_store"] == {
+            "ok": False,
+            "error": "vector store is being built, 96/320 documents",
+        }
+        # And a starting worker says so too, at INFO, without telling anyone to run build_vector_db
+        with caplog.at_level(logging.INFO, logger=retrieval.__name__):
+            retrieval_warm_up()
+        messages = [r.getMessage() for r in caplog.records if r.name == retrieval.__name__]
+        assert messages == [
+            "vector store is being built, 96/320 documents: jobs answer from exact search (degraded) until it is ready"
+        ]
+        assert all(r.levelno == logging.INFO for r in caplog.records if r.name == retrieval.__name__)
+    finally:
+        release_client(settings.VECTOR)

@@ -14,6 +14,7 @@ from django.core.management import CommandError, call_command
 from agent.datasets import load_dataset
 from agent.embeddings import get_embedder
 from agent.vector_build import build_vector_db
+from agent.vector_config import VectorSettings
 from agent.vector_store import release_client
 from apps.libros.catalogue import libro_document, libro_documents
 from apps.libros.models import Libro
@@ -34,7 +35,7 @@ def run(*args: str) -> str:
 
 @pytest.fixture
 def vector(settings, tmp_path):
-    """An empty store location for this test, with the local model."""
+    """An empty store location for this test, with the local model and no bundled store to import."""
     directory = tmp_path / "vector_db"
     settings.VECTOR = dataclasses.replace(
         settings.VECTOR,
@@ -44,6 +45,7 @@ def vector(settings, tmp_path):
         dataset_path=None,
         embeddings_provider="local",
         embeddings_model="multilingual-e5-small-q4",
+        seed_zip=None,
     )
     yield settings.VECTOR
     release_client(settings.VECTOR)
@@ -217,6 +219,30 @@ def test_generate_catalogue_is_reproducible(tmp_path, db):
     documents = load_dataset(tmp_path / "a.json")
     assert len(documents) == 50 and documents[0].id == "syn-0"
     assert {doc.metadata["language"] for doc in documents} == {"en", "es"}
+
+
+@pytest.mark.django_db
+def test_a_fresh_clone_imports_the_bundled_store_instead_of_embedding(vector, settings, monkeypatch):
+    # Given the demo catalogue in the table, no store, and the bundled zip (the one committed to the repository)
+    call_command("loaddata", "libros_prueba", verbosity=0)
+    seed = Path(__file__).resolve().parent.parent / "fixtures" / "vector_db.zip"
+    assert (
+        VectorSettings.from_env({}, repo_dir=seed.parents[4]).seed_zip == seed
+    )  # the default VECTOR_DB_SEED
+    settings.VECTOR = dataclasses.replace(vector, seed_zip=seed)
+    embedder = get_embedder(settings.VECTOR)
+
+    def no_embedding(texts):
+        raise AssertionError(f"embedded {len(texts)} documents")
+
+    monkeypatch.setattr(embedder, "embed_documents", no_embedding)
+    # When the build runs: the bundled store is imported, checked, and nothing is embedded
+    out = run("build_vector_db")
+    assert out.startswith(f"imported the bundled store {seed} (320 documents, checksums verified")
+    manifest = json.loads(settings.VECTOR.manifest_path.read_text())
+    assert manifest["document_count"] == Libro.objects.count() == 320
+    # And the next start finds it up to date
+    assert run("build_vector_db").startswith("up to date: 320 documents, nothing to embed")
 
 
 def test_build_before_migrate_says_what_to_run_instead_of_a_traceback(tmp_path):

@@ -4,9 +4,9 @@ The queries share no keyword with the book they must find (checked below with th
 extraction that exact search uses), several cross languages, and exact search misses them: this is
 what the vector store adds over the degraded path.
 
-Embedding the 320 books takes about a minute on two cores, so the store is the session-wide one of
-the root conftest (`catalogue_vector_settings`), cached under var/ and updated incrementally: an
-unchanged fixture re-embeds nothing on later runs.
+Embedding the 320 books takes minutes on two cores, so the store is the session-wide one of the root
+conftest (`catalogue_vector_settings`): imported from the bundled zip, cached under var/, and updated
+incrementally if the fixture changes.
 """
 
 from __future__ import annotations

@@ -81,7 +81,16 @@ class Command(BaseCommand):
             raise CommandError(f"Malformed dataset {dataset}: {exc}") from exc
         verbose = options["verbosity"] > 0
         mode = "incremental" if manifest["incremental"] else "full"
-        if verbose:
+        if verbose and manifest["outcome"] == "up_to_date":
+            self.stdout.write(
+                f"up to date: {manifest['document_count']} documents, nothing to embed; manifest: {vector.manifest_path}"
+            )
+        elif verbose and manifest["outcome"] == "imported":
+            self.stdout.write(
+                f"imported the bundled store {vector.seed_zip} ({manifest['document_count']} documents, "
+                f"checksums verified, nothing to embed); manifest: {vector.manifest_path}"
+            )
+        elif verbose:
             self.stdout.write(
                 f"{mode} build of {manifest['document_count']} documents in {manifest['build_seconds']:.1f} s "
                 f"(added {manifest['added']}, updated {manifest['updated']}, deleted {manifest['deleted']}, "
