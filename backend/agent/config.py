@@ -66,6 +66,9 @@ class LLMSettings:
     retry_after_cap_sec: float = 10.0
     prices: PriceTable = field(default_factory=dict, hash=False)
     http_pool_size: int = 100
+    #: The provider's rate limit per base URL and key (None: unlimited); see agent/rate_limit.py.
+    rate_rpm: int | None = None
+    rate_tpm: int | None = None
 
     def __post_init__(self) -> None:
         provider = _PROVIDER_ALIASES.get(str(self.provider).strip().lower())
@@ -88,6 +91,9 @@ class LLMSettings:
         _check_int("LLM_MAX_TOKENS", self.max_tokens, minimum=1)
         _check_int("LLM_MAX_RETRIES", self.max_retries, minimum=0)
         _check_int("LLM_HTTP_POOL_SIZE", self.http_pool_size, minimum=1)
+        for name, value in (("LLM_RATE_RPM", self.rate_rpm), ("LLM_RATE_TPM", self.rate_tpm)):
+            if value is not None:
+                _check_int(name, value, minimum=1)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> LLMSettings:
@@ -114,6 +120,8 @@ class LLMSettings:
             retry_after_cap_sec=_parse_float("LLM_RETRY_AFTER_CAP_SEC", get("LLM_RETRY_AFTER_CAP_SEC", "10")),
             prices=parse_prices(get("LLM_PRICES", "")),
             http_pool_size=_parse_int("LLM_HTTP_POOL_SIZE", get("LLM_HTTP_POOL_SIZE", "100")),
+            rate_rpm=_parse_optional_int("LLM_RATE_RPM", get("LLM_RATE_RPM", "")),
+            rate_tpm=_parse_optional_int("LLM_RATE_TPM", get("LLM_RATE_TPM", "")),
         )
 
     def price_of(self, model: str) -> tuple[float, float] | None:
@@ -157,6 +165,11 @@ def _parse_int(name: str, raw: str) -> int:
         return int(raw)
     except ValueError:
         raise env_error(name, raw, "an integer") from None
+
+
+def _parse_optional_int(name: str, raw: str) -> int | None:
+    """Empty means None (unlimited)."""
+    return _parse_int(name, raw) if raw else None
 
 
 def _parse_bool(name: str, raw: str) -> bool:

@@ -31,6 +31,7 @@ from agent.types import AgentOptions, AgentResult
 from apps.agent.errors import Conflict, IdempotencyMismatch, ServiceUnavailable, ValidationFailed
 from apps.agent.models import AgentJob, Batch, JobStatus, TraceStep
 from apps.agent.services import key_vault, statements
+from apps.agent.services.rate_limit import provider_limiter
 from apps.agent.services.retrieval import exact_search, get_retriever, store_identity
 
 logger = logging.getLogger(__name__)
@@ -357,6 +358,7 @@ def _runnable_for(job: AgentJob, byo_key: str | None):
     return build_llm_runnable(
         byo_api_key=byo_key if job.key_source == "user" else None,
         settings=dataclasses.replace(base, **changes),
+        limiter=provider_limiter(),
     )
 
 
@@ -534,7 +536,9 @@ def agent_run_sync(
     """Run the pipeline within the request, bounded by the same job timeout. Stores nothing."""
     decision = cost_decision_resolve(byo_api_key=byo_api_key)
     llm = build_llm_runnable(
-        byo_api_key=byo_api_key if decision.key_source == "user" else None, settings=settings.LLM
+        byo_api_key=byo_api_key if decision.key_source == "user" else None,
+        settings=settings.LLM,
+        limiter=provider_limiter(),
     )
     deadline = time.monotonic() + settings.AGENT_JOB_TIMEOUT_SEC
     result = pipeline.run(query, options, llm, get_retriever(), deadline, exact_search=exact_search)
