@@ -30,7 +30,7 @@ from agent.llm_factory import build_llm_runnable
 from agent.types import AgentOptions, AgentResult
 from apps.agent.errors import Conflict, IdempotencyMismatch, ServiceUnavailable, ValidationFailed
 from apps.agent.models import AgentJob, Batch, JobStatus, TraceStep
-from apps.agent.services import key_vault, statements
+from apps.agent.services import fairness, key_vault, statements
 from apps.agent.services.rate_limit import provider_limiter
 from apps.agent.services.retrieval import exact_search, get_retriever, store_identity
 
@@ -114,6 +114,8 @@ def job_create(
             raise
         return _idempotent_repeat(existing, fingerprint), False
     job_id = uuid.uuid4()
+    # Over a per-user cap, the job waits in its owner's line unpublished (services/fairness.py).
+    admit = enqueue and fairness.user_cap(batch=batch is not None) is not None
     if decision.key_source == "user":
         # Stored before the row exists: if Redis is down we refuse the job rather than lose the key.
         try:
@@ -143,9 +145,13 @@ def job_create(
                 # Marked as published in the INSERT rather than by an UPDATE after the publish: one write
                 # less per job. A refused publish clears the mark (`_job_publish_created`); a process that
                 # dies between commit and publish leaves the job to the sweep's stale-queue rule.
-                enqueued_at=timezone.now() if enqueue else None,
+                enqueued_at=timezone.now() if enqueue and not admit else None,
             )
-            if enqueue:
+            if admit:
+                transaction.on_commit(
+                    lambda: jobs_admit(owner_id=job.owner_id, batch=job.batch_id is not None)
+                )
+            elif enqueue:
                 transaction.on_commit(lambda: _job_publish_created(job))
     except DatabaseError:
         # The Idempotency-Key was used before (or by a concurrent request that won the insert).
@@ -179,15 +185,39 @@ def job_enqueue(*, job: AgentJob) -> bool:
 
 
 def _job_publish(job: AgentJob) -> bool:
+    return _task_publish(job.id, batch=job.batch_id is not None)
+
+
+def _task_publish(job_id: uuid.UUID, *, batch: bool) -> bool:
     from apps.agent.tasks import batch_job_run_task, job_run_task
 
-    task = batch_job_run_task if job.batch_id else job_run_task
+    task = batch_job_run_task if batch else job_run_task
     try:
-        task.apply_async(args=[str(job.id)])
+        task.apply_async(args=[str(job_id)])
     except Exception as exc:  # broker down: the sweep enqueues queued jobs that were never published
-        logger.warning("could not enqueue job %s (%s); the sweep will retry", job.id, type(exc).__name__)
+        logger.warning("could not enqueue job %s (%s); the sweep will retry", job_id, type(exc).__name__)
         return False
     return True
+
+
+def jobs_admit(*, owner_id: Any, batch: bool) -> int:
+    """Publish the oldest waiting jobs of `owner_id` that fit under the per-user cap (services/fairness.py).
+
+    Returns how many were published. A job whose publish fails goes back to waiting (its mark is cleared)
+    and the sweep admits it again; so does everything when the admission lock is unavailable.
+    """
+    try:
+        admitted = fairness.jobs_admit(owner_id=owner_id, batch=batch)
+    except fairness.AdmissionBusy as exc:
+        logger.warning("could not admit jobs of user %s (%s); the sweep will retry", owner_id, exc)
+        return 0
+    published = 0
+    for job_id in admitted:
+        if _task_publish(job_id, batch=batch):
+            published += 1
+        else:
+            AgentJob.objects.filter(id=job_id, status=JobStatus.QUEUED).update(enqueued_at=None)
+    return published
 
 
 def _job_publish_created(job: AgentJob) -> None:
@@ -208,6 +238,16 @@ def jobs_enqueue(*, jobs: Sequence[AgentJob]) -> int:
     from apps.agent.tasks import batch_job_run_task, job_run_task
     from config.celery_app import app
 
+    capped = {(job.owner_id, job.batch_id is not None) for job in jobs}
+    capped = {kind for kind in capped if fairness.user_cap(batch=kind[1]) is not None}
+    if capped:  # over a per-user cap, jobs wait in their owners' lines: admit what fits
+        published = sum(
+            jobs_admit(owner_id=owner_id, batch=batch) for owner_id, batch in sorted(capped, key=str)
+        )
+        jobs = [job for job in jobs if (job.owner_id, job.batch_id is not None) not in capped]
+        if not jobs:
+            return published
+        return published + jobs_enqueue(jobs=jobs)
     if app.conf.task_always_eager:  # tests and CELERY_TASK_ALWAYS_EAGER: nothing to publish
         return sum(job_enqueue(job=job) for job in jobs)
     published: list[uuid.UUID] = []
@@ -374,6 +414,22 @@ def _terminal_effects(*, job_id: uuid.UUID, job: AgentJob | None = None) -> None
         job_terminal_event(job_id=job_id)
     if job is None or job.key_source == "user":
         transaction.on_commit(lambda: key_vault.key_delete(job_id=job_id))
+    _slot_freed(job_id=job_id, job=job)
+
+
+def _slot_freed(*, job_id: uuid.UUID, job: AgentJob | None) -> None:
+    """After the commit that ended a job: admit its owner's next waiting job of the same kind, if capped."""
+    if settings.AGENT_MAX_RUNNING_PER_USER is None and settings.AGENT_MAX_RUNNING_PER_USER_BATCH is None:
+        return
+    if job is not None:
+        owner_id, batch = job.owner_id, job.batch_id is not None
+    else:
+        row = AgentJob.objects.filter(id=job_id).values_list("owner_id", "batch_id").first()
+        if row is None:
+            return
+        owner_id, batch = row[0], row[1] is not None
+    if fairness.user_cap(batch=batch) is not None:
+        transaction.on_commit(lambda: jobs_admit(owner_id=owner_id, batch=batch))
 
 
 def _job_finish(job: AgentJob, attempt: int, result: AgentResult) -> str | None:
@@ -503,8 +559,15 @@ def jobs_sweep() -> dict[str, int]:
     # keeps a long batch from being re-published, i.e. duplicated, every AGENT_QUEUED_STALE_SEC.
     stale_batch_queue = now - timedelta(seconds=settings.AGENT_BATCH_QUEUED_STALE_SEC)
     counts = {"enqueued": 0, "recovered": 0, "failed": 0}
+    never_published = Q(enqueued_at__isnull=True, created_at__lt=now - timedelta(seconds=2))
+    # A kind under a per-user cap: its unpublished jobs wait for admission, not for a blind publish.
+    for batch in (False, True):
+        if fairness.user_cap(batch=batch) is not None:
+            never_published &= Q(batch__isnull=batch)
+            for owner_id in fairness.waiting_owners(batch=batch, created_before=now - timedelta(seconds=2)):
+                counts["enqueued"] += jobs_admit(owner_id=owner_id, batch=batch)
     queued = AgentJob.objects.filter(status=JobStatus.QUEUED).filter(
-        Q(enqueued_at__isnull=True, created_at__lt=now - timedelta(seconds=2))
+        never_published
         | Q(enqueued_at__lt=stale_queue, batch__isnull=True)
         | Q(enqueued_at__lt=stale_batch_queue, batch__isnull=False)
     )
