@@ -2,7 +2,7 @@
 
 Two real worker processes (threads pool, 8 each: 16 slots), a real Redis, the test LLM server answering
 in 50 ms, and `AGENT_MAX_RUNNING_PER_USER=4`. User A submits 500 jobs at once; user B then submits 5
-through the API. Measured on the shared 2-core machine (load average about 10 from other runs): B's five
+through the API. Measured on the shared 2-core machine (load average 15-18 from other runs): B's five
 finished 1.7 s after B's first POST, while A still had 361 of its 500 jobs to go; the bound asserted is
 5 s (the test prints the figure). A's jobs all succeed, never more than 4 at a time, admitted in the order they were submitted.
 """
