@@ -4,9 +4,10 @@
 
 The algorithm is throttled-py's GCRA (generic cell rate algorithm): one Lua script per check in Redis, timed
 by Redis's own clock, so every worker process agrees on one schedule. Requests are spaced evenly (one per
-60/RPM seconds, with a tolerance of one interval: `RPM_BURST`), never a minute's worth at once, which is also how providers enforce "600
-RPM" (about 10 per second). Tokens are weighed per request: the prompt's estimate plus `max_tokens`, what
-the provider counts against TPM when the request arrives.
+60/RPM seconds, with a tolerance of one interval: `RPM_BURST`), never a minute's worth at once, which is
+also how providers enforce "600 RPM" (about 10 per second). Tokens are weighed per request: the prompt's estimate plus `max_tokens`, what
+the provider counts against TPM when the request arrives. The limiter runs at 95% of the configured
+figures (`HEADROOM`), so that the provider's own bucket stays full and absorbs jitter.
 
 A caller waits for its slot (`acquire`) within its deadline; the threads of one process queue on a local
 lock per bucket, so only one of them asks Redis at a time (no herd of sleepers waking at each slot). A
@@ -22,9 +23,10 @@ import logging
 import math
 import threading
 import time
+from datetime import timedelta
 from typing import Any, Protocol
 
-from throttled.rate_limiter import GCRARateLimiter, per_min
+from throttled.rate_limiter import GCRARateLimiter, per_duration
 
 logger = logging.getLogger(__name__)
 
@@ -32,6 +34,16 @@ KEY_PREFIX = "librarian:llm-rate"
 #: Requests the limiter lets through at once: 2 is a tolerance of one interval, so a caller that arrives a
 #: little late (a Redis round trip, a thread switch) does not push every later slot back by as much.
 RPM_BURST = 2
+#: The share of LLM_RATE_RPM / LLM_RATE_TPM the limiter uses. At exactly the provider's rate, the provider's
+#: own bucket refills only as fast as we drain it, so every bit of jitter between our slot and the request's
+#: arrival (a descheduled thread, a slow connect) eats into its burst for good, until it answers 429. At 95%
+#: it refills faster than we drain it and stays near full: jitter is absorbed (measured in
+#: docs/benchmarks.md, "Rate limit").
+HEADROOM = 0.95
+#: The limits are written as 19 per 20 minutes per unit of the per-minute figure: exactly 95% (throttled-py
+#: takes whole numbers of requests per whole seconds).
+_PERIOD = timedelta(minutes=20)
+_PER_PERIOD = 19
 #: A pause longer than this (a provider asking for minutes) is capped: the job deadline bounds waits anyway.
 MAX_PAUSE_SEC = 600.0
 
@@ -61,14 +73,22 @@ class ProviderRateLimiter:
         self.rpm, self.tpm = rpm, tpm
         self._store = store
         self._requests = (
-            GCRARateLimiter(per_min(rpm, burst=RPM_BURST), store, key_prefix=f"{KEY_PREFIX}:rpm")
+            GCRARateLimiter(
+                per_duration(_PERIOD, rpm * _PER_PERIOD, burst=RPM_BURST),
+                store,
+                key_prefix=f"{KEY_PREFIX}:rpm",
+            )
             if rpm
             else None
         )
         # A token bucket holds one second's worth; a request heavier than that takes it in several pieces.
         self._token_burst = max(1, tpm // 60) if tpm else 0
         self._tokens = (
-            GCRARateLimiter(per_min(tpm, burst=self._token_burst), store, key_prefix=f"{KEY_PREFIX}:tpm")
+            GCRARateLimiter(
+                per_duration(_PERIOD, tpm * _PER_PERIOD, burst=self._token_burst),
+                store,
+                key_prefix=f"{KEY_PREFIX}:tpm",
+            )
             if tpm
             else None
         )
