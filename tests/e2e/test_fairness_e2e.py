@@ -2,9 +2,9 @@
 
 Two real worker processes (threads pool, 8 each: 16 slots), a real Redis, the test LLM server answering
 in 50 ms, and `AGENT_MAX_RUNNING_PER_USER=4`. User A submits 500 jobs at once; user B then submits 5
-through the API. Measured on the shared 2-core machine (load average 15-18 from other runs): B's five
-finished 1.7 s after B's first POST, while A still had 361 of its 500 jobs to go; the bound asserted is
-5 s (the test prints the figure). A's jobs all succeed, never more than 4 at a time, admitted in the order they were submitted.
+through the API. Measured on the shared 2-core machine (load average 15-22 from other runs), twice: B's
+five finished 1.7 s after B's first POST while A still had 361 of its 500 jobs to go, then 1.66 s with
+424 to go; the bound asserted is 5 s (the test prints the figure). A's jobs all succeed, never more than 4 at a time, admitted in the order they were submitted.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 CAP = 4
 A_JOBS = 500
 B_JOBS = 5
-#: Seconds from B's first POST to B's last job finished that the test accepts (measured: 1.7 s).
+#: Seconds from B's first POST to B's last job finished that the test accepts (measured: 1.7 s and 1.66 s).
 B_BOUND_SEC = 5.0
 
 
