@@ -19,8 +19,8 @@ from django.utils import timezone
 
 from agent.types import AgentOptions, Filters
 from apps.agent.models import TERMINAL_STATUSES, AgentJob, Batch, JobStatus
+from apps.agent.services import fairness, retrieval
 from apps.agent.services import jobs as job_services
-from apps.agent.services import retrieval
 from apps.agent.services.events import batch_completion_check
 from core.errors import Conflict, IdempotencyMismatch, ValidationFailed
 
@@ -284,7 +284,7 @@ def batch_cancel(*, batch: Batch) -> Batch:
         batch_completion_check(batch_id=batch.id)
         if settings.AGENT_MAX_RUNNING_PER_USER_BATCH is not None:
             owner_id = batch.owner_id
-            transaction.on_commit(lambda: job_services.jobs_admit(owner_id=owner_id, batch=True))
+            transaction.on_commit(lambda: fairness.admit_and_publish(owner_id=owner_id, batch=True))
     batch.refresh_from_db()
     if batch.cancelled_at is None:  # it completed between our read and our update
         raise Conflict("The batch already completed.", code="batch_completed")

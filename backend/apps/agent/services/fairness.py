@@ -23,11 +23,13 @@ from collections.abc import Iterator
 from typing import Any
 
 from django.conf import settings
+from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
 
 from apps.agent.models import AgentJob, JobStatus
 from apps.agent.services.shared_cache import redis_client
+from apps.core import publish
 
 logger = logging.getLogger(__name__)
 
@@ -113,3 +115,48 @@ def _admission_lock(owner_id: Any, batch: bool) -> Iterator[None]:
     finally:
         with contextlib.suppress(Exception):  # expired (a stall over LOCK_TIMEOUT_SEC) or Redis gone
             lock.release()
+
+
+def admit_and_publish(*, owner_id: Any, batch: bool) -> int:
+    """Publish the oldest waiting jobs of `owner_id` that fit under the per-user cap.
+
+    Returns how many were published. A job whose publish fails goes back to waiting (its mark is cleared)
+    and the sweep admits it again; so does everything when the admission lock is unavailable.
+    """
+    try:
+        admitted = jobs_admit(owner_id=owner_id, batch=batch)
+    except AdmissionBusy as exc:
+        logger.warning("could not admit jobs of user %s (%s); the sweep will retry", owner_id, exc)
+        return 0
+    published = 0
+    for job_id in admitted:
+        if _task_publish(job_id, batch=batch):
+            published += 1
+        else:
+            AgentJob.objects.filter(id=job_id, status=JobStatus.QUEUED).update(enqueued_at=None)
+    return published
+
+
+def slot_freed(*, job_id: uuid.UUID, job: AgentJob | None) -> None:
+    """Inside the transaction that ends a job: after its commit, admit its owner's next waiting job of the
+    same kind, if that kind is capped."""
+    if settings.AGENT_MAX_RUNNING_PER_USER is None and settings.AGENT_MAX_RUNNING_PER_USER_BATCH is None:
+        return
+    if job is not None:
+        owner_id, batch = job.owner_id, job.batch_id is not None
+    else:
+        row = AgentJob.objects.filter(id=job_id).values_list("owner_id", "batch_id").first()
+        if row is None:
+            return
+        owner_id, batch = row[0], row[1] is not None
+    if user_cap(batch=batch) is not None:
+        transaction.on_commit(lambda: admit_and_publish(owner_id=owner_id, batch=batch))
+
+
+def _task_publish(job_id: uuid.UUID, *, batch: bool) -> bool:
+    try:
+        publish.task_publish(publish.BATCH_JOB_RUN if batch else publish.JOB_RUN, args=[str(job_id)])
+    except Exception as exc:  # broker down: the sweep admits the job again
+        logger.warning("could not enqueue job %s (%s); the sweep will retry", job_id, type(exc).__name__)
+        return False
+    return True

@@ -11,7 +11,7 @@ from django.utils import timezone
 
 from agent.types import AgentOptions
 from apps.agent.models import AgentJob, Batch, JobStatus
-from apps.agent.services import jobs
+from apps.agent.services import fairness, job_execution, jobs
 
 pytestmark = pytest.mark.django_db
 
@@ -24,7 +24,9 @@ def published(monkeypatch) -> list[tuple[str, bool]]:
         sent.append((str(job_id), batch))
         return True
 
-    monkeypatch.setattr(jobs, "_task_publish", publish)
+    monkeypatch.setattr(fairness, "_task_publish", publish)
+    # An uncapped kind is published at creation by the job services themselves.
+    monkeypatch.setattr(jobs, "_job_publish", lambda job: publish(job.id, batch=job.batch_id is not None))
     return sent
 
 
@@ -77,7 +79,7 @@ def test_the_end_of_a_job_admits_the_owners_next_one(
     assert len(published) == 2
 
     with django_capture_on_commit_callbacks(execute=True):
-        assert jobs.job_run(job_id=created[0].id) == JobStatus.SUCCEEDED
+        assert job_execution.job_run(job_id=created[0].id) == JobStatus.SUCCEEDED
 
     assert [job_id for job_id, _ in published] == ids(created[:3])
     with django_capture_on_commit_callbacks(execute=True):
@@ -133,20 +135,18 @@ def test_the_sweep_admits_when_a_finish_hook_was_lost(
 def test_a_failed_publish_puts_the_job_back_in_line(
     user, capped, monkeypatch, django_capture_on_commit_callbacks
 ):
-    monkeypatch.setattr(jobs, "_task_publish", lambda job_id, *, batch: False)
+    monkeypatch.setattr(fairness, "_task_publish", lambda job_id, *, batch: False)
     with django_capture_on_commit_callbacks(execute=True):
         created = submit(user, 3)
 
     assert not AgentJob.objects.filter(enqueued_at__isnull=False).exists()
-    monkeypatch.setattr(jobs, "_task_publish", lambda job_id, *, batch: True)
-    assert jobs.jobs_admit(owner_id=user.id, batch=False) == 2
+    monkeypatch.setattr(fairness, "_task_publish", lambda job_id, *, batch: True)
+    assert fairness.admit_and_publish(owner_id=user.id, batch=False) == 2
     admitted = AgentJob.objects.filter(enqueued_at__isnull=False).order_by("created_at")
     assert ids(admitted) == ids(created[:2])
 
 
 def test_admission_waits_for_the_sweep_when_the_lock_is_unavailable(user, capped, monkeypatch, caplog):
-    from apps.agent.services import fairness
-
     created = submit(user, 2, enqueue=False)
     AgentJob.objects.filter(id__in=[c.id for c in created]).update(enqueued_at=None)
 
@@ -156,6 +156,6 @@ def test_admission_waits_for_the_sweep_when_the_lock_is_unavailable(user, capped
 
     monkeypatch.setattr(fairness, "redis_client", lambda: DownRedis())
 
-    assert jobs.jobs_admit(owner_id=user.id, batch=False) == 0
+    assert fairness.admit_and_publish(owner_id=user.id, batch=False) == 0
     assert "could not admit jobs of user" in caplog.text
     assert not AgentJob.objects.filter(enqueued_at__isnull=False).exists()

@@ -10,7 +10,7 @@ import pytest
 
 from agent.types import AgentOptions
 from apps.agent.models import JobStatus
-from apps.agent.services import jobs
+from apps.agent.services import job_execution, jobs
 from apps.agent.services import rate_limit as rate_limit_service
 from openai_testserver import start_in_thread
 
@@ -41,7 +41,7 @@ def limited(settings, server, monkeypatch):
 
 def run_job(user) -> jobs.AgentJob:
     job, _ = jobs.job_create(owner=user, query="whales", options=AgentOptions(top_k=2), enqueue=False)
-    jobs.job_run(job_id=job.id)
+    job_execution.job_run(job_id=job.id)
     job.refresh_from_db()
     return job
 
