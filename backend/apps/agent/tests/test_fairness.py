@@ -7,7 +7,6 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
-from django.utils import timezone
 
 from agent.types import AgentOptions
 from apps.agent.models import AgentJob, Batch, JobStatus
@@ -120,7 +119,8 @@ def test_the_sweep_admits_when_a_finish_hook_was_lost(
         created = submit(user, 4)
     # Two jobs end without their hook (the process died after the commit), and time passes.
     AgentJob.objects.filter(id__in=[c.id for c in created[:2]]).update(status=JobStatus.SUCCEEDED)
-    AgentJob.objects.update(created_at=timezone.now() - timedelta(minutes=1))
+    for job in AgentJob.objects.all():  # a minute older, in the same order
+        AgentJob.objects.filter(id=job.id).update(created_at=job.created_at - timedelta(minutes=1))
     published.clear()
 
     counts = jobs.jobs_sweep()
