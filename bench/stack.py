@@ -319,6 +319,7 @@ class Stack:
     procs: list[Proc] = field(default_factory=list)
     api_url: str = ""
     llm_base_url: str = ""
+    llm_root_url: str = ""
 
     def __post_init__(self) -> None:
         flush_redis()
@@ -371,16 +372,18 @@ class Stack:
         log(f"{self.label}: processes ready in {time.perf_counter() - started:.1f} s")
         return api, worker_proc
 
-    def start_llm_server(self, latency_ms: float, *, wait: bool = True) -> Proc:
-        """The OpenAI-compatible test server as a child process; points the stack's LLM at it."""
+    def start_llm_server(self, latency_ms: float, *, wait: bool = True, **options: Any) -> Proc:
+        """The OpenAI-compatible test server as a child process; points the stack's LLM at it. `options`
+        are more of its ServerOptions (e.g. `rate_rpm`)."""
         port = free_port()
-        options = json.dumps({"latency_ms": latency_ms, "record_limit": 100})
+        options = json.dumps({"latency_ms": latency_ms, "record_limit": 100, **options})
         proc = self._spawn(
             "llm",
             [PY, "-m", "openai_testserver", "--port", str(port), "--options-json", options],
         )
         proc.ready = lambda: _http_ok(f"http://127.0.0.1:{port}/v1/models")
         self.llm_base_url = f"http://127.0.0.1:{port}/v1"
+        self.llm_root_url = f"http://127.0.0.1:{port}"
         self.env.update(LLM_PROVIDER="openai_compatible", LLM_BASE_URL=self.llm_base_url, LLM_API_KEY=API_KEY)
         if wait:
             proc.wait_ready()

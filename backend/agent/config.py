@@ -63,6 +63,9 @@ class LLMSettings:
     retry_after_cap_sec: float = 10.0
     prices: PriceTable = field(default_factory=dict, hash=False)
     http_pool_size: int = 100
+    #: The provider's rate limit per base URL and key (None: unlimited); see agent/rate_limit.py.
+    rate_rpm: int | None = None
+    rate_tpm: int | None = None
 
     def __post_init__(self) -> None:
         provider = _PROVIDER_ALIASES.get(str(self.provider).strip().lower())
@@ -85,6 +88,9 @@ class LLMSettings:
         check_int("LLM_MAX_TOKENS", self.max_tokens, minimum=1)
         check_int("LLM_MAX_RETRIES", self.max_retries, minimum=0)
         check_int("LLM_HTTP_POOL_SIZE", self.http_pool_size, minimum=1)
+        for name, value in (("LLM_RATE_RPM", self.rate_rpm), ("LLM_RATE_TPM", self.rate_tpm)):
+            if value is not None:
+                check_int(name, value, minimum=1)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> LLMSettings:
@@ -108,6 +114,8 @@ class LLMSettings:
             retry_after_cap_sec=env.float("LLM_RETRY_AFTER_CAP_SEC", 10.0),
             prices=parse_prices(env.str("LLM_PRICES")),
             http_pool_size=env.int("LLM_HTTP_POOL_SIZE", 100),
+            rate_rpm=env.optional_int("LLM_RATE_RPM"),
+            rate_tpm=env.optional_int("LLM_RATE_TPM"),
         )
 
     def price_of(self, model: str) -> tuple[float, float] | None:

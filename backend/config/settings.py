@@ -239,6 +239,11 @@ AGENT_BATCH_MAX_SIZE = env.int("AGENT_BATCH_MAX_SIZE", 500, minimum=1)
 # A queued batch job waits its turn behind the rest of its batch at low priority: the sweep re-publishes
 # it only after this long (interactive jobs: AGENT_QUEUED_STALE_SEC), so a long batch is not duplicated.
 AGENT_BATCH_QUEUED_STALE_SEC = env.float("AGENT_BATCH_QUEUED_STALE_SEC", 900.0, minimum=1.0)
+# Fair share (apps/agent/services/fairness.py): at most this many jobs of one user run (or wait published
+# in the Celery queue) at once across every worker; the rest wait unpublished, in order. Batch jobs count
+# apart, with their own cap. Empty: unlimited.
+AGENT_MAX_RUNNING_PER_USER = env.optional_int("AGENT_MAX_RUNNING_PER_USER", minimum=1)
+AGENT_MAX_RUNNING_PER_USER_BATCH = env.optional_int("AGENT_MAX_RUNNING_PER_USER_BATCH", minimum=1)
 if AGENT_JOB_TIMEOUT_SEC >= CELERY_TASK_TIME_LIMIT:
     raise env_error(
         "AGENT_JOB_TIMEOUT_SEC",

@@ -89,6 +89,11 @@ class Env:
         raw = self.raw(name)
         return parse_int(name, raw, minimum=minimum) if raw else default
 
+    def optional_int(self, name: str, *, minimum: builtins.int | None = None) -> builtins.int | None:
+        """An integer, or None when the variable is empty (e.g. "unlimited")."""
+        raw = self.raw(name)
+        return parse_int(name, raw, minimum=minimum) if raw else None
+
     def float(
         self, name: str, default: builtins.float, *, minimum: builtins.float | None = None
     ) -> builtins.float:

@@ -25,6 +25,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--embedding-dim", type=int, help="embedding size (default 16)")
     parser.add_argument("--drip-interval-ms", type=float, help="pause between bytes for slow_drip")
     parser.add_argument("--hang-sec", type=float, help="how long `hang` holds a request")
+    parser.add_argument("--rate-rpm", type=float, help="chat completions per minute; beyond: 429")
+    parser.add_argument("--rate-tpm", type=float, help="tokens (prompt + max_tokens) per minute; beyond: 429")
     parser.add_argument("--options-json", default="{}", help="any ServerOptions as a JSON object")
     args = parser.parse_args(argv)
 
@@ -37,6 +39,8 @@ def main(argv: list[str] | None = None) -> None:
         "embedding_dim": args.embedding_dim,
         "drip_interval_ms": args.drip_interval_ms,
         "hang_sec": args.hang_sec,
+        "rate_rpm": args.rate_rpm,
+        "rate_tpm": args.rate_tpm,
     }
     options.update({name: value for name, value in flags.items() if value is not None})
     if args.no_usage:

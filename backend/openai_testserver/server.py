@@ -9,11 +9,12 @@ Control endpoints (tests change behaviour without restarting):
     GET  /_requests[?path=...]  what was received: method, path, headers (Authorization too), peer, body,
                                 time
     GET  /_stats                {"calls": n, "faults_served": m, "usage": {<API key>: {"calls",
-                                "prompt_tokens", "completion_tokens"}}}: the usage of the chat answers
+                                "prompt_tokens", "completion_tokens"}}, "rate_limited": r}: the usage of the chat answers
                                 served (a fault answers nothing), per key the client sent
     POST /_reset                options back to the start-up ones, requests and counters cleared
 
-Faults apply to chat completions and embeddings. The server binds 127.0.0.1 only and records headers in
+Faults apply to chat completions and embeddings. `rate_rpm` / `rate_tpm` make chat completions a provider
+with a rate limit: beyond it the server answers 429 with `Retry-After` (see `RateBuckets`). The server binds 127.0.0.1 only and records headers in
 memory on purpose: tests use it to prove which key a client sent. Never point it at real keys you care
 about.
 """
@@ -28,6 +29,7 @@ import hashlib
 import http.client
 import json
 import logging
+import math
 import os
 import re
 import select
@@ -80,6 +82,11 @@ class ServerOptions:
     models          ids listed by /v1/models
     content         the text of every chat answer, instead of the deterministic one (None: computed);
                     e.g. a prompt-injection payload, to test what the client does with hostile output
+    rate_rpm        chat completions allowed per minute (None: unlimited); beyond it, 429 + Retry-After
+    rate_tpm        tokens per minute, counted as a provider counts them when the request arrives: the
+                    prompt's tokens (this server's word count) plus the request's `max_tokens`
+    rate_burst_sec  how many seconds of the rate a burst may use at once (the buckets' capacity); a real
+                    provider enforces "600 RPM" as about 10 requests per second, i.e. 1 s
     """
 
     latency_ms: float = 0.0
@@ -92,6 +99,9 @@ class ServerOptions:
     hang_sec: float = 600.0
     models: tuple[str, ...] = field(default=DEFAULT_MODELS)
     content: str | None = None
+    rate_rpm: float | None = None
+    rate_tpm: float | None = None
+    rate_burst_sec: float = 1.0
 
     def __post_init__(self) -> None:
         if self.fault not in FAULTS:
@@ -102,6 +112,12 @@ class ServerOptions:
             raise ValueError("embedding_dim must be >= 1")
         if self.content is not None and not isinstance(self.content, str):
             raise ValueError("content must be a string or null")
+        for name in ("rate_rpm", "rate_tpm"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int | float) or value <= 0):
+                raise ValueError(f"{name} must be a number > 0 or null")
+        if not isinstance(self.rate_burst_sec, int | float) or self.rate_burst_sec <= 0:
+            raise ValueError("rate_burst_sec must be a number > 0")
         self.models = tuple(self.models)
 
     def replace(self, changes: dict[str, Any]) -> ServerOptions:
@@ -121,6 +137,60 @@ class ServerOptions:
         return data
 
 
+class TokenBucket:
+    """A token bucket: `rate` per second, at most `capacity` saved up; full at the start.
+
+    A request heavier than the whole capacity is let through when the bucket is full (the level then goes
+    below zero and refills from there), so a large request is slowed down rather than refused for ever.
+    """
+
+    def __init__(self, rate: float, capacity: float, clock=time.monotonic):
+        self.rate, self.capacity, self._clock = rate, capacity, clock
+        self.level, self._at = capacity, clock()
+
+    def _refill(self) -> None:
+        now = self._clock()
+        self.level = min(self.capacity, self.level + (now - self._at) * self.rate)
+        self._at = now
+
+    def wait_for(self, weight: float) -> float:
+        """Seconds until `weight` can be taken (0: now). Takes nothing."""
+        self._refill()
+        missing = min(weight, self.capacity) - self.level
+        return max(0.0, missing / self.rate)
+
+    def take(self, weight: float) -> None:
+        self._refill()
+        self.level -= weight
+
+
+class RateBuckets:
+    """The server's RPM and TPM limits: a request passes when both buckets have room, and takes from both.
+
+    The event loop runs one handler at a time, so the check and the take are atomic.
+    """
+
+    def __init__(self, options: ServerOptions):
+        def bucket(per_minute: float | None) -> TokenBucket | None:
+            if per_minute is None:
+                return None
+            rate = per_minute / 60
+            return TokenBucket(rate, max(1.0, rate * options.rate_burst_sec))
+
+        self.requests = bucket(options.rate_rpm)
+        self.tokens = bucket(options.rate_tpm)
+
+    def admit(self, tokens: int) -> float | None:
+        """Take one request of `tokens`, or return the seconds to wait (the Retry-After) without taking."""
+        pairs = [(b, w) for b, w in ((self.requests, 1), (self.tokens, tokens)) if b is not None]
+        wait = max((b.wait_for(w) for b, w in pairs), default=0.0)
+        if wait > 0:
+            return wait
+        for b, w in pairs:
+            b.take(w)
+        return None
+
+
 class OpenAITestServer:
     """The application and its state. Run it with `start()` / `stop()` inside an event loop."""
 
@@ -131,6 +201,8 @@ class OpenAITestServer:
         self.calls = 0
         self.faults_served = 0
         self.usage: dict[str, dict[str, int]] = {}
+        self.rate_limited = 0
+        self.rate_buckets = RateBuckets(self.options)
         self._runner: web.AppRunner | None = None
 
     # -- lifecycle --
@@ -178,6 +250,20 @@ class OpenAITestServer:
             return _error(400, "invalid_request_error", "This test server does not stream.")
         content = self.options.content if self.options.content is not None else answer_for(body["messages"])
         prompt_tokens = sum(_count_tokens(m.get("content")) for m in body["messages"] if isinstance(m, dict))
+        max_tokens = body.get("max_tokens")
+        weight = prompt_tokens + (max_tokens if isinstance(max_tokens, int) and max_tokens > 0 else 0)
+        wait = self.rate_buckets.admit(weight)
+        if wait is not None:
+            self.rate_limited += 1
+            # Retry-After in whole seconds, as providers send it, and the exact wait in retry-after-ms.
+            headers = {"Retry-After": str(math.ceil(wait)), "retry-after-ms": str(math.ceil(wait * 1000))}
+            return _error(
+                429,
+                "requests",
+                "Rate limit reached (test server).",
+                code="rate_limit_exceeded",
+                headers=headers,
+            )
         payload: dict[str, Any] = {
             "id": f"chatcmpl-testserver-{self.calls}",
             "object": "chat.completion",
@@ -247,6 +333,8 @@ class OpenAITestServer:
             return web.json_response({"error": str(exc)}, status=400)
         if {"fault", "fail_times"} & set(changes):
             self.faults_served = 0  # a new fault plan starts counting from zero
+        if {"rate_rpm", "rate_tpm", "rate_burst_sec"} & set(changes):
+            self.rate_buckets = RateBuckets(self.options)  # a new limit starts with full buckets
         return web.json_response(self.options.to_dict())
 
     async def get_requests(self, request: web.Request) -> web.Response:
@@ -256,7 +344,12 @@ class OpenAITestServer:
 
     async def get_stats(self, request: web.Request) -> web.Response:
         return web.json_response(
-            {"calls": self.calls, "faults_served": self.faults_served, "usage": self.usage}
+            {
+                "calls": self.calls,
+                "faults_served": self.faults_served,
+                "usage": self.usage,
+                "rate_limited": self.rate_limited,
+            }
         )
 
     async def post_reset(self, request: web.Request) -> web.Response:
@@ -265,6 +358,8 @@ class OpenAITestServer:
         self.calls = 0
         self.faults_served = 0
         self.usage = {}
+        self.rate_limited = 0
+        self.rate_buckets = RateBuckets(self.options)
         return web.json_response(self.options.to_dict())
 
     # -- internals --

@@ -14,6 +14,7 @@ from agent.errors import ImproperlyConfigured
 from agent.llm_factory.openai_client import OpenAICompatibleLLM
 from agent.llm_factory.results import Prompt
 from agent.llm_factory.stub import StubLLM
+from agent.rate_limit import RateLimiter
 
 
 class LLMRunnable(Protocol):
@@ -32,6 +33,7 @@ def build_llm_runnable(
     settings: LLMSettings | None = None,
     decision: CostDecision | None = None,
     client_cache: bool = True,
+    limiter: RateLimiter | None = None,
 ) -> StubLLM | OpenAICompatibleLLM:
     """Return the runnable that the cost policy chooses for this request.
 
@@ -39,6 +41,7 @@ def build_llm_runnable(
     never stored or logged. `settings` defaults to `LLMSettings.from_env()`. Pass a recorded `decision` to
     rebuild the same runnable on a retry instead of resolving the policy again. With `client_cache=False`
     the runnable gets its own HTTP client (tests); otherwise clients are shared per base URL and key.
+    `limiter` (agent.rate_limit) spaces the provider calls under its rate limit; the stub ignores it.
 
     Raises `ImproperlyConfigured`: `byo_key` mode without a user key, a recorded decision whose key is
     not available, or the `openai` package missing.
@@ -51,5 +54,5 @@ def build_llm_runnable(
     if not api_key:
         raise ImproperlyConfigured(f"The recorded LLM decision needs the {decision.key_source} API key.")
     return OpenAICompatibleLLM(
-        settings=settings, decision=decision, api_key=api_key, client_cache=client_cache
+        settings=settings, decision=decision, api_key=api_key, client_cache=client_cache, limiter=limiter
     )

@@ -28,8 +28,9 @@ from agent.llm_factory.results import (
     result,
     to_messages,
 )
-from agent.llm_factory.retries import retry_wait
+from agent.llm_factory.retries import MIN_ATTEMPT_SEC, retry_wait
 from agent.llm_factory.scrub import scrub_secrets
+from agent.rate_limit import RateLimiter, bucket_id
 from core.retry_after import retry_after_seconds
 
 logger = logging.getLogger("agent.llm_factory")
@@ -57,6 +58,13 @@ class _Success:
     usage_estimated: bool
 
 
+def _rate_limit_wait_failure() -> _Failure:
+    return _Failure(
+        "rate_limited",
+        "No slot under the provider's rate limit (LLM_RATE_RPM / LLM_RATE_TPM) before the job's deadline.",
+    )
+
+
 class OpenAICompatibleLLM:
     """Calls `/chat/completions` of an OpenAI-compatible server through the official `openai` client.
 
@@ -75,6 +83,7 @@ class OpenAICompatibleLLM:
         client: Any = None,
         async_client: Any = None,
         client_cache: bool = True,
+        limiter: RateLimiter | None = None,
     ):
         self._openai = _import_openai()
         self.decision = decision
@@ -85,6 +94,8 @@ class OpenAICompatibleLLM:
         self._client = client
         self._async_client = async_client
         self._client_cache = client_cache
+        self._limiter = limiter
+        self._bucket = bucket_id(self._base_url, api_key) if limiter is not None else ""
 
     def __repr__(self) -> str:
         # Never the key: runnables show up in tracebacks and debug logs.
@@ -104,6 +115,8 @@ class OpenAICompatibleLLM:
         end = None if deadline is None else started + deadline
         attempts = 0
         while True:
+            if not self._rate_slot(messages, started, end):
+                return self._finish(started, attempts, _rate_limit_wait_failure())
             budget = self._attempt_budget(end)
             if budget is None:
                 return self._finish(started, attempts, _Failure("timeout", deadline_message(attempts)))
@@ -113,6 +126,7 @@ class OpenAICompatibleLLM:
                 outcome: _Success | _Failure = self._parse(completion, messages)
             except Exception as exc:
                 outcome = self._classify(exc)
+            self._rate_pause(outcome)
             wait = self._retry_wait(outcome, attempts, end)
             if wait is None:
                 return self._finish(started, attempts, outcome)
@@ -125,6 +139,10 @@ class OpenAICompatibleLLM:
         end = None if deadline is None else started + deadline
         attempts = 0
         while True:
+            if self._limiter is not None and not await asyncio.to_thread(
+                self._rate_slot, messages, started, end
+            ):
+                return self._finish(started, attempts, _rate_limit_wait_failure())
             budget = self._attempt_budget(end)
             if budget is None:
                 return self._finish(started, attempts, _Failure("timeout", deadline_message(attempts)))
@@ -142,6 +160,7 @@ class OpenAICompatibleLLM:
             finally:
                 if client is not self._async_client and not self._client_cache:
                     await client.close()
+            self._rate_pause(outcome)
             wait = self._retry_wait(outcome, attempts, end)
             if wait is None:
                 return self._finish(started, attempts, outcome)
@@ -151,6 +170,30 @@ class OpenAICompatibleLLM:
         """Close a client this runnable owns (only with client_cache=False); cached clients stay open."""
         if not self._client_cache and self._client is not None:
             self._client.close()
+
+    # -- the provider's rate limit --
+
+    def _rate_slot(self, messages: list[dict[str, str]], started: float, end: float | None) -> bool:
+        """Wait for this attempt's slot under the shared rate limit; False when the deadline comes first.
+
+        The request weighs what the provider counts against TPM: the prompt plus `max_tokens`. Without a
+        job deadline the wait is bounded by one attempt's timeout.
+        """
+        if self._limiter is None:
+            return True
+        weight = estimate_prompt_tokens(messages) + self._settings.max_tokens
+        limit = end if end is not None else started + self._settings.timeout_sec
+        return self._limiter.acquire(self._bucket, tokens=weight, end=limit - MIN_ATTEMPT_SEC)
+
+    def _rate_pause(self, outcome: _Success | _Failure) -> None:
+        """A 429 with Retry-After holds every process calling with this base URL and key."""
+        if (
+            self._limiter is not None
+            and isinstance(outcome, _Failure)
+            and outcome.code == "rate_limited"
+            and outcome.retry_after
+        ):
+            self._limiter.pause(self._bucket, outcome.retry_after)
 
     # -- one attempt --
 

@@ -22,6 +22,8 @@ def test_defaults_are_the_seeds():
         retry_after_cap_sec=10.0,
         prices={},
         http_pool_size=100,
+        rate_rpm=None,
+        rate_tpm=None,
     )
 
 
@@ -39,6 +41,8 @@ def test_every_variable_is_read():
         "LLM_RETRY_AFTER_CAP_SEC": "3",
         "LLM_PRICES": "gpt-4o-mini=0.15/0.60, llama-3-8b-instruct=0/0",
         "LLM_HTTP_POOL_SIZE": "500",
+        "LLM_RATE_RPM": "600",
+        "LLM_RATE_TPM": "150000",
     }
 
     settings = LLMSettings.from_env(env)
@@ -54,6 +58,7 @@ def test_every_variable_is_read():
     assert settings.retry_after_cap_sec == 3.0
     assert settings.prices == {"gpt-4o-mini": (0.15, 0.6), "llama-3-8b-instruct": (0.0, 0.0)}
     assert settings.http_pool_size == 500
+    assert (settings.rate_rpm, settings.rate_tpm) == (600, 150000)
 
 
 @pytest.mark.parametrize("value", ["stub", "local_stub", "test", " STUB "])
@@ -87,6 +92,8 @@ def test_reads_os_environ_by_default(monkeypatch):
         ("LLM_ALLOW_BYO_KEY", "maybe", "true or false (also 1/0, yes/no, on/off)"),
         ("LLM_RETRY_AFTER_CAP_SEC", "-2", "a finite number >= 0"),
         ("LLM_HTTP_POOL_SIZE", "0", "an integer >= 1"),
+        ("LLM_RATE_RPM", "0", "an integer >= 1"),
+        ("LLM_RATE_TPM", "lots", "an integer"),
         ("LLM_PRICES", "gpt-4o-mini=cheap", "comma-separated model=input/output"),
     ],
 )

@@ -124,6 +124,8 @@ class AgentJob(models.Model):
         indexes = [
             models.Index(fields=["owner", "-created_at"]),
             models.Index(fields=["status", "enqueued_at"]),
+            # Fair share counts and lines up one user's jobs by status (services/fairness.py).
+            models.Index(fields=["owner", "status", "created_at"]),
         ]
         constraints = [
             models.UniqueConstraint(

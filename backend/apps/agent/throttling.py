@@ -8,40 +8,12 @@ down would turn a cache outage into an API outage.
 from __future__ import annotations
 
 import logging
-import threading
-from typing import Any
 
-from django.conf import settings
 from rest_framework.throttling import UserRateThrottle
 
+from apps.agent.services.shared_cache import redis_client as _redis_client
+
 logger = logging.getLogger(__name__)
-
-_REDIS_CACHE = "django.core.cache.backends.redis.RedisCache"
-_clients: dict[tuple[str, str], Any] = {}
-_clients_lock = threading.Lock()
-
-
-def _redis_client(alias: str = "default") -> Any | None:
-    """A process-wide redis-py client for the cache `alias` when it is Django's RedisCache, else None.
-
-    Django's Redis cache builds a new `Redis` object for every call (a fifth of a millisecond each); the
-    throttle runs on every POST, so it keeps one client per process (thread-safe, pooled connections).
-    """
-    config = settings.CACHES.get(alias) or {}
-    if config.get("BACKEND") != _REDIS_CACHE:
-        return None
-    location = config.get("LOCATION")
-    if isinstance(location, list | tuple):
-        location = location[0]
-    key = (alias, str(location))
-    client = _clients.get(key)
-    if client is None:
-        import redis
-
-        options = {k: v for k, v in (config.get("OPTIONS") or {}).items() if k.startswith("socket_")}
-        with _clients_lock:
-            client = _clients.setdefault(key, redis.Redis.from_url(str(location), **options))
-    return client
 
 
 class FailOpenUserRateThrottle(UserRateThrottle):

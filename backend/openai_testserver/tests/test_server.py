@@ -85,7 +85,7 @@ def test_requests_are_recorded_with_the_authorization_header(server, client):
     assert recorded["body"]["messages"] == [{"role": "user", "content": "hi"}]
     assert recorded["time"] <= time.time()
     usage = {KEY: {"calls": 1, "prompt_tokens": 1, "completion_tokens": 2}}  # "Echo: hi", in words
-    assert server.stats() == {"calls": 1, "faults_served": 0, "usage": usage}
+    assert server.stats() == {"calls": 1, "faults_served": 0, "usage": usage, "rate_limited": 0}
 
 
 def test_usage_can_be_switched_off(server, client):
@@ -173,7 +173,7 @@ def test_fail_times_then_success(server, client):
     assert completion.choices[0].message.content == "Echo: hi"
     # Only the answer served counts in the usage: the two faults billed nothing.
     usage = {KEY: {"calls": 1, "prompt_tokens": 1, "completion_tokens": 2}}
-    assert server.stats() == {"calls": 3, "faults_served": 2, "usage": usage}
+    assert server.stats() == {"calls": 3, "faults_served": 2, "usage": usage, "rate_limited": 0}
 
 
 def test_content_forces_the_answer_text_until_reset(server, client):
@@ -281,3 +281,64 @@ def test_start_subprocess_gives_the_same_handle():
 def test_start_subprocess_rejects_bad_options_before_starting():
     with pytest.raises(ValueError, match="fault="):
         start_subprocess(fault="teapot")
+
+
+# --- rate limits (RPM / TPM) --------------------------------------------------------------------------
+
+
+def test_rpm_limit_answers_429_with_retry_after_beyond_the_burst(server, client):
+    # 120 RPM = 2 per second; a burst of 1 s of it (2 requests) passes, the third is refused.
+    server.control(rate_rpm=120)
+    messages = [{"role": "user", "content": "hi"}]
+
+    for _ in range(2):
+        client.chat.completions.create(model="m", messages=messages)
+    with pytest.raises(openai.RateLimitError) as refused:
+        client.chat.completions.create(model="m", messages=messages)
+
+    headers = refused.value.response.headers
+    assert headers["Retry-After"] == "1"
+    assert 0 < int(headers["retry-after-ms"]) <= 500
+    assert refused.value.code == "rate_limit_exceeded"
+    assert server.stats() == {"calls": 3, "faults_served": 0, "rate_limited": 1}
+    time.sleep(int(headers["retry-after-ms"]) / 1000)
+    assert client.chat.completions.create(model="m", messages=messages).choices
+
+
+def test_rpm_limit_sustains_its_rate():
+    # 600 RPM with a 0.1 s burst: 1 request at once, then one per 0.1 s.
+    with start_in_thread(rate_rpm=600, rate_burst_sec=0.1) as server:
+        passed = 0
+        started = time.monotonic()
+        while time.monotonic() - started < 1.0:
+            status, _, _ = raw_post(server, "/v1/chat/completions", json.dumps({"messages": []}))
+            passed += status == 200
+            time.sleep(0.005)
+        assert 10 <= passed <= 12
+        assert server.stats()["rate_limited"] > 50
+
+
+def test_tpm_limit_counts_prompt_and_max_tokens(server, client):
+    # 60 TPM with a 60 s burst: 60 tokens; a request of 3 words + max_tokens 20 weighs 23.
+    server.control(rate_tpm=60, rate_burst_sec=60)
+    messages = [{"role": "user", "content": "one two three"}]
+
+    for _ in range(2):
+        client.chat.completions.create(model="m", messages=messages, max_tokens=20)
+    with pytest.raises(openai.RateLimitError) as refused:
+        client.chat.completions.create(model="m", messages=messages, max_tokens=20)
+
+    # 14 tokens left, 23 needed, 1 token per second: 9 s.
+    assert refused.value.response.headers["Retry-After"] == "9"
+    client.chat.completions.create(model="m", messages=messages, max_tokens=10)  # 13 tokens fit
+
+
+def test_rate_limit_is_reset_and_validated(server, client):
+    server.control(rate_rpm=1, rate_burst_sec=1)
+    client.chat.completions.create(model="m", messages=[{"role": "user", "content": "hi"}])
+
+    server.reset()
+
+    assert client.chat.completions.create(model="m", messages=[{"role": "user", "content": "hi"}]).choices
+    with pytest.raises(ValueError, match="rate_rpm must be a number > 0"):
+        server.control(rate_rpm=0)

@@ -20,7 +20,7 @@ from django.utils import timezone
 
 from agent.types import AgentOptions, Filters
 from apps.agent.models import TERMINAL_STATUSES, AgentJob, Batch, JobStatus
-from apps.agent.services import budgets, retrieval
+from apps.agent.services import budgets, fairness, retrieval
 from apps.agent.services import jobs as job_services
 from apps.agent.services.events import batch_completion_check
 from core.errors import Conflict, IdempotencyMismatch, ValidationFailed
@@ -289,8 +289,12 @@ def batch_cancel(*, batch: Batch) -> Batch:
             cancelled_at=now
         )
         # Batch jobs have no webhook or BYO key of their own (batch_create), so the only terminal
-        # effect of the jobs cancelled above is the batch's completion.
+        # effects of the jobs cancelled above are the batch's completion and, under a per-user cap, the
+        # admission of the owner's other waiting batch jobs into the slots they held.
         batch_completion_check(batch_id=batch.id)
+        if settings.AGENT_MAX_RUNNING_PER_USER_BATCH is not None:
+            owner_id = batch.owner_id
+            transaction.on_commit(lambda: fairness.admit_and_publish(owner_id=owner_id, batch=True))
     batch.refresh_from_db()
     if batch.cancelled_at is None:  # it completed between our read and our update
         raise Conflict("The batch already completed.", code="batch_completed")

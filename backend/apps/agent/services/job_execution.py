@@ -30,8 +30,9 @@ from agent.errors import Cancelled
 from agent.llm_factory import build_llm_runnable
 from agent.types import AgentOptions, AgentResult
 from apps.agent.models import AgentJob, JobStatus, TraceStep
-from apps.agent.services import budgets, key_vault, retrieval
+from apps.agent.services import budgets, fairness, key_vault, retrieval
 from apps.agent.services.events import job_terminal_event
+from apps.agent.services.rate_limit import provider_limiter
 
 #: A running job asks its row whether it was cancelled at most this often (at step boundaries).
 CANCEL_CHECK_INTERVAL_SEC = 0.2
@@ -48,6 +49,7 @@ def runnable_for(job: AgentJob, byo_key: str | None):
     return build_llm_runnable(
         byo_api_key=byo_key if job.key_source == "user" else None,
         settings=dataclasses.replace(base, **changes),
+        limiter=provider_limiter(),
     )
 
 
@@ -195,6 +197,7 @@ def terminal_effects(*, job_id: uuid.UUID, job: AgentJob | None = None) -> None:
         job_terminal_event(job_id=job_id)
     if job is None or job.key_source == "user":
         transaction.on_commit(lambda: key_vault.key_delete(job_id=job_id))
+    fairness.slot_freed(job_id=job_id, job=job)  # under a per-user cap: the owner's next job goes
 
 
 def _job_finish(job: AgentJob, attempt: int, result: AgentResult) -> str | None:

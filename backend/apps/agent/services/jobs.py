@@ -27,7 +27,8 @@ from agent.errors import ImproperlyConfigured
 from agent.llm_factory import build_llm_runnable
 from agent.types import AgentOptions, AgentResult
 from apps.agent.models import AgentJob, Batch, JobStatus
-from apps.agent.services import budgets, job_execution, key_vault
+from apps.agent.services import budgets, fairness, job_execution, key_vault
+from apps.agent.services.rate_limit import provider_limiter
 from apps.core import publish
 from core.errors import Conflict, IdempotencyMismatch, ServiceUnavailable, ValidationFailed
 
@@ -103,6 +104,8 @@ def job_create(
             raise
         return _idempotent_repeat(existing, fingerprint), False
     job_id = uuid.uuid4()
+    # Over a per-user cap, the job waits in its owner's line unpublished (services/fairness.py).
+    admit = enqueue and fairness.user_cap(batch=batch is not None) is not None
     if decision.key_source == "user":
         # Stored before the row exists: if Redis is down we refuse the job rather than lose the key.
         try:
@@ -132,9 +135,13 @@ def job_create(
                 # Marked as published in the INSERT rather than by an UPDATE after the publish: one write
                 # less per job. A refused publish clears the mark (`_job_publish_created`); a process that
                 # dies between commit and publish leaves the job to the sweep's stale-queue rule.
-                enqueued_at=timezone.now() if enqueue else None,
+                enqueued_at=timezone.now() if enqueue and not admit else None,
             )
-            if enqueue:
+            if admit:
+                transaction.on_commit(
+                    lambda: fairness.admit_and_publish(owner_id=job.owner_id, batch=job.batch_id is not None)
+                )
+            elif enqueue:
                 transaction.on_commit(lambda: _job_publish_created(job))
     except DatabaseError:
         # The Idempotency-Key was used before (or by a concurrent request that won the insert).
@@ -195,6 +202,17 @@ def jobs_enqueue(*, jobs: Sequence[AgentJob]) -> int:
     For batches (hundreds of jobs created together). Returns how many were published; when the broker
     fails, the jobs not published keep `enqueued_at` empty and the sweep publishes them.
     """
+    capped = {(job.owner_id, job.batch_id is not None) for job in jobs}
+    capped = {kind for kind in capped if fairness.user_cap(batch=kind[1]) is not None}
+    if capped:  # over a per-user cap, jobs wait in their owners' lines: admit what fits
+        published = sum(
+            fairness.admit_and_publish(owner_id=owner_id, batch=batch)
+            for owner_id, batch in sorted(capped, key=str)
+        )
+        jobs = [job for job in jobs if (job.owner_id, job.batch_id is not None) not in capped]
+        if not jobs:
+            return published
+        return published + jobs_enqueue(jobs=jobs)
     if publish.publishing_is_eager():  # tests and CELERY_TASK_ALWAYS_EAGER: nothing to publish
         return sum(job_enqueue(job=job) for job in jobs)
     published: list[uuid.UUID] = []
@@ -243,8 +261,15 @@ def jobs_sweep() -> dict[str, int]:
     # keeps a long batch from being re-published, i.e. duplicated, every AGENT_QUEUED_STALE_SEC.
     stale_batch_queue = now - timedelta(seconds=settings.AGENT_BATCH_QUEUED_STALE_SEC)
     counts = {"enqueued": 0, "recovered": 0, "failed": 0}
+    never_published = Q(enqueued_at__isnull=True, created_at__lt=now - timedelta(seconds=2))
+    # A kind under a per-user cap: its unpublished jobs wait for admission, not for a blind publish.
+    for batch in (False, True):
+        if fairness.user_cap(batch=batch) is not None:
+            never_published &= Q(batch__isnull=batch)
+            for owner_id in fairness.waiting_owners(batch=batch, created_before=now - timedelta(seconds=2)):
+                counts["enqueued"] += fairness.admit_and_publish(owner_id=owner_id, batch=batch)
     queued = AgentJob.objects.filter(status=JobStatus.QUEUED).filter(
-        Q(enqueued_at__isnull=True, created_at__lt=now - timedelta(seconds=2))
+        never_published
         | Q(enqueued_at__lt=stale_queue, batch__isnull=True)
         | Q(enqueued_at__lt=stale_batch_queue, batch__isnull=False)
     )
@@ -280,7 +305,9 @@ def agent_run_sync(
     With an `owner`, a paid call is held to their budgets like a job's (`BudgetExceeded` when spent)."""
     decision = cost_decision_resolve(byo_api_key=byo_api_key)
     llm = build_llm_runnable(
-        byo_api_key=byo_api_key if decision.key_source == "user" else None, settings=settings.LLM
+        byo_api_key=byo_api_key if decision.key_source == "user" else None,
+        settings=settings.LLM,
+        limiter=provider_limiter(),
     )
     if owner is not None:
         budgets.budget_admit(owner=owner, decision=decision)

@@ -78,7 +78,7 @@ def redis_cache(settings, monkeypatch):
     import fakeredis
     import redis
 
-    from apps.agent import throttling
+    from apps.agent.services import shared_cache
 
     server = fakeredis.FakeServer()
     settings.CACHES = {
@@ -95,7 +95,7 @@ def redis_cache(settings, monkeypatch):
         return fakeredis.FakeRedis(server=server)
 
     monkeypatch.setattr(redis.Redis, "from_url", from_url)
-    monkeypatch.setattr(throttling, "_clients", {})
+    monkeypatch.setattr(shared_cache, "_clients", {})
     # Django's own client would try to connect: everything must go through the throttle's client.
     monkeypatch.setattr(
         caches["default"], "add", lambda *a, **k: pytest.fail("cache.add used"), raising=False
