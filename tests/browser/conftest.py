@@ -35,13 +35,13 @@ class ShippedStack:
 
 @pytest.fixture(scope="session")
 def shipped_stack(django_db_setup, redis_server, e2e_vector_settings):  # noqa: F811
-    """Kept for the session; its worker consumes database 1 of this run's Redis, so it never takes the
+    """Kept for the session; its worker consumes database 3 of this run's Redis, so it never takes the
     tasks of the e2e tests' own workers (database 0)."""
     import redis as redis_lib
 
     from config.celery_app import app
 
-    redis_url = f"{redis_server.base_url}/1"
+    redis_url = f"{redis_server.base_url}/3"
     redis_lib.Redis.from_url(redis_url).flushdb()
 
     env = {k: v for k, v in os.environ.items() if not k.startswith(("LLM_", "AGENT_", "VECTOR_", "CELERY_"))}

@@ -26,6 +26,7 @@ import base64
 import binascii
 import dataclasses
 import logging
+import logging.config
 import uuid
 
 import httpx
@@ -149,17 +150,31 @@ class Capture(logging.Handler):
 
 
 @pytest.fixture
-def api_logs():
+def api_logs(monkeypatch):
     handler = Capture()
     root = logging.getLogger()
     # The HTTP client libraries at DEBUG too (the openai SDK logs its request options there); httpcore's
     # DEBUG lines are connection-state traces without headers, and would only slow the run.
     noisy = [logging.getLogger(name) for name in ("httpx", "openai", "celery", "kombu")]
     saved = (root.level, [logger.level for logger in noisy])
-    root.addHandler(handler)
-    root.setLevel(logging.DEBUG)
-    for logger in noisy:
-        logger.setLevel(logging.DEBUG)
+
+    def attach():
+        root.addHandler(handler)
+        root.setLevel(logging.DEBUG)
+        for logger in noisy:
+            logger.setLevel(logging.DEBUG)
+
+    # Django applies settings.LOGGING again when something in this process runs django.setup() (Celery's
+    # Django fix-up does, the first time the app imports its task modules): that replaces the root
+    # handlers. Capture again right after, so that every record of the process is still searched.
+    configure = logging.config.dictConfig
+
+    def reconfigured(config):
+        configure(config)
+        attach()
+
+    monkeypatch.setattr(logging.config, "dictConfig", reconfigured)
+    attach()
     yield handler
     root.removeHandler(handler)
     root.setLevel(saved[0])
