@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -114,16 +115,78 @@ def wait_for(predicate, *, timeout: float, interval: float = 0.1, message: str =
         time.sleep(interval)
 
 
-def point_celery_at(app, url: str, monkeypatch) -> None:
-    """Make this process publish to and inspect `url`, restored after the test.
+def point_celery_at(app, url: str, monkeypatch, *, result_url: str | None = None) -> None:
+    """Make this process publish to and inspect broker `url` (Redis or RabbitMQ), restored after the test.
 
+    Results go to `result_url` (a Redis URL; default `url`, which must then be Redis). Queue declarations,
+    priorities and transport options follow the broker's kind as settings derive them (config/broker.py).
     Connection and producer pools are cached with the broker URL they were made with, so they are
     reset too; `monkeypatch` puts everything back, so one test's broker never leaks into the next.
     """
+    from config import broker
+
+    kind = broker.broker_kind(url)
     monkeypatch.setattr(app.conf, "broker_url", url)
-    monkeypatch.setattr(app.conf, "result_backend", url)
+    monkeypatch.setattr(app.conf, "result_backend", result_url or url)
+    options = broker.transport_options(kind, visibility_timeout=3600)
+    monkeypatch.setitem(app.conf, "broker_transport_options", options)
+    monkeypatch.setitem(app.conf, "task_default_priority", broker.message_priority(kind, 0))
+    routes = dict(app.conf.task_routes)
+    batch_queue = "agent" if kind == broker.RABBITMQ else "batch"
+    routes["agent.batch_job_run"] = {"queue": batch_queue, "priority": broker.message_priority(kind, 9)}
+    monkeypatch.setitem(app.conf, "task_routes", routes)
+    monkeypatch.setitem(app.conf, "task_queues", broker.task_queues(kind))
+    # app.amqp caches the queue table and the router it derived from the old configuration.
+    monkeypatch.setattr(app.amqp, "_rtable", None)
+    for cached in ("queues", "router", "default_queue"):
+        monkeypatch.delitem(app.amqp.__dict__, cached, raising=False)
     monkeypatch.setattr(app, "_pool", None, raising=False)
     monkeypatch.setattr(app.amqp, "_producer_pool", None, raising=False)
+
+
+def rabbitmqctl(*args: str, timeout: float = 60.0) -> str:
+    """Run `rabbitmqctl` against this machine's RabbitMQ node; return its output, raise on failure."""
+    done = subprocess.run(["rabbitmqctl", *args], capture_output=True, text=True, timeout=timeout)
+    if done.returncode != 0:
+        raise RuntimeError(f"rabbitmqctl {' '.join(args)}: {done.stderr or done.stdout}")
+    return done.stdout
+
+
+class RabbitVhost:
+    """A RabbitMQ virtual host of this test run only, on the machine's RabbitMQ (127.0.0.1:5672).
+
+    Queues live in a vhost, so concurrent runs never share one; `delete()` removes it with all its queues.
+    `purge()` deletes this run's queues between tests (a left-over message must not reach the next test).
+    """
+
+    def __init__(
+        self, host: str = "127.0.0.1", port: int = 5672, user: str = "guest", password: str = "guest"
+    ):
+        import uuid
+
+        self.name = f"librarian-test-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self.url = f"amqp://{user}:{password}@{host}:{port}/{self.name}"
+        rabbitmqctl("add_vhost", self.name)
+        rabbitmqctl("set_permissions", "-p", self.name, user, ".*", ".*", ".*")
+
+    def purge(self) -> None:
+        from kombu import Connection
+
+        from config.broker import QUEUE_NAMES
+
+        with Connection(self.url, connect_timeout=5) as connection:
+            for name in QUEUE_NAMES:
+                channel = connection.channel()
+                try:
+                    channel.queue_delete(name)
+                except Exception:  # noqa: S110 - a queue never declared in this run: nothing to delete
+                    pass
+                finally:
+                    with contextlib.suppress(Exception):
+                        channel.close()
+
+    def delete(self) -> None:
+        rabbitmqctl("delete_vhost", self.name)
 
 
 def free_port() -> int:

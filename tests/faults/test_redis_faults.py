@@ -76,7 +76,7 @@ def private_redis(stack, settings, tmp_path, monkeypatch):
 
     server = PrivateRedis(tmp_path)
     server.start()
-    stack.env.update(REDIS_URL=server.url, CACHE_URL=server.url)
+    stack.env.update(REDIS_URL=server.url, CACHE_URL=server.url, CELERY_BROKER_URL=server.url)
     settings.CELERY_BROKER_URL = server.url
     settings.CACHES = {
         "default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": server.url}

@@ -6,8 +6,10 @@ from typing import Any
 
 from django.conf import settings
 from django.db import connection
+from kombu import Connection
 
 from apps.agent.services.retrieval import store_health
+from config.broker import broker_kind
 
 
 def _database() -> dict[str, Any]:
@@ -18,14 +20,22 @@ def _database() -> dict[str, Any]:
 
 
 def _broker() -> dict[str, Any]:
-    import redis
+    """Open a connection to the broker, Redis or RabbitMQ, with kombu (the library Celery publishes with).
 
-    client = redis.Redis.from_url(settings.CELERY_BROKER_URL, socket_connect_timeout=1, socket_timeout=1)
+    kombu's Redis transport pings on connect; its AMQP transport completes the AMQP handshake (login and
+    virtual host included), so a wrong password or vhost fails here too.
+    """
+    url = settings.CELERY_BROKER_URL
+    connection = Connection(
+        url,
+        connect_timeout=1,
+        transport_options={"socket_connect_timeout": 1, "socket_timeout": 1, "max_retries": 0},
+    )
     try:
-        client.ping()
+        connection.ensure_connection(max_retries=1, interval_start=0, interval_step=0, timeout=2)
     finally:
-        client.close()
-    return {"ok": True}
+        connection.release()
+    return {"ok": True, "kind": broker_kind(url)}
 
 
 def _workers() -> dict[str, Any]:
