@@ -190,6 +190,8 @@ def main() -> None:
             "--address=127.0.0.1",
             f"--port={flower_port}",
             f"--basic-auth={flower_auth}",
+            # RabbitMQ: the management API feeds the Broker page (docs/operations.md, "Flower on RabbitMQ").
+            *([f"--broker_api={env['FLOWER_BROKER_API']}"] if env.get("FLOWER_BROKER_API") else []),
         ],
         env,
         "flower",

@@ -48,6 +48,22 @@ def message_priority(kind: str, rank: int) -> int:
     return MAX_PRIORITY - rank if kind == RABBITMQ else rank
 
 
+def task_routes(kind: str, *, batch_queue: str, batch_rank: int) -> dict[str, dict]:
+    """Celery's task_routes: each task's queue and message priority on this broker.
+
+    Every route carries a priority (RabbitMQ takes a message without one as the lowest, below batch
+    jobs). Exact names win over the `agent.*` pattern (the sweeps, the probe).
+    """
+    urgent = message_priority(kind, 0)
+    return {
+        "agent.job_run": {"queue": "agent", "priority": urgent},
+        "agent.batch_job_run": {"queue": batch_queue, "priority": message_priority(kind, batch_rank)},
+        "agent.delivery_send": {"queue": "webhooks", "priority": urgent},
+        "agent.deliveries_sweep": {"queue": "webhooks", "priority": urgent},
+        "agent.*": {"queue": "agent", "priority": urgent},
+    }
+
+
 def task_queues(kind: str) -> tuple[Queue, ...] | None:
     """The queue declarations for this broker (None on Redis: kombu's defaults serve).
 

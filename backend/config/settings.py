@@ -229,16 +229,11 @@ AGENT_BATCH_QUEUE = env.str("AGENT_BATCH_QUEUE", default="") or (
 )
 if AGENT_BATCH_QUEUE not in broker.QUEUE_NAMES[:2]:
     raise env_error("AGENT_BATCH_QUEUE", AGENT_BATCH_QUEUE, "agent or batch")
-# Every task names its priority (RabbitMQ treats a message without one as the lowest).
-CELERY_TASK_DEFAULT_PRIORITY = broker.message_priority(BROKER_KIND, 0)
-CELERY_TASK_ROUTES = {
-    "agent.job_run": {"queue": "agent"},
-    "agent.batch_job_run": {
-        "queue": AGENT_BATCH_QUEUE,
-        "priority": broker.message_priority(BROKER_KIND, AGENT_BATCH_PRIORITY),
-    },
-    "agent.delivery_send": {"queue": "webhooks"},
-}
+# Every route names its priority: RabbitMQ treats a message without one as the lowest, below batch jobs.
+# (Not task_default_priority: it becomes each task's own priority, which overrides its route's.)
+CELERY_TASK_ROUTES = broker.task_routes(
+    BROKER_KIND, batch_queue=AGENT_BATCH_QUEUE, batch_rank=AGENT_BATCH_PRIORITY
+)
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_BROKER_CONNECTION_TIMEOUT = _float("CELERY_BROKER_CONNECTION_TIMEOUT", 3.0, minimum=0.1)
 CELERY_BROKER_TRANSPORT_OPTIONS = broker.transport_options(
@@ -441,7 +436,6 @@ if WEBHOOK_ATTEMPT_DEADLINE_SEC >= CELERY_TASK_SOFT_TIME_LIMIT:
         WEBHOOK_ATTEMPT_DEADLINE_SEC,
         f"fewer seconds than CELERY_TASK_SOFT_TIME_LIMIT ({CELERY_TASK_SOFT_TIME_LIMIT})",
     )
-CELERY_TASK_ROUTES["agent.deliveries_sweep"] = {"queue": "webhooks"}
 CELERY_BEAT_SCHEDULE["webhooks-sweep"] = {
     "task": "agent.deliveries_sweep",
     "schedule": WEBHOOK_SWEEP_INTERVAL_SEC,

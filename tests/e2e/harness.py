@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
@@ -130,10 +131,8 @@ def point_celery_at(app, url: str, monkeypatch, *, result_url: str | None = None
     monkeypatch.setattr(app.conf, "result_backend", result_url or url)
     options = broker.transport_options(kind, visibility_timeout=3600)
     monkeypatch.setitem(app.conf, "broker_transport_options", options)
-    monkeypatch.setitem(app.conf, "task_default_priority", broker.message_priority(kind, 0))
-    routes = dict(app.conf.task_routes)
     batch_queue = "agent" if kind == broker.RABBITMQ else "batch"
-    routes["agent.batch_job_run"] = {"queue": batch_queue, "priority": broker.message_priority(kind, 9)}
+    routes = broker.task_routes(kind, batch_queue=batch_queue, batch_rank=broker.MAX_PRIORITY)
     monkeypatch.setitem(app.conf, "task_routes", routes)
     monkeypatch.setitem(app.conf, "task_queues", broker.task_queues(kind))
     # app.amqp caches the queue table and the router it derived from the old configuration.
@@ -152,6 +151,18 @@ def rabbitmqctl(*args: str, timeout: float = 60.0) -> str:
     return done.stdout
 
 
+def delete_queues(url: str) -> None:
+    """Delete the project's queues (with their messages) on a RabbitMQ broker, if they exist."""
+    from kombu import Connection
+
+    from config.broker import QUEUE_NAMES
+
+    with Connection(url, connect_timeout=5) as connection:
+        channel = connection.channel()
+        for name in QUEUE_NAMES:
+            channel.queue_delete(name)  # RabbitMQ answers ok for a queue that does not exist
+
+
 class RabbitVhost:
     """A RabbitMQ virtual host of this test run only, on the machine's RabbitMQ (127.0.0.1:5672).
 
@@ -160,30 +171,19 @@ class RabbitVhost:
     """
 
     def __init__(
-        self, host: str = "127.0.0.1", port: int = 5672, user: str = "guest", password: str = "guest"
+        self,
+        host: str = "127.0.0.1",
+        port: int = 5672,
+        user: str = "guest",
+        password: str = "guest",  # noqa: S107 - RabbitMQ's local default
     ):
-        import uuid
-
         self.name = f"librarian-test-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.url = f"amqp://{user}:{password}@{host}:{port}/{self.name}"
         rabbitmqctl("add_vhost", self.name)
         rabbitmqctl("set_permissions", "-p", self.name, user, ".*", ".*", ".*")
 
     def purge(self) -> None:
-        from kombu import Connection
-
-        from config.broker import QUEUE_NAMES
-
-        with Connection(self.url, connect_timeout=5) as connection:
-            for name in QUEUE_NAMES:
-                channel = connection.channel()
-                try:
-                    channel.queue_delete(name)
-                except Exception:  # noqa: S110 - a queue never declared in this run: nothing to delete
-                    pass
-                finally:
-                    with contextlib.suppress(Exception):
-                        channel.close()
+        delete_queues(self.url)
 
     def delete(self) -> None:
         rabbitmqctl("delete_vhost", self.name)
@@ -247,3 +247,82 @@ class Flower:
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait(timeout=5)
+
+
+class PrivateRabbit:
+    """A RabbitMQ node of this test run only, on free ports, so that stopping it disturbs nobody else.
+
+    The machine's node (127.0.0.1:5672) is shared by every run: restarting it would cut their workers.
+    This one runs the same server binary (`rabbitmq-server`) with its own node name, ports, data and
+    config. A start takes 5-30 s (Erlang boot; more on a busy machine). `stop()` is a clean shutdown
+    (SIGTERM, as a service manager's restart); durable queues and persistent messages survive it.
+    """
+
+    def __init__(self) -> None:
+        import tempfile
+
+        self.port, self.dist_port = free_port(), free_port()
+        self.node = f"librarian-{os.getpid()}-{uuid.uuid4().hex[:4]}@localhost"
+        # The server runs as the `rabbitmq` user: its directory must be reachable and writable by it.
+        self.directory = Path(tempfile.mkdtemp(prefix="librarian-rabbit-", dir="/tmp"))
+        self.directory.chmod(0o777)
+        config = self.directory / "rabbitmq.conf"
+        config.write_text(f"listeners.tcp.local = 127.0.0.1:{self.port}\n")
+        config.chmod(0o644)
+        self.url = f"amqp://guest:guest@127.0.0.1:{self.port}//"
+        self.process: subprocess.Popen | None = None
+
+    def start(self, timeout: float = 120.0) -> None:
+        env = {
+            **os.environ,
+            "RABBITMQ_NODENAME": self.node,
+            "RABBITMQ_NODE_PORT": str(self.port),
+            "RABBITMQ_DIST_PORT": str(self.dist_port),
+            "RABBITMQ_CONFIG_FILE": str(self.directory / "rabbitmq.conf"),
+            "RABBITMQ_MNESIA_BASE": str(self.directory / "mnesia"),
+            "RABBITMQ_LOG_BASE": str(self.directory / "log"),
+            "RABBITMQ_ENABLED_PLUGINS_FILE": str(self.directory / "enabled_plugins"),
+            "RABBITMQ_PID_FILE": str(self.directory / "pid"),
+        }
+        with open(self.directory / "server.out", "ab") as out:
+            self.process = subprocess.Popen(
+                ["rabbitmq-server"], env=env, stdout=out, stderr=subprocess.STDOUT, cwd=self.directory
+            )
+        wait_for(self._answers, timeout=timeout, interval=0.5, message=f"RabbitMQ node {self.node}")
+
+    def _answers(self) -> bool:
+        from kombu import Connection
+
+        if self.process is not None and self.process.poll() is not None:
+            raise RuntimeError(
+                f"rabbitmq-server exited: {(self.directory / 'server.out').read_text()[-2000:]}"
+            )
+        try:
+            with Connection(self.url, connect_timeout=1) as connection:
+                connection.connect()
+            return True
+        except Exception:
+            return False
+
+    def stop(self) -> None:
+        pid_file = self.directory / "pid"
+        if self.process is None or self.process.poll() is not None:
+            return
+        if pid_file.exists() and pid_file.read_text().strip():
+            with contextlib.suppress(ProcessLookupError, ValueError):
+                os.kill(int(pid_file.read_text().strip()), signal.SIGTERM)
+        else:
+            self.process.terminate()
+        try:
+            self.process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError, ValueError):
+                os.kill(int(pid_file.read_text().strip()), signal.SIGKILL)
+            self.process.wait(timeout=10)
+        pid_file.unlink(missing_ok=True)
+
+    def remove(self) -> None:
+        import shutil
+
+        self.stop()
+        shutil.rmtree(self.directory, ignore_errors=True)

@@ -42,3 +42,32 @@ def test_unacked_limit():
     assert broker.unacked_limit_problem(consumer_timeout=1800, task_time_limit=300, countdown_max=900) == ""
     problem = broker.unacked_limit_problem(consumer_timeout=1000, task_time_limit=300, countdown_max=900)
     assert problem.startswith("more seconds than a message can stay unacked (1200")
+
+
+@pytest.mark.parametrize("kind", [broker.REDIS, broker.RABBITMQ])
+def test_published_priorities_put_batch_jobs_last_on_both_brokers(kind):
+    """What Celery really publishes: route priorities survive (no task-level default overrides them)."""
+    from celery import Celery
+
+    app = Celery("probe", set_as_current=False)
+    app.conf.task_routes = broker.task_routes(kind, batch_queue="agent", batch_rank=9)
+    app.conf.task_queues = broker.task_queues(kind)
+
+    def body(*args):
+        return None
+
+    names = ("agent.job_run", "agent.batch_job_run", "agent.jobs_sweep", "agent.delivery_send")
+    for name in names:
+        app.task(name=name, shared=False)(body)
+    app.finalize()
+    sent = {}
+    for name in names:  # as Task.apply_async does: the task's own options, then its route
+        options = dict(app.tasks[name]._get_exec_options())
+        sent[name] = app.amqp.router.route(options, name, (), {})["priority"]
+    first, last = (9, 0) if kind == broker.RABBITMQ else (0, 9)
+    assert sent == {
+        "agent.job_run": first,
+        "agent.batch_job_run": last,
+        "agent.jobs_sweep": first,
+        "agent.delivery_send": first,
+    }

@@ -152,23 +152,25 @@ def test_rabbitmq_broker_keeps_results_and_cache_on_redis():
 
 def test_rabbitmq_batch_jobs_share_the_agent_queue_at_the_lowest_priority():
     shown = show(
-        "s.CELERY_TASK_ROUTES['agent.batch_job_run'], s.CELERY_TASK_DEFAULT_PRIORITY, "
+        "s.CELERY_TASK_ROUTES['agent.batch_job_run'], s.CELERY_TASK_ROUTES['agent.job_run'], "
         "[(q.name, q.queue_arguments) for q in s.CELERY_TASK_QUEUES], s.CELERY_BROKER_TRANSPORT_OPTIONS",
         CELERY_BROKER_URL=AMQP,
     )
     args = "{'x-queue-type': 'classic', 'x-max-priority': 9}"
     assert shown == (
-        "({'queue': 'agent', 'priority': 0}, 9, "
+        "({'queue': 'agent', 'priority': 0}, {'queue': 'agent', 'priority': 9}, "
         f"[('agent', {args}), ('batch', {args}), ('webhooks', {args})], {{'confirm_publish': True}})"
     )
 
 
 def test_redis_batch_jobs_keep_their_queue_at_rank_9():
     shown = show(
-        "s.CELERY_TASK_ROUTES['agent.batch_job_run'], s.CELERY_TASK_DEFAULT_PRIORITY, s.CELERY_TASK_QUEUES, "
+        "s.CELERY_TASK_ROUTES['agent.batch_job_run'], s.CELERY_TASK_ROUTES['agent.job_run'], s.CELERY_TASK_QUEUES, "
         "s.CELERY_BROKER_TRANSPORT_OPTIONS['priority_steps']",
     )
-    assert shown == "({'queue': 'batch', 'priority': 9}, 0, None, [0, 3, 6, 9])"
+    assert (
+        shown == "({'queue': 'batch', 'priority': 9}, {'queue': 'agent', 'priority': 0}, None, [0, 3, 6, 9])"
+    )
 
 
 def test_rabbitmq_consumer_timeout_must_outlast_an_unacked_message():
