@@ -19,7 +19,6 @@ BACKEND = REPO / "backend"
 def _die_with_parent() -> None:
     """In the child before exec: get SIGKILL when the process that started us dies (Linux), so that a
     run killed by a timeout never leaves workers consuming someone else's queues."""
-    import contextlib
     import ctypes
 
     with contextlib.suppress(OSError, AttributeError):
@@ -247,82 +246,3 @@ class Flower:
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait(timeout=5)
-
-
-class PrivateRabbit:
-    """A RabbitMQ node of this test run only, on free ports, so that stopping it disturbs nobody else.
-
-    The machine's node (127.0.0.1:5672) is shared by every run: restarting it would cut their workers.
-    This one runs the same server binary (`rabbitmq-server`) with its own node name, ports, data and
-    config. A start takes 5-30 s (Erlang boot; more on a busy machine). `stop()` is a clean shutdown
-    (SIGTERM, as a service manager's restart); durable queues and persistent messages survive it.
-    """
-
-    def __init__(self) -> None:
-        import tempfile
-
-        self.port, self.dist_port = free_port(), free_port()
-        self.node = f"librarian-{os.getpid()}-{uuid.uuid4().hex[:4]}@localhost"
-        # The server runs as the `rabbitmq` user: its directory must be reachable and writable by it.
-        self.directory = Path(tempfile.mkdtemp(prefix="librarian-rabbit-", dir="/tmp"))
-        self.directory.chmod(0o777)
-        config = self.directory / "rabbitmq.conf"
-        config.write_text(f"listeners.tcp.local = 127.0.0.1:{self.port}\n")
-        config.chmod(0o644)
-        self.url = f"amqp://guest:guest@127.0.0.1:{self.port}//"
-        self.process: subprocess.Popen | None = None
-
-    def start(self, timeout: float = 120.0) -> None:
-        env = {
-            **os.environ,
-            "RABBITMQ_NODENAME": self.node,
-            "RABBITMQ_NODE_PORT": str(self.port),
-            "RABBITMQ_DIST_PORT": str(self.dist_port),
-            "RABBITMQ_CONFIG_FILE": str(self.directory / "rabbitmq.conf"),
-            "RABBITMQ_MNESIA_BASE": str(self.directory / "mnesia"),
-            "RABBITMQ_LOG_BASE": str(self.directory / "log"),
-            "RABBITMQ_ENABLED_PLUGINS_FILE": str(self.directory / "enabled_plugins"),
-            "RABBITMQ_PID_FILE": str(self.directory / "pid"),
-        }
-        with open(self.directory / "server.out", "ab") as out:
-            self.process = subprocess.Popen(
-                ["rabbitmq-server"], env=env, stdout=out, stderr=subprocess.STDOUT, cwd=self.directory
-            )
-        wait_for(self._answers, timeout=timeout, interval=0.5, message=f"RabbitMQ node {self.node}")
-
-    def _answers(self) -> bool:
-        from kombu import Connection
-
-        if self.process is not None and self.process.poll() is not None:
-            raise RuntimeError(
-                f"rabbitmq-server exited: {(self.directory / 'server.out').read_text()[-2000:]}"
-            )
-        try:
-            with Connection(self.url, connect_timeout=1) as connection:
-                connection.connect()
-            return True
-        except Exception:
-            return False
-
-    def stop(self) -> None:
-        pid_file = self.directory / "pid"
-        if self.process is None or self.process.poll() is not None:
-            return
-        if pid_file.exists() and pid_file.read_text().strip():
-            with contextlib.suppress(ProcessLookupError, ValueError):
-                os.kill(int(pid_file.read_text().strip()), signal.SIGTERM)
-        else:
-            self.process.terminate()
-        try:
-            self.process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError, ValueError):
-                os.kill(int(pid_file.read_text().strip()), signal.SIGKILL)
-            self.process.wait(timeout=10)
-        pid_file.unlink(missing_ok=True)
-
-    def remove(self) -> None:
-        import shutil
-
-        self.stop()
-        shutil.rmtree(self.directory, ignore_errors=True)
