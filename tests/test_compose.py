@@ -49,6 +49,12 @@ def test_rabbitmq_is_a_profile_and_the_broker_defaults_to_redis():
     assert "--broker_api" in " ".join(services["flower"]["command"])
 
 
+def test_app_services_restart_after_an_exit():
+    services = load()["services"]
+    for name in ("web", "worker", "beat", "flower"):
+        assert services[name]["restart"] == "unless-stopped", name
+
+
 def test_app_services_use_postgres_and_redis():
     env = load()["services"]["worker"]["environment"]
     assert env["DATABASE_URL"].startswith("postgres://")
