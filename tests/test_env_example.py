@@ -17,6 +17,7 @@ NOT_SERVICE = {
     "FAULTS_PG_URL",
     "WEBHOOKS_E2E_REDIS_URL",
     "UP_QUERY",
+    "UP_LLM",
     "PYTHON",
     "HOME",
     "PATH",
