@@ -25,6 +25,14 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
+def _die_with_parent() -> None:
+    """In the child before exec: SIGKILL when the process that started it dies (Linux)."""
+    import ctypes
+
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
 def _wait(predicate, *, timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
@@ -34,39 +42,56 @@ def _wait(predicate, *, timeout: float, what: str) -> None:
 
 
 class PrivateRedis:
-    """A redis-server of this test only, so that stopping it disturbs nobody else."""
+    """A redis-server on a free loopback port, keeping nothing on disk.
+
+    Every test run owns its Redis this way (the root conftest's `redis_server`): two runs on one machine
+    (two checkouts, or pytest-xdist workers) never consume or flush each other's queues, and a test may
+    stop it without disturbing anyone. `start()` after `stop()` comes back on the same port, as a
+    restarted server would.
+    """
 
     def __init__(self, directory: Path | None = None) -> None:
+        self.directory = Path(directory) if directory else Path(tempfile.mkdtemp(prefix="librarian-redis-"))
         self.port = _free_port()
-        self.directory = directory or Path(tempfile.mkdtemp(prefix="librarian-redis-"))
         self.process: subprocess.Popen | None = None
 
     @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+    def base_url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}"
 
-    def start(self) -> None:
+    @property
+    def url(self) -> str:
+        return f"{self.base_url}/0"
+
+    def start(self, *, new_port_on_failure: bool = False) -> None:
         binary = shutil.which("redis-server") or "/usr/bin/redis-server"
-        self.process = subprocess.Popen(
-            [
-                binary,
-                "--bind",
-                "127.0.0.1",
-                "--port",
-                str(self.port),
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                str(self.directory),
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+        for _ in range(5):
+            self.process = subprocess.Popen(
+                [binary, "--bind", "127.0.0.1", "--port", str(self.port), "--save", "", "--appendonly", "no"]
+                + ["--dir", str(self.directory)],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                preexec_fn=_die_with_parent,
+            )
+            try:
+                _wait(self._answers, timeout=10, what=f"redis-server on port {self.port}")
+                return
+            except TimeoutError:
+                self.stop()
+                if not new_port_on_failure:
+                    raise
+                self.port = _free_port()  # another process took the port between our probe and the bind
+        raise RuntimeError("could not start a private redis-server")
+
+    def _answers(self) -> bool:
         import redis
 
-        _wait(lambda: _pings(redis.Redis(port=self.port)), timeout=10, what="private redis")
+        if self.process is not None and self.process.poll() is not None:
+            raise TimeoutError("redis-server exited")
+        try:
+            return bool(redis.Redis(port=self.port, socket_connect_timeout=1).ping())
+        except redis.RedisError:
+            return False
 
     def stop(self) -> None:
         if self.process and self.process.poll() is None:
@@ -76,13 +101,6 @@ class PrivateRedis:
     def remove(self) -> None:
         self.stop()
         shutil.rmtree(self.directory, ignore_errors=True)
-
-
-def _pings(client) -> bool:
-    try:
-        return bool(client.ping())
-    except Exception:
-        return False
 
 
 class PrivateRabbit:

@@ -12,6 +12,8 @@ import time
 import uuid
 from pathlib import Path
 
+from bench.brokers import PrivateRedis  # noqa: F401 - the run's Redis (root conftest), fault tests
+
 REPO = Path(__file__).resolve().parents[2]
 BACKEND = REPO / "backend"
 

@@ -39,7 +39,7 @@ def private_broker(request, stack, settings, tmp_path, monkeypatch):
 
     if request.param == "redis":
         server = PrivateRedis(tmp_path)
-        server.start()
+        server.start(new_port_on_failure=True)
         stack.env.update(REDIS_URL=server.url, CACHE_URL=server.url, CELERY_BROKER_URL=server.url)
         settings.CACHES = {
             "default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": server.url}

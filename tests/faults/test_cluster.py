@@ -20,7 +20,6 @@ import sys
 
 import pytest
 
-from tests.e2e.conftest import REDIS_DB
 from tests.e2e.harness import REPO
 
 pytestmark = [pytest.mark.faults, pytest.mark.slow]
@@ -30,9 +29,10 @@ JOBS = int(os.environ.get("CLUSTER_JOBS", "200"))
 
 @pytest.mark.timeout(2400)
 @pytest.mark.parametrize("broker", ["redis"])
-def test_cluster_every_job_ends_exactly_once_through_a_worker_kill_and_a_broker_restart(broker):
-    # The run's Redis database keeps results and the cache; PostgreSQL databases are the script's own.
-    env = {**os.environ, "BENCH_REDIS_DB": str(REDIS_DB)}
+def test_cluster_every_job_ends_exactly_once_through_a_worker_kill_and_a_broker_restart(broker, redis_server):
+    # Database 6 of this run's own redis-server keeps results and the cache; PostgreSQL databases are the
+    # script's own.
+    env = {**os.environ, "BENCH_REDIS_URL": redis_server.base_url, "BENCH_REDIS_DB": "6"}
     done = subprocess.run(
         [sys.executable, "-m", "bench.cluster", "--broker", broker, "--jobs", str(JOBS)],
         cwd=REPO,

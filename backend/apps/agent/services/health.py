@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
+from celery import current_app
 from django.conf import settings
 from django.db import connection
 from kombu import Connection
 
+from agent.cost_policy import resolve_cost_decision
 from apps.agent.services.retrieval import store_health
-from config.broker import broker_kind
 
 
 def _database() -> dict[str, Any]:
@@ -25,9 +26,8 @@ def _broker() -> dict[str, Any]:
     kombu's Redis transport pings on connect; its AMQP transport completes the AMQP handshake (login and
     virtual host included), so a wrong password or vhost fails here too.
     """
-    url = settings.CELERY_BROKER_URL
     connection = Connection(
-        url,
+        settings.CELERY_BROKER_URL,
         connect_timeout=1,
         transport_options={"socket_connect_timeout": 1, "socket_timeout": 1, "max_retries": 0},
     )
@@ -35,13 +35,12 @@ def _broker() -> dict[str, Any]:
         connection.ensure_connection(max_retries=1, interval_start=0, interval_step=0, timeout=2)
     finally:
         connection.release()
-    return {"ok": True, "kind": broker_kind(url)}
+    driver = connection.transport.driver_type
+    return {"ok": True, "kind": "rabbitmq" if driver == "amqp" else driver}
 
 
 def _workers() -> dict[str, Any]:
-    from config.celery_app import app
-
-    replies = app.control.ping(timeout=settings.HEALTH_WORKER_TIMEOUT_SEC) or []
+    replies = current_app.control.ping(timeout=settings.HEALTH_WORKER_TIMEOUT_SEC) or []
     names = sorted(name for reply in replies for name in reply)
     if not names:
         return {"ok": False, "error": "no worker answered a ping"}
@@ -49,8 +48,6 @@ def _workers() -> dict[str, Any]:
 
 
 def _llm() -> dict[str, Any]:
-    from agent.cost_policy import resolve_cost_decision
-
     llm = settings.LLM
     info: dict[str, Any] = {
         "provider": llm.provider,
