@@ -70,7 +70,12 @@ def test_flower_shows_the_finished_job_task_with_ids_only_and_requires_auth(stac
     lengths = httpx.get(f"{flower.base}/api/queues/length", auth=AUTH, timeout=10)
     assert lengths.status_code == 200
     names = {queue["name"] for queue in lengths.json()["active_queues"]}
-    assert names == ({"agent", "batch", "webhooks"} if broker == "redis" else set())
+    # Redis: the queues that hold keys at that moment (at least `agent`, which just carried the job).
+    assert (
+        ("agent" in names and names <= {"agent", "batch", "webhooks"})
+        if broker == "redis"
+        else names == set()
+    )
 
     assert httpx.get(f"{flower.base}/api/tasks", timeout=5).status_code == 401
     assert httpx.get(f"{flower.base}/api/tasks", auth=(AUTH[0], "wrong"), timeout=5).status_code == 401
