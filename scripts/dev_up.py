@@ -24,6 +24,8 @@ BACKEND = REPO / "backend"
 VAR = REPO / "var"
 PY = sys.executable
 QUERY = os.environ.get("UP_QUERY", "a novel about a whale hunt and obsession at sea")
+# `make up LLM=local`: a real model server beside the stack (scripts/local_llm.py, docs/llm.md).
+UP_LLM = os.environ.get("UP_LLM", "")
 
 children: list[subprocess.Popen] = []
 # Seconds since `make up` started this script, on every line: where a slow start spends its time shows.
@@ -138,6 +140,27 @@ def start(cmd: list[str], env: dict[str, str], name: str, cwd: Path = BACKEND) -
     return proc
 
 
+def start_local_llm(env: dict[str, str]) -> None:
+    """Start llama.cpp's server with SmolLM2-135M-Instruct and point the stack's LLM_* variables at it."""
+    sys.path.insert(0, str(REPO / "scripts"))
+    from local_llm import LocalLLMMissing, LocalLLMServer
+
+    try:
+        server = LocalLLMServer(port=free_port(8091), log_path=VAR / "local-llm.log")
+    except LocalLLMMissing as exc:
+        say(f"LLM=local: {exc}")
+        sys.exit(2)
+    say(
+        f"starting llama.cpp's server with SmolLM2-135M-Instruct at {server.base_url} (log var/local-llm.log)"
+    )
+    server.start()
+    children.append(server.process)
+    env.update(server.env())
+    # A 135M model on a CPU: a few seconds per answer; shorter answers keep `make up` snappy.
+    env.setdefault("LLM_MAX_TOKENS", "160")
+    env.setdefault("LLM_TIMEOUT_SEC", "45")
+
+
 def manage(*args: str, env: dict[str, str], capture: bool = False) -> str:
     result = subprocess.run(
         [PY, "manage.py", *args], cwd=BACKEND, env=env, check=True, text=True, capture_output=capture
@@ -185,6 +208,11 @@ def main() -> None:
     signal.signal(signal.SIGTERM, stop_all)
 
     ensure_redis(env)
+    if UP_LLM == "local":
+        start_local_llm(env)
+    elif UP_LLM:
+        say(f"LLM={UP_LLM!r} is not an option; use LLM=local or set LLM_* in .env (docs/llm.md)")
+        sys.exit(2)
     say("migrating the database")
     manage("migrate", "--noinput", "-v", "0", env=env)
     say("loading the catalogue fixture")
@@ -211,6 +239,8 @@ def main() -> None:
             "--address=127.0.0.1",
             f"--port={flower_port}",
             f"--basic-auth={flower_auth}",
+            # RabbitMQ: the management API feeds the Broker page (docs/operations.md, "Flower on RabbitMQ").
+            *([f"--broker_api={env['FLOWER_BROKER_API']}"] if env.get("FLOWER_BROKER_API") else []),
         ],
         env,
         "flower",

@@ -41,6 +41,22 @@ def test_flower_requires_basic_auth_and_chroma_is_behind_a_profile():
     assert services["chroma"]["profiles"] == ["chroma"]
 
 
+def test_rabbitmq_is_a_profile_and_the_broker_defaults_to_redis():
+    services = load()["services"]
+    assert services["rabbitmq"]["profiles"] == ["rabbitmq"]
+    assert services["rabbitmq"]["environment"]["RABBITMQ_DEFAULT_VHOST"] == "librarian"
+    env = services["worker"]["environment"]
+    # Empty unless .env names RabbitMQ: settings then fall back to REDIS_URL.
+    assert env["CELERY_BROKER_URL"] == "${CELERY_BROKER_URL:-}"
+    assert "--broker_api" in " ".join(services["flower"]["command"])
+
+
+def test_app_services_restart_after_an_exit():
+    services = load()["services"]
+    for name in ("web", "worker", "beat", "flower"):
+        assert services[name]["restart"] == "unless-stopped", name
+
+
 def test_app_services_use_postgres_and_redis():
     env = load()["services"]["worker"]["environment"]
     assert env["DATABASE_URL"].startswith("postgres://")

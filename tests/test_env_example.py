@@ -15,6 +15,7 @@ NOT_SERVICE = {
     "DJANGO_SETTINGS_MODULE",
     "FAULTS_PG_URL",
     "UP_QUERY",
+    "UP_LLM",
     "PYTHON",
     "HOME",
     "PATH",

@@ -14,6 +14,7 @@ import environ
 from agent.budget import BudgetSettings, check_budget_prices
 from agent.config import LLMSettings
 from agent.vector_config import VectorSettings
+from config import broker
 from core.env import Env, env_error
 
 BACKEND_DIR = Path(__file__).resolve().parent.parent
@@ -146,9 +147,17 @@ CACHES = {
 }
 
 # --- Celery -------------------------------------------------------------------------------------
+# Redis (redis://, the default) or RabbitMQ (amqp://); what differs between them is in config/broker.py.
 CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", REDIS_URL)
-# The job row is the truth; the result backend only serves bare round trips (benchmarks, inspect).
-CELERY_RESULT_BACKEND = env.str("CELERY_RESULT_BACKEND", CELERY_BROKER_URL)
+try:
+    BROKER_KIND = broker.broker_kind(CELERY_BROKER_URL)
+except ValueError:  # the URL may hold a password: name its scheme only
+    raise env_error(
+        "CELERY_BROKER_URL", CELERY_BROKER_URL.split(":")[0] + "://...", "a redis:// or amqp:// URL"
+    ) from None
+# The job row is the truth; the result backend only serves bare round trips (benchmarks, inspect). It is
+# Redis (REDIS_URL) whatever the broker: Celery has no result backend that speaks AMQP.
+CELERY_RESULT_BACKEND = env.str("CELERY_RESULT_BACKEND", REDIS_URL)
 CELERY_RESULT_EXPIRES = 3600
 # One result backend (one Redis connection pool) for the whole worker instead of one per thread: Celery
 # builds a backend in each new thread otherwise (~1 ms each, and a worker runs up to 1,000 threads). The
@@ -181,40 +190,38 @@ CELERY_WORKER_SEND_TASK_EVENTS = env.bool("CELERY_WORKER_SEND_TASK_EVENTS", Fals
 # task from its "received" event on anyway (docs/benchmarks.md).
 CELERY_TASK_SEND_SENT_EVENT = False
 CELERY_TASK_DEFAULT_QUEUE = "agent"
-# Batch jobs are published with a low priority (9; on Redis 0 is served first), so a worker that
-# consumes both queues always takes an interactive job before a batch job, whatever its --queues
-# order (docs/operations.md, "Priorities"). Measured with a batch of 200 in tests/e2e/test_batches_e2e.py.
+# RabbitMQ: durable classic queues declared with x-max-priority (None on Redis: kombu's defaults).
+CELERY_TASK_QUEUES = broker.task_queues(BROKER_KIND)
+# Batch jobs rank AGENT_BATCH_PRIORITY (9) on a scale where 0 is served first and interactive jobs rank 0,
+# so a worker that consumes both always takes an interactive job before a batch job (docs/operations.md,
+# "Batches and priorities"; tests/e2e/test_batches_e2e.py on both brokers). RabbitMQ orders only inside
+# one queue, so there batch jobs share the `agent` queue by default (AGENT_BATCH_QUEUE).
 AGENT_BATCH_PRIORITY = env.int("AGENT_BATCH_PRIORITY", 9, minimum=0)
-if AGENT_BATCH_PRIORITY > 9:
+if AGENT_BATCH_PRIORITY > broker.MAX_PRIORITY:
     raise env_error("AGENT_BATCH_PRIORITY", AGENT_BATCH_PRIORITY, "an integer from 0 to 9")
-CELERY_TASK_ROUTES = {
-    "agent.job_run": {"queue": "agent"},
-    "agent.batch_job_run": {"queue": "batch", "priority": AGENT_BATCH_PRIORITY},
-    "agent.delivery_send": {"queue": "webhooks"},
-}
+AGENT_BATCH_QUEUE = env.str("AGENT_BATCH_QUEUE") or ("agent" if BROKER_KIND == broker.RABBITMQ else "batch")
+if AGENT_BATCH_QUEUE not in broker.QUEUE_NAMES[:2]:
+    raise env_error("AGENT_BATCH_QUEUE", AGENT_BATCH_QUEUE, "agent or batch")
+# Every route names its priority: RabbitMQ treats a message without one as the lowest, below batch jobs.
+# (Not task_default_priority: it becomes each task's own priority, which overrides its route's.)
+CELERY_TASK_ROUTES = broker.task_routes(
+    BROKER_KIND, batch_queue=AGENT_BATCH_QUEUE, batch_rank=AGENT_BATCH_PRIORITY
+)
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_BROKER_CONNECTION_TIMEOUT = env.float("CELERY_BROKER_CONNECTION_TIMEOUT", 3.0, minimum=0.1)
-CELERY_BROKER_TRANSPORT_OPTIONS = {
-    # Unacked messages return to the queue after this many seconds; it must outlast the longest job
-    # or a slow job would be delivered twice (checked below).
-    "visibility_timeout": env.int("CELERY_VISIBILITY_TIMEOUT", 3600, minimum=1),
-    # Fail fast when Redis is down so that the API can answer 503 instead of hanging.
-    "max_retries": 2,
-    "interval_start": 0,
-    "interval_step": 0.5,
-    "interval_max": 1,
-    "socket_connect_timeout": 3,
-    "socket_timeout": 5,
-    # One Redis list per priority step and queue; a worker's BRPOP lists every queue's step 0 before
-    # any step 9, which is what puts batch jobs behind interactive ones (AGENT_BATCH_PRIORITY).
-    "priority_steps": [0, 3, 6, 9],
-}
+CELERY_BROKER_TRANSPORT_OPTIONS = broker.transport_options(
+    BROKER_KIND, visibility_timeout=env.int("CELERY_VISIBILITY_TIMEOUT", 3600, minimum=1)
+)
+# RabbitMQ closes the channel of a delivery left unacked longer than its `consumer_timeout` (rabbitmq.conf,
+# 1800 s by default); state the server's value here so that start-up checks the settings against it.
+RABBITMQ_CONSUMER_TIMEOUT_SEC = env.float("RABBITMQ_CONSUMER_TIMEOUT_SEC", 1800.0, minimum=1.0)
 CELERY_TASK_TIME_LIMIT = env.int("CELERY_TASK_TIME_LIMIT", 300, minimum=1)
 CELERY_TASK_SOFT_TIME_LIMIT = max(1, CELERY_TASK_TIME_LIMIT - 10)
-if CELERY_BROKER_TRANSPORT_OPTIONS["visibility_timeout"] <= CELERY_TASK_TIME_LIMIT:
+_visibility_timeout = CELERY_BROKER_TRANSPORT_OPTIONS.get("visibility_timeout")
+if _visibility_timeout is not None and _visibility_timeout <= CELERY_TASK_TIME_LIMIT:
     raise env_error(
         "CELERY_VISIBILITY_TIMEOUT",
-        CELERY_BROKER_TRANSPORT_OPTIONS["visibility_timeout"],
+        _visibility_timeout,
         f"more seconds than CELERY_TASK_TIME_LIMIT ({CELERY_TASK_TIME_LIMIT})",
     )
 CELERY_TASK_ALWAYS_EAGER = env.bool("CELERY_TASK_ALWAYS_EAGER", False)
@@ -383,13 +390,20 @@ WEBHOOK_RETRY_JITTER = env.float("WEBHOOK_RETRY_JITTER", 0.2, minimum=0.0)
 # Waits up to this long are scheduled as task countdowns; longer ones are sent by the sweep (Redis
 # re-delivers a message held past its visibility timeout, so long countdowns would duplicate).
 WEBHOOK_COUNTDOWN_MAX_SEC = env.float("WEBHOOK_COUNTDOWN_MAX_SEC", 900.0, minimum=0.0)
-_visibility_timeout = CELERY_BROKER_TRANSPORT_OPTIONS["visibility_timeout"]
-if _visibility_timeout <= WEBHOOK_COUNTDOWN_MAX_SEC:
+if _visibility_timeout is not None and _visibility_timeout <= WEBHOOK_COUNTDOWN_MAX_SEC:
     raise env_error(
         "WEBHOOK_COUNTDOWN_MAX_SEC",
         WEBHOOK_COUNTDOWN_MAX_SEC,
         f"fewer seconds than CELERY_VISIBILITY_TIMEOUT ({_visibility_timeout})",
     )
+if BROKER_KIND == broker.RABBITMQ and (
+    _problem := broker.unacked_limit_problem(
+        consumer_timeout=RABBITMQ_CONSUMER_TIMEOUT_SEC,
+        task_time_limit=CELERY_TASK_TIME_LIMIT,
+        countdown_max=WEBHOOK_COUNTDOWN_MAX_SEC,
+    )
+):
+    raise env_error("RABBITMQ_CONSUMER_TIMEOUT_SEC", RABBITMQ_CONSUMER_TIMEOUT_SEC, _problem)
 # A receiver's Retry-After (on 429/503) is honoured up to this many seconds.
 WEBHOOK_RETRY_AFTER_MAX_SEC = env.float("WEBHOOK_RETRY_AFTER_MAX_SEC", 3600.0, minimum=0.0)
 # Bytes of a response body read at most, and characters of it kept on the attempt row.
@@ -411,7 +425,6 @@ if WEBHOOK_ATTEMPT_DEADLINE_SEC >= CELERY_TASK_SOFT_TIME_LIMIT:
         WEBHOOK_ATTEMPT_DEADLINE_SEC,
         f"fewer seconds than CELERY_TASK_SOFT_TIME_LIMIT ({CELERY_TASK_SOFT_TIME_LIMIT})",
     )
-CELERY_TASK_ROUTES["agent.deliveries_sweep"] = {"queue": "webhooks"}
 CELERY_BEAT_SCHEDULE["webhooks-sweep"] = {
     "task": "agent.deliveries_sweep",
     "schedule": WEBHOOK_SWEEP_INTERVAL_SEC,

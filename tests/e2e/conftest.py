@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import redis as redis_lib
 
-from tests.e2e.harness import REPO, Worker, point_celery_at
+from tests.e2e.harness import REPO, RabbitVhost, Worker, point_celery_at
 
 API_KEY = "sk-server-e2e"
 
@@ -23,6 +23,35 @@ def redis_url(redis_server) -> str:
     url = f"{redis_server.base_url}/0"
     redis_lib.Redis.from_url(url, socket_connect_timeout=2).flushdb()
     return url
+
+
+#: Parametrize a test with `@BOTH_BROKERS` to run it on Redis and on RabbitMQ (the `broker` fixture).
+BOTH_BROKERS = pytest.mark.parametrize("broker", ["redis", "rabbitmq"], indirect=True)
+
+
+@pytest.fixture(scope="session")
+def rabbit_vhost():
+    """A vhost of this run's own on the machine's RabbitMQ, deleted at the end of the session."""
+    vhost = RabbitVhost()
+    yield vhost
+    vhost.delete()
+
+
+@pytest.fixture
+def broker(request) -> str:
+    """The broker of the `stack`: "redis" unless the test is parametrized with BOTH_BROKERS."""
+    return getattr(request, "param", "redis")
+
+
+@pytest.fixture
+def broker_url(request, broker, redis_url) -> str:
+    """The stack's broker URL: the run's Redis database, or the run's RabbitMQ vhost (emptied after)."""
+    if broker == "redis":
+        yield redis_url
+        return
+    vhost = request.getfixturevalue("rabbit_vhost")
+    yield vhost.url
+    vhost.purge()
 
 
 @pytest.fixture(scope="session")
@@ -75,8 +104,19 @@ class Stack:
 
 
 @pytest.fixture
-def stack(transactional_db, live_server, redis_url, e2e_vector_settings, llm_server, settings, monkeypatch):
-    """Configure this process (the API) and the environment of worker processes alike."""
+def stack(
+    transactional_db,
+    live_server,
+    redis_url,
+    broker_url,
+    e2e_vector_settings,
+    llm_server,
+    settings,
+    monkeypatch,
+):
+    """Configure this process (the API) and the environment of worker processes alike.
+
+    Redis serves the cache and Celery's results; the broker is `broker_url` (Redis or RabbitMQ)."""
     from config.celery_app import app
 
     llm_server.reset()
@@ -86,6 +126,7 @@ def stack(transactional_db, live_server, redis_url, e2e_vector_settings, llm_ser
         DATABASE_URL=_database_url(),
         REDIS_URL=redis_url,
         CACHE_URL=redis_url,
+        CELERY_BROKER_URL=broker_url,
         SECRET_KEY=settings.SECRET_KEY,
         LLM_PROVIDER="openai_compatible",
         LLM_BASE_URL=llm_server.base_url,
@@ -109,7 +150,7 @@ def stack(transactional_db, live_server, redis_url, e2e_vector_settings, llm_ser
         model="test-model",
     )
     settings.VECTOR = e2e_vector_settings
-    settings.CELERY_BROKER_URL = redis_url
+    settings.CELERY_BROKER_URL = broker_url
     settings.CACHES = {
         "default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": redis_url}
     }
@@ -117,7 +158,7 @@ def stack(transactional_db, live_server, redis_url, e2e_vector_settings, llm_ser
     settings.AGENT_RUNNING_GRACE_SEC = 2.0
     settings.CELERY_TASK_ALWAYS_EAGER = False
     app.conf.task_always_eager = False
-    point_celery_at(app, redis_url, monkeypatch)
+    point_celery_at(app, broker_url, monkeypatch, result_url=redis_url)
     from django.core.management import call_command
 
     call_command("loaddata", "libros_prueba", verbosity=0)

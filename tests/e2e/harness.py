@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
-import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
+
+from bench.brokers import PrivateRedis  # noqa: F401 - the run's Redis (root conftest), fault tests
 
 REPO = Path(__file__).resolve().parents[2]
 BACKEND = REPO / "backend"
@@ -18,7 +21,6 @@ BACKEND = REPO / "backend"
 def _die_with_parent() -> None:
     """In the child before exec: get SIGKILL when the process that started us dies (Linux), so that a
     run killed by a timeout never leaves workers consuming someone else's queues."""
-    import contextlib
     import ctypes
 
     with contextlib.suppress(OSError, AttributeError):
@@ -115,16 +117,77 @@ def wait_for(predicate, *, timeout: float, interval: float = 0.1, message: str =
         time.sleep(interval)
 
 
-def point_celery_at(app, url: str, monkeypatch) -> None:
-    """Make this process publish to and inspect `url`, restored after the test.
+def point_celery_at(app, url: str, monkeypatch, *, result_url: str | None = None) -> None:
+    """Make this process publish to and inspect broker `url` (Redis or RabbitMQ), restored after the test.
 
+    Results go to `result_url` (a Redis URL; default `url`, which must then be Redis). Queue declarations,
+    priorities and transport options follow the broker's kind as settings derive them (config/broker.py).
     Connection and producer pools are cached with the broker URL they were made with, so they are
     reset too; `monkeypatch` puts everything back, so one test's broker never leaks into the next.
     """
+    from config import broker
+
+    kind = broker.broker_kind(url)
     monkeypatch.setattr(app.conf, "broker_url", url)
-    monkeypatch.setattr(app.conf, "result_backend", url)
+    monkeypatch.setattr(app.conf, "result_backend", result_url or url)
+    options = broker.transport_options(kind, visibility_timeout=3600)
+    monkeypatch.setitem(app.conf, "broker_transport_options", options)
+    batch_queue = "agent" if kind == broker.RABBITMQ else "batch"
+    routes = broker.task_routes(kind, batch_queue=batch_queue, batch_rank=broker.MAX_PRIORITY)
+    monkeypatch.setitem(app.conf, "task_routes", routes)
+    monkeypatch.setitem(app.conf, "task_queues", broker.task_queues(kind))
+    # app.amqp caches the queue table and the router it derived from the old configuration.
+    monkeypatch.setattr(app.amqp, "_rtable", None)
+    for cached in ("queues", "router", "default_queue"):
+        monkeypatch.delitem(app.amqp.__dict__, cached, raising=False)
     monkeypatch.setattr(app, "_pool", None, raising=False)
     monkeypatch.setattr(app.amqp, "_producer_pool", None, raising=False)
+
+
+def rabbitmqctl(*args: str, timeout: float = 60.0) -> str:
+    """Run `rabbitmqctl` against this machine's RabbitMQ node; return its output, raise on failure."""
+    done = subprocess.run(["rabbitmqctl", *args], capture_output=True, text=True, timeout=timeout)
+    if done.returncode != 0:
+        raise RuntimeError(f"rabbitmqctl {' '.join(args)}: {done.stderr or done.stdout}")
+    return done.stdout
+
+
+def delete_queues(url: str) -> None:
+    """Delete the project's queues (with their messages) on a RabbitMQ broker, if they exist."""
+    from kombu import Connection
+
+    from config.broker import QUEUE_NAMES
+
+    with Connection(url, connect_timeout=5) as connection:
+        channel = connection.channel()
+        for name in QUEUE_NAMES:
+            channel.queue_delete(name)  # RabbitMQ answers ok for a queue that does not exist
+
+
+class RabbitVhost:
+    """A RabbitMQ virtual host of this test run only, on the machine's RabbitMQ (127.0.0.1:5672).
+
+    Queues live in a vhost, so concurrent runs never share one; `delete()` removes it with all its queues.
+    `purge()` deletes this run's queues between tests (a left-over message must not reach the next test).
+    """
+
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 5672,
+        user: str = "guest",
+        password: str = "guest",  # noqa: S107 - RabbitMQ's local default
+    ):
+        self.name = f"librarian-test-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self.url = f"amqp://{user}:{password}@{host}:{port}/{self.name}"
+        rabbitmqctl("add_vhost", self.name)
+        rabbitmqctl("set_permissions", "-p", self.name, user, ".*", ".*", ".*")
+
+    def purge(self) -> None:
+        delete_queues(self.url)
+
+    def delete(self) -> None:
+        rabbitmqctl("delete_vhost", self.name)
 
 
 def free_port() -> int:
@@ -182,60 +245,3 @@ class Flower:
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait(timeout=5)
-
-
-class PrivateRedis:
-    """A redis-server of one test run (or one test), on a free loopback port, keeping nothing on disk.
-
-    Every test run owns its Redis this way: two runs on one machine (two checkouts, or pytest-xdist
-    workers) never consume or flush each other's queues, and a test may stop it without disturbing anyone.
-    `start()` after `stop()` comes back on the same port, as a restarted server would.
-    """
-
-    def __init__(self, directory: Path) -> None:
-        self.directory = Path(directory)
-        self.port = free_port()
-        self.process: subprocess.Popen | None = None
-
-    @property
-    def base_url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}"
-
-    @property
-    def url(self) -> str:
-        return f"{self.base_url}/0"
-
-    def start(self, *, new_port_on_failure: bool = False) -> None:
-        binary = shutil.which("redis-server") or "/usr/bin/redis-server"
-        for _ in range(5):
-            self.process = subprocess.Popen(
-                [binary, "--bind", "127.0.0.1", "--port", str(self.port), "--save", "", "--appendonly", "no"]
-                + ["--dir", str(self.directory)],
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-                preexec_fn=_die_with_parent,
-            )
-            try:
-                wait_for(self._answers, timeout=10, message=f"redis-server on port {self.port}")
-                return
-            except TimeoutError:
-                self.stop()
-                if not new_port_on_failure:
-                    raise
-                self.port = free_port()  # another process took the port between our probe and the bind
-        raise RuntimeError("could not start a private redis-server")
-
-    def _answers(self) -> bool:
-        import redis
-
-        if self.process is not None and self.process.poll() is not None:
-            raise TimeoutError("redis-server exited")
-        try:
-            return bool(redis.Redis(port=self.port, socket_connect_timeout=1).ping())
-        except redis.RedisError:
-            return False
-
-    def stop(self) -> None:
-        if self.process and self.process.poll() is None:
-            self.process.kill()
-            self.process.wait(timeout=10)

@@ -12,6 +12,7 @@ import time
 import httpx
 import pytest
 
+from tests.e2e.conftest import BOTH_BROKERS
 from tests.e2e.harness import wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
@@ -33,7 +34,8 @@ def batch_until(client: httpx.Client, batch_id: str, predicate, *, timeout: floa
     return wait_for(check, timeout=timeout, interval=0.2, message=message)
 
 
-def test_interactive_job_is_served_promptly_while_a_batch_of_200_runs(stack, client):
+@BOTH_BROKERS
+def test_interactive_job_is_served_promptly_while_a_batch_of_200_runs(stack, client, broker):
     stack.llm.control(latency_ms=300)
     stack.start_worker(concurrency=8)
 

@@ -11,6 +11,7 @@ import json
 import httpx
 import pytest
 
+from tests.e2e.conftest import BOTH_BROKERS
 from tests.e2e.harness import Flower, wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
@@ -26,7 +27,8 @@ def flower(stack):
     process.stop()
 
 
-def test_flower_shows_the_finished_job_task_with_ids_only_and_requires_auth(stack, token, flower):
+@BOTH_BROKERS
+def test_flower_shows_the_finished_job_task_with_ids_only_and_requires_auth(stack, token, flower, broker):
     worker = stack.start_worker()  # while Flower starts
     flower.wait_ready()  # it must listen before the job runs: it only sees events, not history
     # Flower's periodic `enable_events` broadcast (every 5 s) reaches the worker, which logs it.
@@ -62,6 +64,18 @@ def test_flower_shows_the_finished_job_task_with_ids_only_and_requires_auth(stac
 
     detail = httpx.get(f"{flower.base}/api/task/info/{task['uuid']}", auth=AUTH, timeout=5)
     assert detail.status_code == 200 and detail.json()["args"] == f"['{job_id}']"
+
+    # The Broker page's queue lengths: Flower reads Redis itself; on RabbitMQ it asks the management API
+    # (--broker_api, FLOWER_BROKER_API), which this machine's RabbitMQ does not run: empty, not an error.
+    lengths = httpx.get(f"{flower.base}/api/queues/length", auth=AUTH, timeout=10)
+    assert lengths.status_code == 200
+    names = {queue["name"] for queue in lengths.json()["active_queues"]}
+    # Redis: the queues that hold keys at that moment (at least `agent`, which just carried the job).
+    assert (
+        ("agent" in names and names <= {"agent", "batch", "webhooks"})
+        if broker == "redis"
+        else names == set()
+    )
 
     assert httpx.get(f"{flower.base}/api/tasks", timeout=5).status_code == 401
     assert httpx.get(f"{flower.base}/api/tasks", auth=(AUTH[0], "wrong"), timeout=5).status_code == 401

@@ -7,7 +7,15 @@ import time
 import httpx
 import pytest
 
-from tests.e2e.conftest import llm_server, redis_url, stack, token  # noqa: F401 - re-exported fixtures
+from tests.e2e.conftest import (  # noqa: F401 - re-exported fixtures
+    broker,
+    broker_url,
+    llm_server,
+    rabbit_vhost,
+    redis_url,
+    stack,
+    token,
+)
 from tests.e2e.harness import wait_for
 
 TERMINAL = {"succeeded", "failed", "cancelled"}

@@ -19,6 +19,8 @@ import redis as redis_lib
 
 # The e2e fixtures, shared as they are (pytest finds fixtures imported into a conftest).
 from tests.e2e.conftest import (  # noqa: F401
+    broker,
+    broker_url,
     e2e_vector_settings,
     llm_server,
     stack,

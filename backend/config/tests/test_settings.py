@@ -52,6 +52,8 @@ def test_defaults_start():
         ("CELERY_TASK_LOG_LEVEL", "chatty"),
         ("WORKER_SWITCH_INTERVAL_MS", "0"),
         ("API_TOKEN_CACHE_SEC", "-1"),
+        ("CELERY_BROKER_URL", "kafka://127.0.0.1:9092"),
+        ("AGENT_BATCH_QUEUE", "webhooks"),
     ],
 )
 def test_bad_value_fails_naming_the_variable(variable, value):
@@ -113,3 +115,77 @@ def test_workers_hand_the_gil_over_every_millisecond_by_default(settings):
         assert sys.getswitchinterval() == pytest.approx(0.0025)
     finally:
         sys.setswitchinterval(before)
+
+
+def show(expression: str, **env: str) -> str:
+    """Start Django with `env` and print `expression` evaluated against its settings."""
+    clean = {
+        k: v for k, v in os.environ.items() if not k.startswith(("LLM_", "AGENT_", "CELERY_", "RABBITMQ_"))
+    }
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            f"import django; django.setup(); from django.conf import settings as s; print(repr(({expression})))",
+        ],
+        cwd=BACKEND,
+        env={**clean, **env, "DJANGO_SETTINGS_MODULE": "config.settings"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout.strip()
+
+
+AMQP = "amqp://guest:guest@127.0.0.1:5672//"
+
+
+def test_rabbitmq_broker_keeps_results_and_cache_on_redis():
+    shown = show(
+        "s.BROKER_KIND, s.CELERY_RESULT_BACKEND, s.CACHES['default']['LOCATION']",
+        CELERY_BROKER_URL=AMQP,
+        REDIS_URL="redis://127.0.0.1:6379/5",
+    )
+    assert shown == "('rabbitmq', 'redis://127.0.0.1:6379/5', 'redis://127.0.0.1:6379/5')"
+
+
+def test_rabbitmq_batch_jobs_share_the_agent_queue_at_the_lowest_priority():
+    shown = show(
+        "s.CELERY_TASK_ROUTES['agent.batch_job_run'], s.CELERY_TASK_ROUTES['agent.job_run'], "
+        "[(q.name, q.queue_arguments) for q in s.CELERY_TASK_QUEUES], s.CELERY_BROKER_TRANSPORT_OPTIONS",
+        CELERY_BROKER_URL=AMQP,
+    )
+    args = "{'x-queue-type': 'classic', 'x-max-priority': 9}"
+    assert shown == (
+        "({'queue': 'agent', 'priority': 0}, {'queue': 'agent', 'priority': 9}, "
+        f"[('agent', {args}), ('batch', {args}), ('webhooks', {args})], {{'confirm_publish': True}})"
+    )
+
+
+def test_redis_batch_jobs_keep_their_queue_at_rank_9():
+    shown = show(
+        "s.CELERY_TASK_ROUTES['agent.batch_job_run'], s.CELERY_TASK_ROUTES['agent.job_run'], s.CELERY_TASK_QUEUES, "
+        "s.CELERY_BROKER_TRANSPORT_OPTIONS['priority_steps']",
+    )
+    assert (
+        shown == "({'queue': 'batch', 'priority': 9}, {'queue': 'agent', 'priority': 0}, None, [0, 3, 6, 9])"
+    )
+
+
+def test_rabbitmq_consumer_timeout_must_outlast_an_unacked_message():
+    # A countdown of up to 900 s plus a task of up to 300 s: 1,200 s unacked at most.
+    result = start_django(CELERY_BROKER_URL=AMQP, RABBITMQ_CONSUMER_TIMEOUT_SEC="1200")
+    assert result.returncode != 0
+    last = result.stderr.splitlines()[-1]
+    assert "RABBITMQ_CONSUMER_TIMEOUT_SEC" in last and "1200" in last
+    assert start_django(CELERY_BROKER_URL=AMQP, RABBITMQ_CONSUMER_TIMEOUT_SEC="1201").returncode == 0
+    # Redis has no consumer timeout: the value is not checked there.
+    assert start_django(RABBITMQ_CONSUMER_TIMEOUT_SEC="10").returncode == 0
+
+
+def test_a_bad_broker_url_never_shows_its_password():
+    result = start_django(CELERY_BROKER_URL="kafka://user:hunter2@127.0.0.1:9092")
+    assert result.returncode != 0
+    assert "hunter2" not in result.stderr
+    assert "CELERY_BROKER_URL='kafka://...'" in result.stderr.splitlines()[-1]

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-import redis
 from celery import current_app
 from django.conf import settings
 from django.db import connection
+from kombu import Connection
 
 from agent.cost_policy import resolve_cost_decision
 from apps.agent.services.retrieval import store_health
@@ -21,12 +21,22 @@ def _database() -> dict[str, Any]:
 
 
 def _broker() -> dict[str, Any]:
-    client = redis.Redis.from_url(settings.CELERY_BROKER_URL, socket_connect_timeout=1, socket_timeout=1)
+    """Open a connection to the broker, Redis or RabbitMQ, with kombu (the library Celery publishes with).
+
+    kombu's Redis transport pings on connect; its AMQP transport completes the AMQP handshake (login and
+    virtual host included), so a wrong password or vhost fails here too.
+    """
+    connection = Connection(
+        settings.CELERY_BROKER_URL,
+        connect_timeout=1,
+        transport_options={"socket_connect_timeout": 1, "socket_timeout": 1, "max_retries": 0},
+    )
     try:
-        client.ping()
+        connection.ensure_connection(max_retries=1, interval_start=0, interval_step=0, timeout=2)
     finally:
-        client.close()
-    return {"ok": True}
+        connection.release()
+    driver = connection.transport.driver_type
+    return {"ok": True, "kind": "rabbitmq" if driver == "amqp" else driver}
 
 
 def _workers() -> dict[str, Any]:

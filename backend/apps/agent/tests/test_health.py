@@ -56,6 +56,39 @@ def test_real_broker_probe_against_unreachable_redis(client, all_ok, monkeypatch
     assert response.json()["failing"] == ["broker"]
 
 
+@pytest.mark.parametrize(
+    ("url", "error"),
+    [
+        ("amqp://guest:guest@127.0.0.1:1//", "OperationalError"),
+        # The machine's RabbitMQ answers, but refuses a wrong password / an unknown vhost: the probe
+        # completes the AMQP handshake, it does not stop at the TCP connect.
+        ("amqp://guest:wrong-password@127.0.0.1:5672//", "AccessRefused"),
+        ("amqp://guest:guest@127.0.0.1:5672/no-such-vhost", "NotAllowed"),
+    ],
+)
+def test_real_broker_probe_speaks_amqp_and_fails(client, all_ok, monkeypatch, settings, url, error):
+    monkeypatch.setitem(health.CHECKS, "broker", health._broker)
+    settings.CELERY_BROKER_URL = url
+    response = client.get("/api/health")
+    assert response.status_code == 503
+    body = response.json()
+    assert body["failing"] == ["broker"]
+    assert body["checks"]["broker"]["error"].startswith(f"{error}:")
+    assert "wrong-password" not in response.content.decode()
+
+
+@pytest.mark.parametrize(
+    ("url", "kind"),
+    [("amqp://guest:guest@127.0.0.1:5672//", "rabbitmq"), ("redis://127.0.0.1:6379/0", "redis")],
+)
+def test_real_broker_probe_is_green_on_both_brokers(client, all_ok, monkeypatch, settings, url, kind):
+    monkeypatch.setitem(health.CHECKS, "broker", health._broker)
+    settings.CELERY_BROKER_URL = url
+    response = client.get("/api/health")
+    assert response.status_code == 200, response.json()
+    assert response.json()["checks"]["broker"] == {"ok": True, "kind": kind}
+
+
 def test_health_never_shows_a_key(client, all_ok, settings):
     import dataclasses
 

@@ -1,0 +1,49 @@
+"""A cluster on one machine: `python -m bench.cluster` as a test (Redis; RabbitMQ: see below).
+
+2 API processes, 3 worker processes with different queues, PostgreSQL, a Chroma server and a broker of
+the run's own; CLUSTER_JOBS jobs (2,000) go through while the `agent` worker is SIGKILLed and restarted
+and the broker is restarted once. Every job must end `succeeded` exactly once (one attempt's trace), and
+each webhook must arrive once. The script prints the figures (docs/reliability.md, "A cluster on one
+machine") and exits 1 on any loss or duplicate.
+
+CLUSTER_JOBS is 200 here: measured on a machine running eight test suites at once (load ~20), 200 jobs
+took 91 s. On RabbitMQ the cluster does not pass yet: after the broker restart, the workers' consumers
+held their prefetched messages unacked and never ran them (docs/reliability.md); it is not parametrized
+here until that is fixed.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.e2e.harness import REPO
+
+pytestmark = [pytest.mark.faults, pytest.mark.slow]
+
+JOBS = int(os.environ.get("CLUSTER_JOBS", "200"))
+
+
+@pytest.mark.timeout(2400)
+@pytest.mark.parametrize("broker", ["redis"])
+def test_cluster_every_job_ends_exactly_once_through_a_worker_kill_and_a_broker_restart(broker, redis_server):
+    # Database 6 of this run's own redis-server keeps results and the cache; PostgreSQL databases are the
+    # script's own.
+    env = {**os.environ, "BENCH_REDIS_URL": redis_server.base_url, "BENCH_REDIS_DB": "6"}
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.cluster", "--broker", broker, "--jobs", str(JOBS)],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=2300,
+    )
+    print(done.stdout)
+    assert done.returncode == 0, done.stdout + done.stderr[-4000:]
+    assert f"statuses {{'succeeded': {JOBS}}}" in done.stdout
+    assert "lost 0, duplicated 0, without an answer 0" in done.stdout
+    assert f"webhooks received {JOBS}: missing 0, duplicated 0" in done.stdout
+    assert "SIGKILL the agent worker" in done.stdout and "broker started again" in done.stdout
