@@ -270,6 +270,22 @@ if AGENT_JOB_TIMEOUT_SEC >= CELERY_TASK_TIME_LIMIT:
 CELERY_BEAT_SCHEDULE = {
     "agent-sweep": {"task": "agent.jobs_sweep", "schedule": AGENT_SWEEP_INTERVAL_SEC},
 }
+# Retention (docs/operations.md, "Retention"): finished jobs older than this many days are purged with
+# their trace steps, events and webhook deliveries. Empty keeps them for ever (and schedules no purge).
+AGENT_JOB_RETENTION_DAYS = (
+    None
+    if os.environ.get("AGENT_JOB_RETENTION_DAYS", "").strip() == ""
+    else _float("AGENT_JOB_RETENTION_DAYS", 0.0, minimum=0.0)
+)
+if AGENT_JOB_RETENTION_DAYS is not None and AGENT_JOB_RETENTION_DAYS <= 0:
+    raise env_error(
+        "AGENT_JOB_RETENTION_DAYS", AGENT_JOB_RETENTION_DAYS, "a number of days > 0 (empty: keep for ever)"
+    )
+# Jobs deleted per transaction (with their rows): each chunk holds its locks for a few milliseconds.
+AGENT_PURGE_CHUNK_SIZE = _int("AGENT_PURGE_CHUNK_SIZE", 200, minimum=1)
+AGENT_PURGE_INTERVAL_SEC = _float("AGENT_PURGE_INTERVAL_SEC", 3600.0, minimum=1.0)
+if AGENT_JOB_RETENTION_DAYS is not None:
+    CELERY_BEAT_SCHEDULE["agent-purge"] = {"task": "agent.jobs_purge", "schedule": AGENT_PURGE_INTERVAL_SEC}
 HEALTH_WORKER_TIMEOUT_SEC = _float("HEALTH_WORKER_TIMEOUT_SEC", 1.0, minimum=0.1)
 
 # --- REST framework -----------------------------------------------------------------------------
