@@ -81,6 +81,7 @@ INSTALLED_APPS = [
     "apps.libros",
     "apps.agent",
     "apps.webhooks",
+    "apps.console",
 ]
 
 MIDDLEWARE = [
