@@ -236,52 +236,62 @@
     }
   }
 
+  // One handler per event of GET /api/agent/jobs/<id>/events (docs/api.md, "Waiting and streaming").
+  const WHY = {
+    llm_failed: "the language model failed; the answer lists the books found",
+    vector_store_unavailable: "the vector store was unavailable; exact search over the catalogue answered",
+  };
+
+  const TRACE_NAMES = { retrieve: "Books found", prompt: "Prompt built", llm: "Answer written", compose: "Result composed" };
+
   const HANDLERS = {
-    queued(data) {
-      $("job-query").textContent = data.query || $("job-query").textContent;
+    queued() {
       setStatus("queued");
-      addStep("Queued", { at: data.at || data.created_at });
+      addStep("Queued");
     },
     started(data) {
-      const attempt = Number(data.attempt || view.attempt + 1);
-      if (view.attempt > 0 && attempt !== view.attempt) {
-        // A new attempt (the previous worker died or a retry): its answer starts over.
+      const attempt = Number(data.attempt) || view.attempt + 1;
+      if (view.attempt > 0 && attempt > view.attempt) {
+        // The previous attempt died (its worker was killed): its text is discarded, the answer starts over.
         resetAnswer();
-        addStep(`Attempt ${view.attempt} was interrupted; starting again`, { kind: "warn" });
+        addStep(`Attempt ${view.attempt} was interrupted`, { kind: "warn" });
       }
       view.attempt = attempt;
       setStatus("running");
-      addStep(attempt > 1 ? `Started (attempt ${attempt})` : "Started", { at: data.at || data.started_at });
+      addStep(attempt > 1 ? `Started (attempt ${attempt})` : "Started");
     },
     retrieval(data) {
-      const books = data.books || data.results || data.hits || [];
+      const books = data.books || [];
       const titles = books.map((b) => b.title || b.id).slice(0, 5);
       const more = books.length > titles.length ? `, and ${books.length - titles.length} more` : "";
-      addStep(`Found ${books.length} book${books.length === 1 ? "" : "s"}`, {
-        at: data.at,
-        detail: titles.length ? titles.join(" · ") + more : data.source ? `source: ${data.source}` : "",
+      const how = data.source === "exact" ? " by exact search" : "";
+      addStep(`Found ${books.length} book${books.length === 1 ? "" : "s"}${how}`, {
+        detail: titles.join(" · ") + more,
       });
       showBooks(books);
     },
     "llm.delta"(data) {
-      const text = data.text ?? data.delta ?? data.content ?? "";
-      if (!view.answer) resetAnswer();
-      view.answer.appendData(text);
+      if (data.attempt !== undefined && Number(data.attempt) !== view.attempt) return; // not this attempt
+      view.answer.appendData(data.text || "");
       $("answer").classList.add("streaming");
     },
     "llm.done"(data) {
       $("answer").classList.remove("streaming");
-      const usage = data.usage || data;
-      const tokens = [usage.prompt_tokens, usage.completion_tokens].every((n) => n !== undefined)
-        ? `${usage.prompt_tokens} + ${usage.completion_tokens} tokens`
-        : "";
-      const cost = data.cost_usd !== undefined ? usd(data.cost_usd) : "";
-      addStep("Answer written", { at: data.at, detail: [tokens, cost, data.model].filter(Boolean).join(" · ") });
+      const usage = data.usage || {};
+      const parts = [];
+      if (usage.prompt_tokens !== undefined) {
+        parts.push(`${usage.prompt_tokens} + ${usage.completion_tokens} tokens${usage.estimated ? " (estimated)" : ""}`);
+      }
+      if (data.cost_usd !== undefined) parts.push(usd(data.cost_usd));
+      if (data.error) parts.push(`${data.error.code}: ${data.error.message}`);
+      addStep(data.error ? "The model call failed" : "Answer written", {
+        detail: parts.join(" · "),
+        kind: data.error ? "warn" : "done",
+      });
     },
     degraded(data) {
-      const why = data.reason || data.why || data.message || data.code || "";
-      addStep("Degraded answer", { at: data.at, detail: why, kind: "warn" });
-      $("job-degraded") || setStatus(view.status, true);
+      addStep("Degraded answer", { detail: WHY[data.why] || data.why || "", kind: "warn" });
+      setStatus(view.status, true);
     },
     job(data) {
       finish(data);
@@ -298,6 +308,15 @@
       view.answer.appendData(job.message);
     }
     if (Array.isArray(job.results) && job.results.length) showBooks(job.results);
+    if (!$("steps").children.length && Array.isArray(job.trace)) {
+      // No events were seen (the job was followed without a stream): its stored trace tells the steps.
+      for (const step of job.trace) {
+        addStep(TRACE_NAMES[step.name] || step.name, {
+          detail: `${Math.round(step.duration_ms)} ms${step.error ? ` · ${step.error.code || "error"}` : ""}`,
+          kind: step.error ? "warn" : "done",
+        });
+      }
+    }
     const kind = job.status === "succeeded" ? "done" : job.status === "cancelled" ? "warn" : "bad";
     if (TERMINAL.has(job.status)) addStep(job.status[0].toUpperCase() + job.status.slice(1), { at: job.timings?.finished_at, kind });
     setStatus(job.status, job.degraded);
