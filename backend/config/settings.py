@@ -155,6 +155,9 @@ else:
     # DB_POOL_MAX_SIZE=0: persistent connections, one per thread, checked before reuse.
     DATABASES["default"]["CONN_MAX_AGE"] = _int("DB_CONN_MAX_AGE", 60)
     DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
+if "TEST" not in DATABASES["default"]:
+    # One test database per test run (pid), so that concurrent runs on one server never share it.
+    DATABASES["default"]["TEST"] = {"NAME": f"test_{DATABASES['default']['NAME']}_{os.getpid()}"}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # --- Redis, cache -------------------------------------------------------------------------------
