@@ -285,8 +285,8 @@ if AGENT_JOB_RETENTION_DAYS is not None and AGENT_JOB_RETENTION_DAYS <= 0:
     raise env_error(
         "AGENT_JOB_RETENTION_DAYS", AGENT_JOB_RETENTION_DAYS, "a number of days > 0 (empty: keep for ever)"
     )
-# Jobs deleted per transaction (with their rows): each chunk holds its locks for a few milliseconds.
-AGENT_PURGE_CHUNK_SIZE = _int("AGENT_PURGE_CHUNK_SIZE", 200, minimum=1)
+# Jobs deleted per transaction, with their rows: ~70 ms per 50 jobs on a busy SQLite (docs/operations.md).
+AGENT_PURGE_CHUNK_SIZE = _int("AGENT_PURGE_CHUNK_SIZE", 100, minimum=1)
 AGENT_PURGE_INTERVAL_SEC = _float("AGENT_PURGE_INTERVAL_SEC", 3600.0, minimum=1.0)
 if AGENT_JOB_RETENTION_DAYS is not None:
     CELERY_BEAT_SCHEDULE["agent-purge"] = {"task": "agent.jobs_purge", "schedule": AGENT_PURGE_INTERVAL_SEC}
