@@ -312,7 +312,7 @@
       // No events were seen (the job was followed without a stream): its stored trace tells the steps.
       for (const step of job.trace) {
         addStep(TRACE_NAMES[step.name] || step.name, {
-          detail: `${Math.round(step.duration_ms)} ms${step.error ? ` · ${step.error.code || "error"}` : ""}`,
+          detail: `${step.duration_ms < 1 ? "<1" : Math.round(step.duration_ms)} ms${step.error ? ` · ${step.error.code || "error"}` : ""}`,
           kind: step.error ? "warn" : "done",
         });
       }
