@@ -8,10 +8,11 @@ urlpatterns = [
     path("api/", include("apps.agent.urls")),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="swagger-ui"),
-    path("api/redoc/", SpectacularRedocView.as_view(url_name="schema"), name="redoc"),
+    path(
+        "api/redoc/",
+        SpectacularRedocView.as_view(url_name="schema", template_name="api_docs/redoc.html"),
+        name="redoc",
+    ),
 ]
 
-# Under /api/, errors that never reach a DRF view keep the API's error shape (apps.agent.errors).
-handler400 = "apps.agent.errors.bad_request"
-handler404 = "apps.agent.errors.page_not_found"
-handler500 = "apps.agent.errors.server_error"
+# Under /api/, errors that never reach a DRF view keep the API's error shape: ApiErrorShapeMiddleware.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from datetime import datetime
 
 from django.conf import settings
 from drf_spectacular.extensions import OpenApiSerializerExtension
@@ -115,10 +116,20 @@ class ActionSerializer(serializers.Serializer):
     filters = serializers.DictField(required=False)
 
 
+class TimestampField(serializers.DateTimeField):
+    """A timestamp rendered as every other one in the API (ISO 8601, UTC, "Z"), whether it comes as a
+    datetime (a stored trace step) or as the pipeline's ISO string (the synchronous endpoint)."""
+
+    def to_representation(self, value):
+        if isinstance(value, str):
+            value = datetime.fromisoformat(value)
+        return super().to_representation(value)
+
+
 class TraceStepSerializer(serializers.Serializer):
     name = serializers.CharField()
     attempt = serializers.IntegerField(required=False)
-    started_at = serializers.CharField()
+    started_at = TimestampField()
     duration_ms = serializers.FloatField()
     inputs = serializers.DictField()
     outputs = serializers.DictField()

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 import uuid
+from datetime import datetime
 
 import pytest
 from django.db import connection
@@ -226,3 +228,25 @@ def test_sync_endpoint_same_contract(api, store):
 
 def test_sync_endpoint_validates(api, store):
     assert api.post("/api/agent/", {"query": ""}, format="json").status_code == 400
+
+
+ISO_UTC = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z$")
+
+
+def test_trace_timestamps_are_iso_8601_like_every_other_timestamp(
+    api, store, django_capture_on_commit_callbacks
+):
+    job_id = submit(api, capture=django_capture_on_commit_callbacks).json()["id"]
+    job = api.get(f"{URL}/{job_id}").json()
+    sync = api.post("/api/agent/", {"query": "whales"}, format="json").json()
+
+    timings = job["timings"]
+    assert ISO_UTC.match(timings["created_at"]) and ISO_UTC.match(timings["finished_at"])
+    for step in job["trace"] + sync["trace"]:
+        assert ISO_UTC.match(step["started_at"]), step["started_at"]
+    first = datetime.fromisoformat(job["trace"][0]["started_at"])
+    assert (
+        datetime.fromisoformat(timings["created_at"])
+        <= first
+        <= datetime.fromisoformat(timings["finished_at"])
+    )
