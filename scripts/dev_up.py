@@ -1,7 +1,7 @@
 """`make up`: set everything up and run the stack in the foreground, then answer one real query.
 
 Steps: migrate, load the catalogue, build the vector store if missing, find or start a Redis, start the
-API (gunicorn), a worker (with beat) and Flower, wait for /api/health, submit a query through the HTTP
+API (gunicorn with uvicorn workers, ASGI), a worker (with beat) and Flower, wait for /api/health, submit a query through the HTTP
 API, poll it, print the answer, and keep running until Ctrl-C, which stops only what it started.
 """
 
@@ -165,15 +165,18 @@ def main() -> None:
             PY,
             "-m",
             "gunicorn",
-            "config.wsgi",
+            "config.asgi:application",
+            "--worker-class",
+            "uvicorn_worker.UvicornWorker",
             "-b",
             f"127.0.0.1:{api_port}",
             "--workers",
             "2",
-            "--threads",
-            "8",
             "--timeout",
             "120",
+            # Open event streams end with the job; a restart does not wait for them longer than this.
+            "--graceful-timeout",
+            "5",
         ],
         env,
         "api",
