@@ -104,6 +104,7 @@ MIDDLEWARE = [
 
 ROOT_URLCONF = "config.urls"
 WSGI_APPLICATION = "config.wsgi.application"
+ASGI_APPLICATION = "config.asgi.application"
 TEMPLATES = [
     {
         "BACKEND": "django.template.backends.django.DjangoTemplates",
@@ -385,6 +386,18 @@ LOGGING = {
 BYO_KEY_TTL_SEC = _int("BYO_KEY_TTL_SEC", 900, minimum=10)
 # A running attempt whose deadline passed this long ago is presumed lost (its worker died).
 AGENT_RUNNING_GRACE_SEC = _float("AGENT_RUNNING_GRACE_SEC", 15.0, minimum=0.0)
+
+# --- Live job events (apps/agent/services/job_events.py, docs/api.md "Waiting and streaming") ---------
+# Each job's events are a Redis Stream, kept this long after its last event; afterwards the history of an
+# ended job is rebuilt from its row and trace. At most AGENT_EVENTS_MAXLEN entries per job (approximate).
+AGENT_EVENTS_REDIS_URL = env.str("AGENT_EVENTS_REDIS_URL", default=REDIS_URL)
+AGENT_EVENTS_RETENTION_SEC = _int("AGENT_EVENTS_RETENTION_SEC", 86400, minimum=1)
+AGENT_EVENTS_MAXLEN = _int("AGENT_EVENTS_MAXLEN", 10000, minimum=100)
+# A comment line (": ping") on an idle event stream this often, so that proxies keep it open.
+AGENT_EVENTS_HEARTBEAT_SEC = _float("AGENT_EVENTS_HEARTBEAT_SEC", 15.0, minimum=0.1)
+# Answer text produced within this many milliseconds of the last written delta is written with the next
+# one (one Redis write per burst instead of per token); 0 writes every delta at once.
+AGENT_EVENTS_DELTA_FLUSH_MS = _float("AGENT_EVENTS_DELTA_FLUSH_MS", 25.0, minimum=0.0)
 CELERY_TASK_PUBLISH_RETRY_POLICY = {
     "max_retries": 2,
     "interval_start": 0,

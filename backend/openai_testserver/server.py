@@ -56,6 +56,7 @@ FAULTS = (
     "empty_choices",
     "no_content",
     "insufficient_quota",
+    "stream_cut",
 )
 DEFAULT_MODELS = ("llama-3-8b-instruct", "gpt-4o-mini", "test-embedding")
 
@@ -78,6 +79,12 @@ class ServerOptions:
     models          ids listed by /v1/models
     content         the text of every chat answer, instead of the deterministic one (None: computed);
                     e.g. a prompt-injection payload, to test what the client does with hostile output
+    stream_delay_ms pause before each chunk of a streamed answer (`"stream": true`)
+
+    A streamed answer is sent as server-sent events, one chunk per word, then (with `stream_options`
+    `include_usage` and `usage` on) a last chunk with the usage, then `data: [DONE]`. The fault
+    `stream_cut` closes the connection after half the chunks of a streamed answer (a provider that fails
+    mid-stream); a non-streamed answer then gets malformed JSON.
     """
 
     latency_ms: float = 0.0
@@ -90,6 +97,7 @@ class ServerOptions:
     hang_sec: float = 600.0
     models: tuple[str, ...] = field(default=DEFAULT_MODELS)
     content: str | None = None
+    stream_delay_ms: float = 0.0
 
     def __post_init__(self) -> None:
         if self.fault not in FAULTS:
@@ -171,8 +179,6 @@ class OpenAITestServer:
         body = await self._record(request)
         if not isinstance(body, dict) or not isinstance(body.get("messages"), list):
             return _error(400, "invalid_request_error", "'messages' must be a list.")
-        if body.get("stream"):
-            return _error(400, "invalid_request_error", "This test server does not stream.")
         content = self.options.content if self.options.content is not None else answer_for(body["messages"])
         prompt_tokens = sum(_count_tokens(m.get("content")) for m in body["messages"] if isinstance(m, dict))
         payload: dict[str, Any] = {
@@ -196,6 +202,9 @@ class OpenAITestServer:
                 "completion_tokens": completion_tokens,
                 "total_tokens": prompt_tokens + completion_tokens,
             }
+        if body.get("stream"):
+            include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+            return await self._respond(request, payload, stream_usage=include_usage)
         return await self._respond(request, payload)
 
     async def embeddings(self, request: web.Request) -> web.StreamResponse:
@@ -294,7 +303,11 @@ class OpenAITestServer:
         self.faults_served += 1
         return options.fault
 
-    async def _respond(self, request: web.Request, payload: dict[str, Any]) -> web.StreamResponse:
+    async def _respond(
+        self, request: web.Request, payload: dict[str, Any], *, stream_usage: bool | None = None
+    ) -> web.StreamResponse:
+        """The answer, or the fault being served. `stream_usage` is None for a non-streamed request,
+        else whether the streamed answer ends with a usage chunk."""
         options = self.options
         fault = self._take_fault()
         if options.latency_ms > 0:
@@ -302,6 +315,8 @@ class OpenAITestServer:
         retry_headers = (
             {"Retry-After": _format_seconds(options.retry_after)} if options.retry_after is not None else {}
         )
+        if stream_usage is not None and fault in ("none", "stream_cut"):
+            return await self._stream(request, payload, usage=stream_usage, cut=fault == "stream_cut")
         if fault == "none":
             return web.json_response(payload)
         if fault == "429":
@@ -324,7 +339,7 @@ class OpenAITestServer:
             )
         if fault == "403":
             return _error(403, "permission_denied", "You are not allowed to use this model.")
-        if fault == "malformed":
+        if fault in ("malformed", "stream_cut"):
             return web.Response(
                 status=200, text='{"id": "chatcmpl-broken", "choices": [', content_type="application/json"
             )
@@ -337,6 +352,42 @@ class OpenAITestServer:
             await asyncio.sleep(options.hang_sec)
             return web.json_response(payload)
         return await self._drip(request, payload)
+
+    async def _stream(
+        self, request: web.Request, payload: dict[str, Any], *, usage: bool, cut: bool
+    ) -> web.StreamResponse:
+        """The answer as chat.completion.chunk events, one word each (see `ServerOptions`)."""
+        response = web.StreamResponse(
+            status=200, headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+        )
+        await response.prepare(request)
+        content = payload["choices"][0]["message"]["content"]
+        words = re.findall(r"\s*\S+\s*|\s+", content)
+        base = {k: payload[k] for k in ("id", "created", "model")} | {"object": "chat.completion.chunk"}
+        chunks: list[dict[str, Any]] = [
+            {**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}}]}
+        ]
+        chunks += [{**base, "choices": [{"index": 0, "delta": {"content": w}}]} for w in words]
+        chunks.append({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
+        if usage and "usage" in payload:
+            chunks.append({**base, "choices": [], "usage": payload["usage"]})
+        if cut:
+            chunks = chunks[: max(2, len(chunks) // 2)]
+        try:
+            for chunk in chunks:
+                if self.options.stream_delay_ms > 0:
+                    await asyncio.sleep(self.options.stream_delay_ms / 1000)
+                await response.write(f"data: {json.dumps(chunk)}\n\n".encode())
+            if cut:
+                # A provider that dies mid-answer: the connection ends without the final chunk.
+                if request.transport is not None:
+                    request.transport.close()
+                return response
+            await response.write(b"data: [DONE]\n\n")
+            await response.write_eof()
+        except ConnectionError:
+            pass  # the client went away (e.g. it cancelled the job)
+        return response
 
     async def _drip(self, request: web.Request, payload: dict[str, Any]) -> web.StreamResponse:
         """Send a valid answer one byte at a time: each read is quick, the whole answer is not."""

@@ -22,7 +22,7 @@ from django.db import DatabaseError, connection, transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
-from agent import pipeline
+from agent import llm_stream, pipeline
 from agent.config import LLMSettings
 from agent.cost_policy import CostDecision, resolve_cost_decision
 from agent.errors import Cancelled, ImproperlyConfigured
@@ -30,7 +30,7 @@ from agent.llm_factory import build_llm_runnable
 from agent.types import AgentOptions, AgentResult
 from apps.agent.errors import Conflict, IdempotencyMismatch, ServiceUnavailable, ValidationFailed
 from apps.agent.models import AgentJob, Batch, JobStatus, TraceStep
-from apps.agent.services import key_vault, statements
+from apps.agent.services import job_events, key_vault, statements
 from apps.agent.services.retrieval import exact_search, get_retriever, store_identity
 
 logger = logging.getLogger(__name__)
@@ -193,7 +193,9 @@ def _job_publish_created(job: AgentJob) -> None:
     """After the creating transaction: publish a job whose row already carries `enqueued_at`.
 
     When the broker refuses, the mark is cleared so that the sweep publishes the job on its next run.
+    The `queued` event is written first, so that it comes before anything a worker writes.
     """
+    job_events.jobs_queued(job_ids=[job.id])
     if not _job_publish(job):
         AgentJob.objects.filter(id=job.id, status=JobStatus.QUEUED).update(enqueued_at=None)
 
@@ -207,6 +209,7 @@ def jobs_enqueue(*, jobs: Sequence[AgentJob]) -> int:
     from apps.agent.tasks import batch_job_run_task, job_run_task
     from config.celery_app import app
 
+    job_events.jobs_queued(job_ids=[job.id for job in jobs])
     if app.conf.task_always_eager:  # tests and CELERY_TASK_ALWAYS_EAGER: nothing to publish
         return sum(job_enqueue(job=job) for job in jobs)
     published: list[uuid.UUID] = []
@@ -273,6 +276,8 @@ def job_run(*, job_id: uuid.UUID | str) -> str | None:
         return None
     attempt = job.attempts
     deadline = time.monotonic() + job.timeout_sec
+    events = job_events.AttemptEvents(job_id=job.id, attempt=attempt)
+    events("started", {})
 
     byo_key = None
     if job.key_source == "user":
@@ -296,10 +301,12 @@ def job_run(*, job_id: uuid.UUID | str) -> str | None:
     # so usually never; a slow vector store still does not lead to a paid call for a cancelled job).
     # After the call nobody asks: the finish's conditional UPDATE requires `cancel_requested=False`, and a
     # cancel that arrived meanwhile turns the finish into a cancellation, with no query of its own.
+    # While the answer streams, the row is asked at the same pace between deltas: a cancel closes the
+    # provider's stream, which stops the paid generation.
     checked = {"at": time.monotonic(), "cancelled": job.cancel_requested}
 
     def is_cancelled() -> bool:
-        if checked["cancelled"] or llm.called:
+        if checked["cancelled"] or (llm.called and not llm.streaming):
             return checked["cancelled"]
         if time.monotonic() - checked["at"] >= CANCEL_CHECK_INTERVAL_SEC:
             checked["cancelled"] = AgentJob.objects.filter(id=job.id, cancel_requested=True).exists()
@@ -315,9 +322,12 @@ def job_run(*, job_id: uuid.UUID | str) -> str | None:
             deadline,
             exact_search=exact_search,
             is_cancelled=is_cancelled,
+            on_event=events,
         )
     except Cancelled:
+        events.flush()
         return _job_finish_cancelled(job, attempt)
+    events.flush()
     return _job_finish(job, attempt, result)
 
 
@@ -335,15 +345,27 @@ class _JobLLM:
         self._inner = inner
         self._release_connection = release_connection
         self.called = False
+        self.streaming = False
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._inner, name)
 
     def invoke(self, prompt: Any, *, deadline: float | None = None) -> dict[str, Any]:
+        self._before_call()
+        return self._inner.invoke(prompt, deadline=deadline)
+
+    def stream(self, prompt: Any, *, on_delta: Any, deadline: float | None = None) -> dict[str, Any]:
+        self._before_call()
+        self.streaming = True
+        try:
+            return llm_stream.stream(self._inner, prompt, on_delta=on_delta, deadline=deadline)
+        finally:
+            self.streaming = False
+
+    def _before_call(self) -> None:
         self.called = True
         if self._release_connection and not connection.in_atomic_block:  # eager tasks: caller's transaction
             connection.close()
-        return self._inner.invoke(prompt, deadline=deadline)
 
 
 def _runnable_for(job: AgentJob, byo_key: str | None):
@@ -360,8 +382,9 @@ def _runnable_for(job: AgentJob, byo_key: str | None):
     )
 
 
-def _terminal_effects(*, job_id: uuid.UUID, job: AgentJob | None = None) -> None:
-    """Inside the terminal transaction: queue the webhook event; after commit, forget the BYO key.
+def _terminal_effects(*, job_id: uuid.UUID, status: str, job: AgentJob | None = None) -> None:
+    """Inside the terminal transaction: queue the webhook event; after commit, write the final live event
+    (which wakes the clients waiting on the job) and forget the BYO key.
 
     Given the claimed `job` (its webhook URL, batch and key source never change), the effects that cannot
     apply are skipped: no event lookup without a webhook or a batch, no Redis call without a BYO key.
@@ -370,6 +393,7 @@ def _terminal_effects(*, job_id: uuid.UUID, job: AgentJob | None = None) -> None
 
     if job is None or job.webhook_url or job.batch_id:
         job_terminal_event(job_id=job_id)
+    transaction.on_commit(lambda: job_events.job_ended(job_id=job_id, status=status))
     if job is None or job.key_source == "user":
         transaction.on_commit(lambda: key_vault.key_delete(job_id=job_id))
 
@@ -419,7 +443,7 @@ def _job_finish(job: AgentJob, attempt: int, result: AgentResult) -> str | None:
         if statements.execute(finish):
             if trace is not None:
                 statements.execute(trace)
-            _terminal_effects(job_id=job.id, job=job)
+            _terminal_effects(job_id=job.id, status=status, job=job)
             return status
     # Nothing changed. A cancel arrived while the job ran (its answer is discarded), or another attempt
     # took over (we were presumed dead): only the first ends the job, as cancelled.
@@ -454,7 +478,7 @@ def _job_end(
     with transaction.atomic():
         changed = rows.update(status=status, finished_at=timezone.now(), **fields)
         if changed:
-            _terminal_effects(job_id=job.id if job is not None else job_id, job=job)
+            _terminal_effects(job_id=job.id if job is not None else job_id, status=status, job=job)
     return bool(changed)
 
 
