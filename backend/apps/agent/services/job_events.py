@@ -134,6 +134,30 @@ def jobs_queued(*, job_ids: Sequence[uuid.UUID | str]) -> None:
     events_append(items=[(job_id, "queued", {"status": JobStatus.QUEUED.value}) for job_id in job_ids])
 
 
+def events_forget(*, job_ids: Sequence[uuid.UUID | str]) -> int:
+    """Delete the event streams of these jobs (retention purges them); returns how many existed.
+
+    Never raises: a stream left behind expires by itself after `AGENT_EVENTS_RETENTION_SEC`.
+    """
+    if not job_ids:
+        return 0
+    try:
+        return int(_client().delete(*(stream_key(job_id) for job_id in job_ids)))
+    except redis.RedisError as exc:
+        logger.warning("could not delete %d job event stream(s): %s", len(job_ids), type(exc).__name__)
+        return 0
+
+
+def events_count(*, job_ids: Sequence[uuid.UUID | str]) -> int:
+    """How many of these jobs still have an event stream (0 when Redis cannot say)."""
+    if not job_ids:
+        return 0
+    try:
+        return int(_client().exists(*(stream_key(job_id) for job_id in job_ids)))
+    except redis.RedisError:
+        return 0
+
+
 def job_ended(*, job_id: uuid.UUID | str, status: str) -> None:
     """The final `job` event: called after the terminal transaction commits; it wakes the waiters."""
     event_append(job_id=job_id, name=FINAL_EVENT, data={"status": status})

@@ -1,7 +1,7 @@
 """Retention: purge finished jobs older than AGENT_JOB_RETENTION_DAYS, with everything that hangs off them.
 
-A job goes with its trace steps, its webhook deliveries and their attempts (Django's cascade), and its
-re-runs forget it (`parent` is set to NULL). A batch goes once none of its jobs is left. Deletion runs in
+A job goes with its trace steps, its webhook deliveries and their attempts (Django's cascade), its live
+events (its Redis stream, if it has not expired yet), and its re-runs forget it (`parent` is set to NULL). A batch goes once none of its jobs is left. Deletion runs in
 chunks of primary keys, each chunk in its own short transaction, so that no purge holds locks for long
 and an interrupted purge has deleted whole jobs only; the next run goes on where it stopped. The queries
 are plain ORM (no vendor SQL), the same on SQLite and PostgreSQL.
@@ -12,6 +12,7 @@ is purged afterwards.
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -22,8 +23,13 @@ from django.db.models import Exists, OuterRef, QuerySet
 from django.utils import timezone
 
 from apps.agent.models import TERMINAL_STATUSES, AgentJob, Batch, TraceStep
+from apps.agent.services import job_events
 from apps.webhooks.models import Delivery, DeliveryAttempt
 
+#: The report's key for the jobs' event streams (in Redis, not rows).
+EVENT_STREAMS = "event_streams"
+#: Job ids per EXISTS when a dry run counts event streams.
+_COUNT_IDS = 1000
 #: What a purge counts, by model: the report's keys.
 COUNTED = {
     AgentJob: "jobs",
@@ -40,7 +46,9 @@ class PurgeReport:
 
     cutoff: datetime
     dry_run: bool
-    counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(COUNTED.values(), 0))
+    counts: dict[str, int] = field(
+        default_factory=lambda: dict.fromkeys((*COUNTED.values(), EVENT_STREAMS), 0)
+    )
     chunks: int = 0
     complete: bool = True
 
@@ -79,6 +87,9 @@ def _count(*, cutoff: datetime, report: PurgeReport) -> None:
     job_ids = jobs.values("pk")
     batch_ids = batches.values("pk")
     deliveries = Delivery.objects.filter(job_id__in=job_ids) | Delivery.objects.filter(batch_id__in=batch_ids)
+    ids = jobs.values_list("pk", flat=True).iterator(chunk_size=_COUNT_IDS)
+    while chunk := list(itertools.islice(ids, _COUNT_IDS)):
+        report.counts[EVENT_STREAMS] += job_events.events_count(job_ids=chunk)
     report.counts.update(
         jobs=jobs.count(),
         trace_steps=TraceStep.objects.filter(job_id__in=job_ids).count(),
@@ -89,9 +100,17 @@ def _count(*, cutoff: datetime, report: PurgeReport) -> None:
 
 
 def _delete_in_chunks(
-    queryset: QuerySet, *, chunk_size: int, report: PurgeReport, out_of_time: Callable[[], bool]
+    queryset: QuerySet,
+    *,
+    chunk_size: int,
+    report: PurgeReport,
+    out_of_time: Callable[[], bool],
+    after_chunk: Callable[[list], None] | None = None,
 ) -> bool:
-    """Delete the rows of `queryset` by primary-key chunks; False when time ran out first."""
+    """Delete the rows of `queryset` by primary-key chunks; False when time ran out first.
+
+    `after_chunk(ids)` runs once a chunk's transaction has committed.
+    """
     while True:
         if out_of_time():
             return False
@@ -104,6 +123,8 @@ def _delete_in_chunks(
             _, deleted = queryset.model.objects.filter(pk__in=ids).delete()
         report.add(deleted)
         report.chunks += 1
+        if after_chunk is not None:
+            after_chunk(ids)
 
 
 def jobs_purge(
@@ -129,8 +150,15 @@ def jobs_purge(
     def out_of_time() -> bool:
         return time_budget_sec is not None and time.monotonic() - started > time_budget_sec
 
+    def forget_events(job_ids: list) -> None:
+        report.counts[EVENT_STREAMS] += job_events.events_forget(job_ids=job_ids)
+
     report.complete = _delete_in_chunks(
-        purgeable_jobs(cutoff=cutoff), chunk_size=chunk_size, report=report, out_of_time=out_of_time
+        purgeable_jobs(cutoff=cutoff),
+        chunk_size=chunk_size,
+        report=report,
+        out_of_time=out_of_time,
+        after_chunk=forget_events,
     ) and _delete_in_chunks(
         purgeable_batches(cutoff=cutoff), chunk_size=chunk_size, report=report, out_of_time=out_of_time
     )

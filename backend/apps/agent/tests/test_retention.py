@@ -16,7 +16,7 @@ from django.utils import timezone
 
 from apps.agent import selectors
 from apps.agent.models import AgentJob, Batch, JobStatus, TraceStep
-from apps.agent.services import retention
+from apps.agent.services import job_events, retention
 from apps.agent.tasks import jobs_purge_task
 from apps.webhooks.models import (
     AttemptOutcome,
@@ -97,6 +97,7 @@ def test_purge_deletes_old_finished_jobs_with_their_rows_and_keeps_the_rest(hist
         "deliveries": 1,
         "delivery_attempts": 2,
         "batches": 0,
+        "event_streams": 2,
     }
     assert (report.complete, report.dry_run, report.chunks) == (True, False, 1)
     assert set(AgentJob.objects.values_list("id", flat=True)) == {history["recent"].id, history["stuck"].id}
@@ -104,6 +105,9 @@ def test_purge_deletes_old_finished_jobs_with_their_rows_and_keeps_the_rest(hist
     assert TraceStep.objects.count() == kept_steps > 0
     assert list(Delivery.objects.values_list("job_id", flat=True)) == [history["recent"].id]
     assert DeliveryAttempt.objects.count() == 1
+    # The live events of purged jobs go too; the others' stay.
+    assert job_events.events_count(job_ids=old_ids) == 0
+    assert job_events.events_count(job_ids=[history["recent"].id, history["stuck"].id]) == 2
 
 
 def test_unfinished_jobs_are_never_purged_however_old(history):
@@ -118,7 +122,7 @@ def test_dry_run_counts_the_same_and_deletes_nothing(history):
 
     real = retention.jobs_purge(older_than=30 * DAY, chunk_size=100)
     assert dry.dry_run and dry.chunks == 0
-    assert dry.counts == real.counts and real.counts["jobs"] == 2
+    assert dry.counts == real.counts and (real.counts["jobs"], real.counts["event_streams"]) == (2, 2)
 
 
 def test_purge_runs_in_chunks_of_primary_keys_each_in_its_own_transaction(user, monkeypatch):
@@ -333,3 +337,22 @@ def test_command_refuses_bad_arguments(settings, args, message):
     settings.AGENT_JOB_RETENTION_DAYS = None
     with pytest.raises(CommandError, match=message):
         command(*args)
+
+
+def test_a_redis_outage_does_not_stop_the_purge_of_rows(user, monkeypatch):
+    import redis
+
+    from apps.webhooks.tests.factories import job_make
+
+    job = aged(job_make(user), 5 * DAY)
+
+    class DownRedis:
+        def delete(self, *keys):
+            raise redis.ConnectionError("down")
+
+    monkeypatch.setattr(job_events, "_client", lambda: DownRedis())
+
+    report = retention.jobs_purge(older_than=DAY, chunk_size=10)
+
+    assert (report.counts["jobs"], report.counts["event_streams"], report.complete) == (1, 0, True)
+    assert not AgentJob.objects.filter(id=job.id).exists()

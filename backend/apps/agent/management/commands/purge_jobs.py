@@ -64,6 +64,6 @@ class Command(BaseCommand):
         self.stdout.write(
             f"jobs created before {report.cutoff:%Y-%m-%d %H:%M:%S} UTC: {verb} {c['jobs']} jobs, "
             f"{c['trace_steps']} trace steps, {c['deliveries']} webhook deliveries "
-            f"({c['delivery_attempts']} attempts), {c['batches']} batches"
+            f"({c['delivery_attempts']} attempts), {c['batches']} batches, {c['event_streams']} event streams"
             + ("" if report.dry_run else f" in {report.chunks} chunks")
         )
