@@ -40,7 +40,7 @@ def console_page(request):
         # Per-job URLs: the script replaces the placeholder id with the job's.
         "job": reverse("agent-job-detail", args=[_PLACEHOLDER]),
         "cancel": reverse("agent-job-cancel", args=[_PLACEHOLDER]),
-        "events": reverse("agent-job-detail", args=[_PLACEHOLDER]) + "/events",
+        "events": reverse("agent-job-events", args=[_PLACEHOLDER]),
         "placeholder": _PLACEHOLDER,
         "login": reverse("console:login"),
     }
