@@ -19,7 +19,8 @@ pytestmark = [pytest.mark.e2e]
 
 #: The provider's answer (120 words) and the pause before each streamed word: ~18 s to write it.
 ANSWER = " ".join(
-    ["Moby-Dick by Herman Melville follows Ishmael aboard the Pequod, whose captain hunts the white whale."] * 8
+    ["Moby-Dick by Herman Melville follows Ishmael aboard the Pequod, whose captain hunts the white whale."]
+    * 8
 )
 STREAM_DELAY_MS = 150
 
