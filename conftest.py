@@ -13,6 +13,21 @@ import pytest
 REPO = Path(__file__).resolve().parent
 FIXTURE = REPO / "backend" / "apps" / "libros" / "fixtures" / "libros_prueba.json"
 
+#: Tests that start processes (workers, servers) or wait on them, and the fixtures that say so.
+PROCESS_MARKERS = {"e2e", "faults", "slow"}
+PROCESS_FIXTURES = {"stack", "redis_server", "live_server", "gunicorn", "gunicorn_server"}
+
+
+def pytest_collection_modifyitems(config, items):
+    """Under pytest-xdist (`--dist loadgroup`), every test that runs real processes goes to one group, so
+    one xdist worker runs them one after another, as a serial run would (their timing bounds assume a
+    machine not loaded by a second such test), while the other workers take the in-process tests."""
+    for item in items:
+        if PROCESS_MARKERS & {mark.name for mark in item.iter_markers()} or PROCESS_FIXTURES & set(
+            item.fixturenames
+        ):
+            item.add_marker(pytest.mark.xdist_group("processes"))
+
 
 @pytest.fixture(scope="session", autouse=True)
 def _static_files_without_collectstatic():

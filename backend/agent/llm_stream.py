@@ -24,19 +24,11 @@ from collections.abc import Callable
 from typing import Any
 
 from agent.errors import Cancelled
-from agent.llm_factory import (
-    OpenAICompatibleLLM,
-    Prompt,
-    StubLLM,
-    _deadline_message,
-    _Failure,
-    _http_module,
-    _is_count,
-    _Success,
-    estimate_prompt_tokens,
-    estimate_tokens,
-    to_messages,
-)
+from agent.llm_factory import OpenAICompatibleLLM, StubLLM
+from agent.llm_factory.openai_client import _Failure, _is_count, _Success
+from agent.llm_factory.results import Prompt, estimate_prompt_tokens, estimate_tokens, to_messages
+from agent.llm_factory.results import deadline_message as _deadline_message
+from agent.llm_factory.transport import http_module as _http_module
 
 OnDelta = Callable[[str], None]
 

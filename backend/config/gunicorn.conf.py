@@ -24,7 +24,7 @@ def post_worker_init(worker):
     them); the worker's copy is replaced once the app (Django) is loaded."""
     from gunicorn import util
 
-    from apps.agent.errors import status_error_body
+    from apps.core.http_errors import status_error_body
 
     def write_error(sock, status_int, reason, mesg):
         body = json.dumps(status_error_body(status_int)).encode()

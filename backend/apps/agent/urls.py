@@ -10,6 +10,7 @@ urlpatterns = [
     path("agent/jobs/<uuid:job_id>", apis_live.job_detail, name="agent-job-detail"),
     path("agent/jobs/<uuid:job_id>/events", apis_live.job_events_view, name="agent-job-events"),
     path("agent/jobs/<uuid:job_id>/cancel", apis.JobCancelApi.as_view(), name="agent-job-cancel"),
+    path("agent/jobs/<uuid:job_id>/redeliver", apis.JobRedeliverApi.as_view(), name="agent-job-redeliver"),
     path("agent/batches", apis.BatchListCreateApi.as_view(), name="agent-batches"),
     path("agent/batches/<uuid:batch_id>", apis.BatchDetailApi.as_view(), name="agent-batch-detail"),
     path("agent/batches/<uuid:batch_id>/cancel", apis.BatchCancelApi.as_view(), name="agent-batch-cancel"),

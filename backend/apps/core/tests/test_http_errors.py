@@ -7,7 +7,7 @@ import pytest
 from django.test import override_settings
 from django.urls import path
 
-from apps.agent.errors import error_body
+from core.errors import error_body
 
 
 def boom(request):
