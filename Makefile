@@ -3,6 +3,8 @@ PYTHON ?= python3.11
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# pytest-xdist workers: one runs the tests with real processes in order, the others the in-process tests.
+TEST_WORKERS ?= 2
 
 .PHONY: up test lint format venv testserver bench bench-smoke clean
 
@@ -24,7 +26,8 @@ lint: $(STAMP)
 
 test: lint
 	$(PY) backend/manage.py spectacular --validate --fail-on-warn --file /dev/null
-	$(VENV)/bin/pytest
+	PYTHONPATH=backend $(VENV)/bin/lint-imports
+	$(VENV)/bin/pytest -n $(TEST_WORKERS) --dist loadgroup
 
 format: $(STAMP)
 	$(VENV)/bin/ruff check --fix .

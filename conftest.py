@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -11,13 +13,44 @@ import pytest
 REPO = Path(__file__).resolve().parent
 FIXTURE = REPO / "backend" / "apps" / "libros" / "fixtures" / "libros_prueba.json"
 
+#: Tests that start processes (workers, servers) or wait on them, and the fixtures that say so.
+PROCESS_MARKERS = {"e2e", "faults", "slow"}
+PROCESS_FIXTURES = {"stack", "redis_server", "live_server", "gunicorn", "gunicorn_server"}
+
+
+def pytest_collection_modifyitems(config, items):
+    """Under pytest-xdist (`--dist loadgroup`), every test that runs real processes goes to one group, so
+    one xdist worker runs them one after another, as a serial run would (their timing bounds assume a
+    machine not loaded by a second such test), while the other workers take the in-process tests."""
+    for item in items:
+        if PROCESS_MARKERS & {mark.name for mark in item.iter_markers()} or PROCESS_FIXTURES & set(
+            item.fixturenames
+        ):
+            item.add_marker(pytest.mark.xdist_group("processes"))
+
 
 @pytest.fixture(scope="session")
-def catalogue_vector_settings():
+def redis_server(tmp_path_factory):
+    """This test run's own redis-server (one per pytest process, so one per xdist worker too).
+
+    Every fixture that needs a real Redis takes a database of it: no fixed database numbers on the
+    machine's shared server, so concurrent runs never steal each other's tasks.
+    """
+    from tests.e2e.harness import PrivateRedis
+
+    server = PrivateRedis(tmp_path_factory.mktemp("redis"))
+    server.start(new_port_on_failure=True)
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def catalogue_vector_settings(tmp_path_factory):
     """VectorSettings of a store built from the real catalogue fixture (320 books, the real local model).
 
-    Built under var/test_vector_db and reused across runs: the build is incremental, so an unchanged
-    fixture costs no embedding at all after the first run.
+    Built once under var/test_vector_db (incremental: an unchanged fixture costs no embedding at all after
+    the first run), under a file lock so that concurrent runs never build it twice at once, then copied
+    into a directory of this run (of this xdist worker): no two runs share an open store.
     """
     from django.conf import settings
 
@@ -26,21 +59,26 @@ def catalogue_vector_settings():
     from apps.libros.catalogue import libro_document
     from apps.libros.models import Libro
 
-    directory = REPO / "var" / "test_vector_db"
-    vector = dataclasses.replace(
-        settings.VECTOR, dir=directory, manifest_path=directory / "manifest.json", url=None, dataset_path=None
-    )
-    documents = [
-        libro_document(Libro(pk=row["pk"], **row["fields"])) for row in json.loads(FIXTURE.read_text())
-    ]
-    build_vector_db(
-        documents,
-        settings=vector,
-        embedder=get_embedder(vector),
-        source="fixture:libros_prueba",
-        progress=False,
-    )
-    return vector
+    cache = REPO / "var" / "test_vector_db"
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    with (REPO / "var" / "test_vector_db.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        vector = dataclasses.replace(
+            settings.VECTOR, dir=cache, manifest_path=cache / "manifest.json", url=None, dataset_path=None
+        )
+        documents = [
+            libro_document(Libro(pk=row["pk"], **row["fields"])) for row in json.loads(FIXTURE.read_text())
+        ]
+        build_vector_db(
+            documents,
+            settings=vector,
+            embedder=get_embedder(vector),
+            source="fixture:libros_prueba",
+            progress=False,
+        )
+        directory = tmp_path_factory.mktemp("vector") / "store"
+        shutil.copytree(cache, directory)
+    return dataclasses.replace(vector, dir=directory, manifest_path=directory / "manifest.json")
 
 
 @pytest.fixture(autouse=True)

@@ -1,5 +1,5 @@
 """`python -m bench --smoke` keeps working: it starts its own processes (API, worker, a Redis database
-of its own, a database copied from a template), prints its tables with numbers, and stops what it started.
+of the test run's own server, a database copied from a template), prints its tables with numbers, and stops what it started.
 
 The figures of a smoke run mean nothing (tiny sizes); only that every part runs is checked.
 """
@@ -28,12 +28,12 @@ def row(text: str, starts_with: str) -> list[float]:
     return [float(n.rstrip("x").replace(",", "")) for n in re.findall(NUMBER, match.group(0))]
 
 
-def test_bench_smoke_prints_each_figure_beside_its_baseline():
+def test_bench_smoke_prints_each_figure_beside_its_baseline(redis_server):
     process = subprocess.Popen(
         [sys.executable, "-m", "bench", "--smoke", "--only", "overhead,polling"],
         cwd=REPO,
-        # Databases no other suite uses; the first one no other benchmark run holds is taken.
-        env={**os.environ, "BENCH_REDIS_DB": "7,12,13,14,15"},
+        # Database 7 of this run's own redis-server: no other run can hold it.
+        env={**os.environ, "BENCH_REDIS_URL": redis_server.base_url, "BENCH_REDIS_DB": "7"},
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

@@ -12,10 +12,7 @@ READERS = re.compile(
 #: Read by tooling or tests only, not by the service.
 NOT_SERVICE = {
     "DJANGO_SETTINGS_MODULE",
-    "E2E_REDIS_DB",
-    "E2E_REDIS_URL",
     "FAULTS_PG_URL",
-    "WEBHOOKS_E2E_REDIS_URL",
     "UP_QUERY",
     "PYTHON",
     "HOME",

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-from agent.errors import env_error
+from core.env import Env, check_int, check_number, env_error
 
 #: The request header that carries a user's own API key (cost modes `byo_key` and `hybrid`).
 BYO_KEY_HEADER = "X-LLM-API-Key"
@@ -28,9 +28,6 @@ _PROVIDER_ALIASES = {
     "test": PROVIDER_STUB,
     "openai_compatible": PROVIDER_OPENAI_COMPATIBLE,
 }
-
-_TRUE = {"1", "true", "yes", "on"}
-_FALSE = {"0", "false", "no", "off"}
 
 
 class CostMode(StrEnum):
@@ -83,11 +80,11 @@ class LLMSettings:
             raise env_error("LLM_MODEL", self.model, "a non-empty model name")
         object.__setattr__(self, "base_url", self.base_url or None)
         object.__setattr__(self, "api_key", self.api_key or None)
-        _check_number("LLM_TIMEOUT_SEC", self.timeout_sec, minimum=0.0, inclusive=False)
-        _check_number("LLM_RETRY_AFTER_CAP_SEC", self.retry_after_cap_sec, minimum=0.0, inclusive=True)
-        _check_int("LLM_MAX_TOKENS", self.max_tokens, minimum=1)
-        _check_int("LLM_MAX_RETRIES", self.max_retries, minimum=0)
-        _check_int("LLM_HTTP_POOL_SIZE", self.http_pool_size, minimum=1)
+        check_number("LLM_TIMEOUT_SEC", self.timeout_sec, minimum=0.0, inclusive=False)
+        check_number("LLM_RETRY_AFTER_CAP_SEC", self.retry_after_cap_sec, minimum=0.0, inclusive=True)
+        check_int("LLM_MAX_TOKENS", self.max_tokens, minimum=1)
+        check_int("LLM_MAX_RETRIES", self.max_retries, minimum=0)
+        check_int("LLM_HTTP_POOL_SIZE", self.http_pool_size, minimum=1)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> LLMSettings:
@@ -97,23 +94,20 @@ class LLMSettings:
         that is not a number, a bad boolean or a bad `LLM_PRICES` spec.
         """
 
-        def get(name: str, default: str) -> str:
-            value = environ.get(name, "").strip()
-            return value or default
-
+        env = Env(environ)
         return cls(
-            provider=get("LLM_PROVIDER", PROVIDER_OPENAI_COMPATIBLE),
-            model=get("LLM_MODEL", "llama-3-8b-instruct"),
-            base_url=get("LLM_BASE_URL", "") or None,
-            api_key=get("LLM_API_KEY", "") or None,
-            timeout_sec=_parse_float("LLM_TIMEOUT_SEC", get("LLM_TIMEOUT_SEC", "30")),
-            max_tokens=_parse_int("LLM_MAX_TOKENS", get("LLM_MAX_TOKENS", "512")),
-            max_retries=_parse_int("LLM_MAX_RETRIES", get("LLM_MAX_RETRIES", "1")),
-            cost_mode=get("LLM_COST_MODE", CostMode.PAID.value),  # type: ignore[arg-type]
-            allow_byo_key=_parse_bool("LLM_ALLOW_BYO_KEY", get("LLM_ALLOW_BYO_KEY", "false")),
-            retry_after_cap_sec=_parse_float("LLM_RETRY_AFTER_CAP_SEC", get("LLM_RETRY_AFTER_CAP_SEC", "10")),
-            prices=parse_prices(get("LLM_PRICES", "")),
-            http_pool_size=_parse_int("LLM_HTTP_POOL_SIZE", get("LLM_HTTP_POOL_SIZE", "100")),
+            provider=env.str("LLM_PROVIDER", PROVIDER_OPENAI_COMPATIBLE),
+            model=env.str("LLM_MODEL", "llama-3-8b-instruct"),
+            base_url=env.str("LLM_BASE_URL") or None,
+            api_key=env.str("LLM_API_KEY") or None,
+            timeout_sec=env.float("LLM_TIMEOUT_SEC", 30.0),
+            max_tokens=env.int("LLM_MAX_TOKENS", 512),
+            max_retries=env.int("LLM_MAX_RETRIES", 1),
+            cost_mode=env.str("LLM_COST_MODE", CostMode.PAID.value),  # type: ignore[arg-type]
+            allow_byo_key=env.bool("LLM_ALLOW_BYO_KEY", False),
+            retry_after_cap_sec=env.float("LLM_RETRY_AFTER_CAP_SEC", 10.0),
+            prices=parse_prices(env.str("LLM_PRICES")),
+            http_pool_size=env.int("LLM_HTTP_POOL_SIZE", 100),
         )
 
     def price_of(self, model: str) -> tuple[float, float] | None:
@@ -143,40 +137,3 @@ def parse_prices(spec: str) -> PriceTable:
             raise env_error("LLM_PRICES", spec, expected)
         prices[model] = (price_in, price_out)
     return prices
-
-
-def _parse_float(name: str, raw: str) -> float:
-    try:
-        return float(raw)
-    except ValueError:
-        raise env_error(name, raw, "a number") from None
-
-
-def _parse_int(name: str, raw: str) -> int:
-    try:
-        return int(raw)
-    except ValueError:
-        raise env_error(name, raw, "an integer") from None
-
-
-def _parse_bool(name: str, raw: str) -> bool:
-    value = raw.strip().lower()
-    if value in _TRUE:
-        return True
-    if value in _FALSE:
-        return False
-    raise env_error(name, raw, "true or false (also 1/0, yes/no, on/off)")
-
-
-def _check_number(name: str, value: object, *, minimum: float, inclusive: bool) -> None:
-    ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-    if ok:
-        ok = value >= minimum if inclusive else value > minimum
-    if not ok:
-        bound = f">= {minimum:g}" if inclusive else f"> {minimum:g}"
-        raise env_error(name, value, f"a finite number {bound}")
-
-
-def _check_int(name: str, value: object, *, minimum: int) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-        raise env_error(name, value, f"an integer >= {minimum}")

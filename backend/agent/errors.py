@@ -1,16 +1,19 @@
-"""Errors of the agent core.
+"""Errors of the agent core (framework-free).
 
-The core runs without Django, yet the seed's contract says a misconfiguration raises
-`ImproperlyConfigured`; when Django is installed we raise Django's own class so that callers
-catching it (and Django's start-up) see the usual exception.
+`ImproperlyConfigured` is the project-wide one from `core.errors` (a bad environment, or the seed's
+`byo_key` mode without a key); the others are the pipeline's own.
 """
 
-try:
-    from django.core.exceptions import ImproperlyConfigured
-except ImportError:  # pragma: no cover - the core without Django
+from core.errors import ImproperlyConfigured
 
-    class ImproperlyConfigured(Exception):  # type: ignore[no-redef]
-        """The configuration (environment) is invalid."""
+__all__ = [
+    "AgentError",
+    "Cancelled",
+    "DeadlineExceeded",
+    "ImproperlyConfigured",
+    "InvalidQuery",
+    "VectorStoreUnavailable",
+]
 
 
 class AgentError(Exception):
@@ -50,8 +53,3 @@ class Cancelled(AgentError):
     """The job was cancelled; the pipeline stops at the next step boundary."""
 
     code = "cancelled"
-
-
-def env_error(variable: str, value: object, expected: str) -> ImproperlyConfigured:
-    """An `ImproperlyConfigured` that names the variable, the bad value and what is allowed."""
-    return ImproperlyConfigured(f"{variable}={value!r} is invalid: expected {expected}.")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 
@@ -81,6 +81,11 @@ class TraceStep:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+#: The fields of a trace step, in order: the one definition that the model (`apps.agent.models.TraceStep`,
+#: which adds job, attempt and position), the selector and the serializer derive theirs from.
+TRACE_STEP_FIELDS = tuple(f.name for f in fields(TraceStep))
 
 
 @dataclass

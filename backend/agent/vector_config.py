@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import env_error
+from core.env import Env
 
 EMBEDDINGS_PROVIDERS = ("local", "openai_compatible")
 
@@ -30,35 +30,25 @@ class VectorSettings:
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ, *, repo_dir: Path) -> VectorSettings:
-        def get(name: str, default: str = "") -> str:
-            return (environ.get(name) or "").strip() or default
-
-        directory = Path(get("VECTOR_DB_DIR", str(repo_dir / "vector_db")))
+        env = Env(environ)
+        directory = Path(env.str("VECTOR_DB_DIR", str(repo_dir / "vector_db")))
         if not directory.is_absolute():
             directory = repo_dir / directory
-        collection = get("VECTOR_DB_COLLECTION", "libros")
-        manifest = Path(get("VECTOR_DB_MANIFEST", str(directory / "manifest.json")))
+        collection = env.str("VECTOR_DB_COLLECTION", "libros")
+        manifest = Path(env.str("VECTOR_DB_MANIFEST", str(directory / "manifest.json")))
         if not manifest.is_absolute():
             manifest = repo_dir / manifest
-        dataset = get("VECTOR_DATASET_PATH")
-        provider = get("EMBEDDINGS_PROVIDER", "local")
-        if provider not in EMBEDDINGS_PROVIDERS:
-            raise env_error("EMBEDDINGS_PROVIDER", provider, " or ".join(EMBEDDINGS_PROVIDERS))
-        batch_raw = get("EMBEDDINGS_BATCH_SIZE", "32")
-        try:
-            batch = int(batch_raw)
-        except ValueError:
-            raise env_error("EMBEDDINGS_BATCH_SIZE", batch_raw, "a positive integer") from None
-        if batch < 1:
-            raise env_error("EMBEDDINGS_BATCH_SIZE", batch_raw, "a positive integer")
+        dataset = env.str("VECTOR_DATASET_PATH")
+        provider = env.choice("EMBEDDINGS_PROVIDER", "local", EMBEDDINGS_PROVIDERS)
+        batch = env.int("EMBEDDINGS_BATCH_SIZE", 32, minimum=1)
         return cls(
             dir=directory,
             collection=collection,
             manifest_path=manifest,
             dataset_path=Path(dataset) if dataset else None,
-            url=get("VECTOR_DB_URL") or None,
+            url=env.str("VECTOR_DB_URL") or None,
             embeddings_provider=provider,
-            embeddings_model=get(
+            embeddings_model=env.str(
                 "EMBEDDINGS_MODEL",
                 "multilingual-e5-small-q4" if provider == "local" else "text-embedding-3-small",
             ),

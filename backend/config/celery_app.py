@@ -1,9 +1,12 @@
 """The one Celery app of the project. Workers start it with `celery -A config.celery_app worker`."""
 
 import os
+import sys
 
 from celery import Celery
 from celery.signals import task_postrun, task_prerun, worker_init, worker_process_init
+from django.conf import settings
+from django.db import close_old_connections
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
 
@@ -14,6 +17,8 @@ app.autodiscover_tasks()
 
 
 def _warm_up() -> None:
+    # Imported when a worker starts, not with this module: Django imports this module (config/__init__.py)
+    # before its app registry is ready, and the services import models.
     from apps.agent.services.retrieval import retrieval_warm_up
 
     retrieval_warm_up()
@@ -45,10 +50,6 @@ def tune_interpreter() -> None:
     jobs (docs/benchmarks.md): 1 ms finished the concurrency benchmark in 8.8-9.3 s instead of 10.6-11.1 s
     and raised throughput by 10-20%; 0.5 ms was no better.
     """
-    import sys
-
-    from django.conf import settings
-
     sys.setswitchinterval(settings.WORKER_SWITCH_INTERVAL_MS / 1000)
 
 
@@ -59,6 +60,4 @@ def _close_old_connections(sender=None, **kwargs) -> None:
     # Not for eager tasks: they run inside the caller's transaction.
     if sender is not None and getattr(sender.request, "is_eager", False):
         return
-    from django.db import close_old_connections
-
     close_old_connections()

@@ -1,4 +1,4 @@
-"""Django settings, read from the environment with django-environ.
+"""Django settings, read from the environment through `core.env` (one parser for the whole project).
 
 Every variable is listed, grouped and commented in `.env.example` at the repository root. A bad value
 fails at start-up with a message that names the variable.
@@ -12,60 +12,25 @@ from pathlib import Path
 import environ
 
 from agent.config import LLMSettings
-from agent.errors import env_error
 from agent.vector_config import VectorSettings
+from core.env import Env, env_error
 
 BACKEND_DIR = Path(__file__).resolve().parent.parent
 REPO_DIR = BACKEND_DIR.parent
 
-env = environ.Env()
+# Every variable is read through core.env (typed, loud on a bad value); django-environ only reads the
+# developer's `.env` and parses DATABASE_URL.
+env = Env()
 # A developer's `.env` at the repository root; real environment variables win over it.
 if (REPO_DIR / ".env").is_file():
     environ.Env.read_env(REPO_DIR / ".env", overwrite=False)
 
 
-def _int(name: str, default: int, *, minimum: int = 0) -> int:
-    raw = os.environ.get(name, "")
-    if raw.strip() == "":
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise env_error(name, raw, "an integer") from None
-    if value < minimum:
-        raise env_error(name, raw, f"an integer >= {minimum}")
-    return value
-
-
-def _float(name: str, default: float, *, minimum: float = 0.0) -> float:
-    raw = os.environ.get(name, "")
-    if raw.strip() == "":
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise env_error(name, raw, "a number") from None
-    if value < minimum:
-        raise env_error(name, raw, f"a number >= {minimum}")
-    return value
-
-
-def _bool(name: str, default: bool) -> bool:
-    raw = os.environ.get(name, "").strip().lower()
-    if raw == "":
-        return default
-    if raw in {"1", "true", "yes", "on"}:
-        return True
-    if raw in {"0", "false", "no", "off"}:
-        return False
-    raise env_error(name, raw, "true or false")
-
-
 # --- Django -------------------------------------------------------------------------------------
-SECRET_KEY = env.str("SECRET_KEY", default="dev-insecure-change-me-librarian")
-DEBUG = _bool("DEBUG", False)
-ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["localhost", "127.0.0.1", "[::1]", "testserver"])
-CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
+SECRET_KEY = env.str("SECRET_KEY", "dev-insecure-change-me-librarian")
+DEBUG = env.bool("DEBUG", False)
+ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", ["localhost", "127.0.0.1", "[::1]", "testserver"])
+CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", [])
 
 INSTALLED_APPS = [
     "django.contrib.admin",
@@ -86,7 +51,7 @@ INSTALLED_APPS = [
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
     # Oversized bodies get 413 in the API's error shape before anything reads them.
-    "apps.agent.errors.RequestSizeLimitMiddleware",
+    "apps.core.http_errors.RequestSizeLimitMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -114,11 +79,11 @@ TEMPLATES = [
 ]
 
 # --- Database -----------------------------------------------------------------------------------
-VAR_DIR = Path(env.str("VAR_DIR", default=str(REPO_DIR / "var")))
+VAR_DIR = Path(env.str("VAR_DIR", str(REPO_DIR / "var")))
 if not VAR_DIR.is_absolute():
     VAR_DIR = REPO_DIR / VAR_DIR
 VAR_DIR.mkdir(parents=True, exist_ok=True)
-DATABASES = {"default": env.db("DATABASE_URL", default=f"sqlite:///{VAR_DIR / 'db.sqlite3'}")}
+DATABASES = {"default": environ.Env().db("DATABASE_URL", default=f"sqlite:///{VAR_DIR / 'db.sqlite3'}")}
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # Django's backend with one writer per process at a time, queued on a lock (config/sqlite3/base.py).
     DATABASES["default"]["ENGINE"] = "config.sqlite3"
@@ -137,8 +102,8 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
         }
     )
     # Persistent connections: opening one per request or task was a measurable share of each job.
-    DATABASES["default"]["CONN_MAX_AGE"] = _int("DB_CONN_MAX_AGE", 60)
-elif (DB_POOL_MAX_SIZE := _int("DB_POOL_MAX_SIZE", 10)) > 0:
+    DATABASES["default"]["CONN_MAX_AGE"] = env.int("DB_CONN_MAX_AGE", 60, minimum=0)
+elif (DB_POOL_MAX_SIZE := env.int("DB_POOL_MAX_SIZE", 10, minimum=0)) > 0:
     # PostgreSQL: a connection pool per process (psycopg_pool). A worker runs hundreds of jobs at once
     # and each thread would otherwise keep a connection of its own (PostgreSQL allows 100 by default);
     # with the pool, a job hands its connection back while it waits on the LLM (apps.agent.services.jobs).
@@ -146,24 +111,27 @@ elif (DB_POOL_MAX_SIZE := _int("DB_POOL_MAX_SIZE", 10)) > 0:
     DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
         "min_size": 1,
         "max_size": DB_POOL_MAX_SIZE,
-        "timeout": _float("DB_POOL_TIMEOUT_SEC", 5.0, minimum=0.1),
+        "timeout": env.float("DB_POOL_TIMEOUT_SEC", 5.0, minimum=0.1),
     }
     # Django then makes the pool check each connection as it leaves it: after a server restart or a
     # terminated backend, the pool would otherwise hand out dead connections one failed query at a time.
     DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
 else:
     # DB_POOL_MAX_SIZE=0: persistent connections, one per thread, checked before reuse.
-    DATABASES["default"]["CONN_MAX_AGE"] = _int("DB_CONN_MAX_AGE", 60)
+    DATABASES["default"]["CONN_MAX_AGE"] = env.int("DB_CONN_MAX_AGE", 60, minimum=0)
     DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
+if "TEST" not in DATABASES["default"]:
+    # One test database per test run (pid), so that concurrent runs on one server never share it.
+    DATABASES["default"]["TEST"] = {"NAME": f"test_{DATABASES['default']['NAME']}_{os.getpid()}"}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # --- Redis, cache -------------------------------------------------------------------------------
-REDIS_URL = env.str("REDIS_URL", default="redis://127.0.0.1:6379/0")
+REDIS_URL = env.str("REDIS_URL", "redis://127.0.0.1:6379/0")
 CACHES = {
     "default": {
         # Shared across processes: throttling counters and BYO-key hand-off need one view.
         "BACKEND": "django.core.cache.backends.redis.RedisCache",
-        "LOCATION": env.str("CACHE_URL", default=REDIS_URL),
+        "LOCATION": env.str("CACHE_URL", REDIS_URL),
         "TIMEOUT": 300,
         # A hung Redis must cost a request seconds, not minutes: the throttle then fails open and the
         # BYO-key hand-off answers 503 (redis-py has no socket timeouts by default).
@@ -172,9 +140,9 @@ CACHES = {
 }
 
 # --- Celery -------------------------------------------------------------------------------------
-CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default=REDIS_URL)
+CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", REDIS_URL)
 # The job row is the truth; the result backend only serves bare round trips (benchmarks, inspect).
-CELERY_RESULT_BACKEND = env.str("CELERY_RESULT_BACKEND", default=CELERY_BROKER_URL)
+CELERY_RESULT_BACKEND = env.str("CELERY_RESULT_BACKEND", CELERY_BROKER_URL)
 CELERY_RESULT_EXPIRES = 3600
 # One result backend (one Redis connection pool) for the whole worker instead of one per thread: Celery
 # builds a backend in each new thread otherwise (~1 ms each, and a worker runs up to 1,000 threads). The
@@ -202,7 +170,7 @@ CELERY_TASK_TRACK_STARTED = True
 # switches them on in every worker it sees (an `enable_events` broadcast every 5 s), so they are paid for
 # only while someone watches; they cost ~3 ms of worker CPU per job (docs/benchmarks.md). `true` sends
 # them from the start (for an event consumer other than Flower).
-CELERY_WORKER_SEND_TASK_EVENTS = _bool("CELERY_WORKER_SEND_TASK_EVENTS", False)
+CELERY_WORKER_SEND_TASK_EVENTS = env.bool("CELERY_WORKER_SEND_TASK_EVENTS", False)
 # No "task-sent" event from the API: it was one more Redis publish per submitted job, and Flower shows a
 # task from its "received" event on anyway (docs/benchmarks.md).
 CELERY_TASK_SEND_SENT_EVENT = False
@@ -210,7 +178,7 @@ CELERY_TASK_DEFAULT_QUEUE = "agent"
 # Batch jobs are published with a low priority (9; on Redis 0 is served first), so a worker that
 # consumes both queues always takes an interactive job before a batch job, whatever its --queues
 # order (docs/operations.md, "Priorities"). Measured with a batch of 200 in tests/e2e/test_batches_e2e.py.
-AGENT_BATCH_PRIORITY = _int("AGENT_BATCH_PRIORITY", 9, minimum=0)
+AGENT_BATCH_PRIORITY = env.int("AGENT_BATCH_PRIORITY", 9, minimum=0)
 if AGENT_BATCH_PRIORITY > 9:
     raise env_error("AGENT_BATCH_PRIORITY", AGENT_BATCH_PRIORITY, "an integer from 0 to 9")
 CELERY_TASK_ROUTES = {
@@ -219,11 +187,11 @@ CELERY_TASK_ROUTES = {
     "agent.delivery_send": {"queue": "webhooks"},
 }
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
-CELERY_BROKER_CONNECTION_TIMEOUT = _float("CELERY_BROKER_CONNECTION_TIMEOUT", 3.0, minimum=0.1)
+CELERY_BROKER_CONNECTION_TIMEOUT = env.float("CELERY_BROKER_CONNECTION_TIMEOUT", 3.0, minimum=0.1)
 CELERY_BROKER_TRANSPORT_OPTIONS = {
     # Unacked messages return to the queue after this many seconds; it must outlast the longest job
     # or a slow job would be delivered twice (checked below).
-    "visibility_timeout": _int("CELERY_VISIBILITY_TIMEOUT", 3600, minimum=1),
+    "visibility_timeout": env.int("CELERY_VISIBILITY_TIMEOUT", 3600, minimum=1),
     # Fail fast when Redis is down so that the API can answer 503 instead of hanging.
     "max_retries": 2,
     "interval_start": 0,
@@ -235,7 +203,7 @@ CELERY_BROKER_TRANSPORT_OPTIONS = {
     # any step 9, which is what puts batch jobs behind interactive ones (AGENT_BATCH_PRIORITY).
     "priority_steps": [0, 3, 6, 9],
 }
-CELERY_TASK_TIME_LIMIT = _int("CELERY_TASK_TIME_LIMIT", 300, minimum=1)
+CELERY_TASK_TIME_LIMIT = env.int("CELERY_TASK_TIME_LIMIT", 300, minimum=1)
 CELERY_TASK_SOFT_TIME_LIMIT = max(1, CELERY_TASK_TIME_LIMIT - 10)
 if CELERY_BROKER_TRANSPORT_OPTIONS["visibility_timeout"] <= CELERY_TASK_TIME_LIMIT:
     raise env_error(
@@ -243,25 +211,25 @@ if CELERY_BROKER_TRANSPORT_OPTIONS["visibility_timeout"] <= CELERY_TASK_TIME_LIM
         CELERY_BROKER_TRANSPORT_OPTIONS["visibility_timeout"],
         f"more seconds than CELERY_TASK_TIME_LIMIT ({CELERY_TASK_TIME_LIMIT})",
     )
-CELERY_TASK_ALWAYS_EAGER = _bool("CELERY_TASK_ALWAYS_EAGER", False)
+CELERY_TASK_ALWAYS_EAGER = env.bool("CELERY_TASK_ALWAYS_EAGER", False)
 # How often a worker process hands the GIL between its threads (config/celery_app.py: tune_interpreter).
-WORKER_SWITCH_INTERVAL_MS = _float("WORKER_SWITCH_INTERVAL_MS", 1.0, minimum=0.05)
+WORKER_SWITCH_INTERVAL_MS = env.float("WORKER_SWITCH_INTERVAL_MS", 1.0, minimum=0.05)
 
 # --- Agent --------------------------------------------------------------------------------------
 LLM = LLMSettings.from_env(os.environ)
 VECTOR = VectorSettings.from_env(os.environ, repo_dir=REPO_DIR)
-AGENT_JOB_TIMEOUT_SEC = _float("AGENT_JOB_TIMEOUT_SEC", 60.0, minimum=0.1)
-AGENT_MAX_ATTEMPTS = _int("AGENT_MAX_ATTEMPTS", 3, minimum=1)
+AGENT_JOB_TIMEOUT_SEC = env.float("AGENT_JOB_TIMEOUT_SEC", 60.0, minimum=0.1)
+AGENT_MAX_ATTEMPTS = env.int("AGENT_MAX_ATTEMPTS", 3, minimum=1)
 AGENT_QUERY_MAX_CHARS = 4000
-AGENT_TOP_K_DEFAULT = _int("AGENT_TOP_K_DEFAULT", 5, minimum=1)
-AGENT_SWEEP_INTERVAL_SEC = _float("AGENT_SWEEP_INTERVAL_SEC", 30.0, minimum=1.0)
+AGENT_TOP_K_DEFAULT = env.int("AGENT_TOP_K_DEFAULT", 5, minimum=1)
+AGENT_SWEEP_INTERVAL_SEC = env.float("AGENT_SWEEP_INTERVAL_SEC", 30.0, minimum=1.0)
 # A queued job not picked up within this many seconds is enqueued again by the sweep.
-AGENT_QUEUED_STALE_SEC = _float("AGENT_QUEUED_STALE_SEC", 60.0, minimum=1.0)
+AGENT_QUEUED_STALE_SEC = env.float("AGENT_QUEUED_STALE_SEC", 60.0, minimum=1.0)
 # Batches (POST /api/agent/batches, `rerun_jobs`): the most jobs one batch may create.
-AGENT_BATCH_MAX_SIZE = _int("AGENT_BATCH_MAX_SIZE", 500, minimum=1)
+AGENT_BATCH_MAX_SIZE = env.int("AGENT_BATCH_MAX_SIZE", 500, minimum=1)
 # A queued batch job waits its turn behind the rest of its batch at low priority: the sweep re-publishes
 # it only after this long (interactive jobs: AGENT_QUEUED_STALE_SEC), so a long batch is not duplicated.
-AGENT_BATCH_QUEUED_STALE_SEC = _float("AGENT_BATCH_QUEUED_STALE_SEC", 900.0, minimum=1.0)
+AGENT_BATCH_QUEUED_STALE_SEC = env.float("AGENT_BATCH_QUEUED_STALE_SEC", 900.0, minimum=1.0)
 if AGENT_JOB_TIMEOUT_SEC >= CELERY_TASK_TIME_LIMIT:
     raise env_error(
         "AGENT_JOB_TIMEOUT_SEC",
@@ -271,11 +239,11 @@ if AGENT_JOB_TIMEOUT_SEC >= CELERY_TASK_TIME_LIMIT:
 CELERY_BEAT_SCHEDULE = {
     "agent-sweep": {"task": "agent.jobs_sweep", "schedule": AGENT_SWEEP_INTERVAL_SEC},
 }
-HEALTH_WORKER_TIMEOUT_SEC = _float("HEALTH_WORKER_TIMEOUT_SEC", 1.0, minimum=0.1)
+HEALTH_WORKER_TIMEOUT_SEC = env.float("HEALTH_WORKER_TIMEOUT_SEC", 1.0, minimum=0.1)
 
 # --- REST framework -----------------------------------------------------------------------------
 # Seconds an API process remembers a token it has checked (apps/agent/authentication.py); 0: never.
-API_TOKEN_CACHE_SEC = _float("API_TOKEN_CACHE_SEC", 5.0, minimum=0.0)
+API_TOKEN_CACHE_SEC = env.float("API_TOKEN_CACHE_SEC", 5.0, minimum=0.0)
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
         "apps.agent.authentication.CachedTokenAuthentication",
@@ -287,10 +255,10 @@ REST_FRAMEWORK = {
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.LimitOffsetPagination",
     "PAGE_SIZE": 20,
-    "EXCEPTION_HANDLER": "apps.agent.errors.exception_handler",
+    "EXCEPTION_HANDLER": "apps.core.http_errors.exception_handler",
     "DEFAULT_THROTTLE_RATES": {
-        "job_create": env.str("THROTTLE_JOB_CREATE", default="120/min"),
-        "batch_create": env.str("THROTTLE_BATCH_CREATE", default="10/min"),
+        "job_create": env.str("THROTTLE_JOB_CREATE", "120/min"),
+        "batch_create": env.str("THROTTLE_BATCH_CREATE", "10/min"),
     },
     # Throttle by authenticated user; never trust X-Forwarded-For for identity.
     "NUM_PROXIES": 0,
@@ -311,7 +279,7 @@ SPECTACULAR_SETTINGS = {
         "BatchStatusEnum": "apps.agent.serializers.BATCH_STATUSES",
     },
 }
-DATA_UPLOAD_MAX_MEMORY_SIZE = _int("DATA_UPLOAD_MAX_MEMORY_SIZE", 64 * 1024, minimum=1024)
+DATA_UPLOAD_MAX_MEMORY_SIZE = env.int("DATA_UPLOAD_MAX_MEMORY_SIZE", 64 * 1024, minimum=1024)
 
 # --- i18n, static -------------------------------------------------------------------------------
 LANGUAGE_CODE = "en-us"
@@ -322,11 +290,11 @@ STATIC_URL = "static/"
 STATIC_ROOT = VAR_DIR / "static"
 
 # --- Logging ------------------------------------------------------------------------------------
-LOG_LEVEL = env.str("LOG_LEVEL", default="INFO")
+LOG_LEVEL = env.str("LOG_LEVEL", "INFO")
 # Celery's two lines per task ("received", "succeeded in"): the job row and Flower hold the same facts, and
 # at hundreds of jobs per second they cost ~5% of the worker's CPU. Failures are logged at ERROR whatever
 # this says; INFO brings the per-task lines back.
-CELERY_TASK_LOG_LEVEL = env.str("CELERY_TASK_LOG_LEVEL", default="WARNING").upper()
+CELERY_TASK_LOG_LEVEL = env.str("CELERY_TASK_LOG_LEVEL", "WARNING").upper()
 if CELERY_TASK_LOG_LEVEL not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
     raise env_error("CELERY_TASK_LOG_LEVEL", CELERY_TASK_LOG_LEVEL, "DEBUG, INFO, WARNING, ERROR or CRITICAL")
 LOGGING = {
@@ -349,21 +317,21 @@ LOGGING = {
 
 # --- Bring-your-own key hand-off ----------------------------------------------------------------
 # How long an encrypted BYO key waits in Redis for its job; it is deleted as soon as the job ends.
-BYO_KEY_TTL_SEC = _int("BYO_KEY_TTL_SEC", 900, minimum=10)
+BYO_KEY_TTL_SEC = env.int("BYO_KEY_TTL_SEC", 900, minimum=10)
 # A running attempt whose deadline passed this long ago is presumed lost (its worker died).
-AGENT_RUNNING_GRACE_SEC = _float("AGENT_RUNNING_GRACE_SEC", 15.0, minimum=0.0)
+AGENT_RUNNING_GRACE_SEC = env.float("AGENT_RUNNING_GRACE_SEC", 15.0, minimum=0.0)
 
 # --- Live job events (apps/agent/services/job_events.py, docs/api.md "Waiting and streaming") ---------
 # Each job's events are a Redis Stream, kept this long after its last event; afterwards the history of an
 # ended job is rebuilt from its row and trace. At most AGENT_EVENTS_MAXLEN entries per job (approximate).
-AGENT_EVENTS_REDIS_URL = env.str("AGENT_EVENTS_REDIS_URL", default="") or REDIS_URL
-AGENT_EVENTS_RETENTION_SEC = _int("AGENT_EVENTS_RETENTION_SEC", 86400, minimum=1)
-AGENT_EVENTS_MAXLEN = _int("AGENT_EVENTS_MAXLEN", 10000, minimum=100)
+AGENT_EVENTS_REDIS_URL = env.str("AGENT_EVENTS_REDIS_URL", "") or REDIS_URL
+AGENT_EVENTS_RETENTION_SEC = env.int("AGENT_EVENTS_RETENTION_SEC", 86400, minimum=1)
+AGENT_EVENTS_MAXLEN = env.int("AGENT_EVENTS_MAXLEN", 10000, minimum=100)
 # A comment line (": ping") on an idle event stream this often, so that proxies keep it open.
-AGENT_EVENTS_HEARTBEAT_SEC = _float("AGENT_EVENTS_HEARTBEAT_SEC", 15.0, minimum=0.1)
+AGENT_EVENTS_HEARTBEAT_SEC = env.float("AGENT_EVENTS_HEARTBEAT_SEC", 15.0, minimum=0.1)
 # Answer text produced within this many milliseconds of the last written delta is written with the next
 # one (one Redis write per burst instead of per token); 0 writes every delta at once.
-AGENT_EVENTS_DELTA_FLUSH_MS = _float("AGENT_EVENTS_DELTA_FLUSH_MS", 25.0, minimum=0.0)
+AGENT_EVENTS_DELTA_FLUSH_MS = env.float("AGENT_EVENTS_DELTA_FLUSH_MS", 25.0, minimum=0.0)
 CELERY_TASK_PUBLISH_RETRY_POLICY = {
     "max_retries": 2,
     "interval_start": 0,
@@ -378,7 +346,7 @@ CELERY_TASK_PUBLISH_RETRY_POLICY = {
 
 def _durations(name: str, default: str) -> list[float]:
     """A comma-separated list of durations: plain seconds or with a unit, e.g. "5s,5m,30m,2h"."""
-    raw = os.environ.get(name, "").strip() or default
+    raw = env.str(name, default)
     units = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
     values: list[float] = []
     for item in (part.strip().lower() for part in raw.split(",")):
@@ -395,16 +363,16 @@ def _durations(name: str, default: str) -> list[float]:
 
 # Connect and read timeouts of one attempt, and a hard cap on its whole HTTP exchange (read timeouts
 # apply per read: a receiver dripping bytes must not hold a worker for long).
-WEBHOOK_CONNECT_TIMEOUT_SEC = _float("WEBHOOK_CONNECT_TIMEOUT_SEC", 3.0, minimum=0.01)
-WEBHOOK_READ_TIMEOUT_SEC = _float("WEBHOOK_READ_TIMEOUT_SEC", 5.0, minimum=0.01)
-WEBHOOK_ATTEMPT_DEADLINE_SEC = _float("WEBHOOK_ATTEMPT_DEADLINE_SEC", 15.0, minimum=0.01)
+WEBHOOK_CONNECT_TIMEOUT_SEC = env.float("WEBHOOK_CONNECT_TIMEOUT_SEC", 3.0, minimum=0.01)
+WEBHOOK_READ_TIMEOUT_SEC = env.float("WEBHOOK_READ_TIMEOUT_SEC", 5.0, minimum=0.01)
+WEBHOOK_ATTEMPT_DEADLINE_SEC = env.float("WEBHOOK_ATTEMPT_DEADLINE_SEC", 15.0, minimum=0.01)
 # Delays before the 2nd, 3rd, ... attempt (the Standard Webhooks schedule); attempts = len + 1.
 WEBHOOK_RETRY_SCHEDULE = _durations("WEBHOOK_RETRY_SCHEDULE", "5s,5m,30m,2h,5h,10h,10h")
 # Each delay is multiplied by a random factor in [1 - jitter, 1 + jitter] so retries do not align.
-WEBHOOK_RETRY_JITTER = _float("WEBHOOK_RETRY_JITTER", 0.2, minimum=0.0)
+WEBHOOK_RETRY_JITTER = env.float("WEBHOOK_RETRY_JITTER", 0.2, minimum=0.0)
 # Waits up to this long are scheduled as task countdowns; longer ones are sent by the sweep (Redis
 # re-delivers a message held past its visibility timeout, so long countdowns would duplicate).
-WEBHOOK_COUNTDOWN_MAX_SEC = _float("WEBHOOK_COUNTDOWN_MAX_SEC", 900.0, minimum=0.0)
+WEBHOOK_COUNTDOWN_MAX_SEC = env.float("WEBHOOK_COUNTDOWN_MAX_SEC", 900.0, minimum=0.0)
 _visibility_timeout = CELERY_BROKER_TRANSPORT_OPTIONS["visibility_timeout"]
 if _visibility_timeout <= WEBHOOK_COUNTDOWN_MAX_SEC:
     raise env_error(
@@ -413,20 +381,20 @@ if _visibility_timeout <= WEBHOOK_COUNTDOWN_MAX_SEC:
         f"fewer seconds than CELERY_VISIBILITY_TIMEOUT ({_visibility_timeout})",
     )
 # A receiver's Retry-After (on 429/503) is honoured up to this many seconds.
-WEBHOOK_RETRY_AFTER_MAX_SEC = _float("WEBHOOK_RETRY_AFTER_MAX_SEC", 3600.0, minimum=0.0)
+WEBHOOK_RETRY_AFTER_MAX_SEC = env.float("WEBHOOK_RETRY_AFTER_MAX_SEC", 3600.0, minimum=0.0)
 # Bytes of a response body read at most, and characters of it kept on the attempt row.
-WEBHOOK_RESPONSE_MAX_BYTES = _int("WEBHOOK_RESPONSE_MAX_BYTES", 4096, minimum=0)
-WEBHOOK_RESPONSE_EXCERPT_CHARS = _int("WEBHOOK_RESPONSE_EXCERPT_CHARS", 256, minimum=0)
+WEBHOOK_RESPONSE_MAX_BYTES = env.int("WEBHOOK_RESPONSE_MAX_BYTES", 4096, minimum=0)
+WEBHOOK_RESPONSE_EXCERPT_CHARS = env.int("WEBHOOK_RESPONSE_EXCERPT_CHARS", 256, minimum=0)
 # After a rotation the previous secret still signs (a second signature) for this many seconds.
-WEBHOOK_SECRET_GRACE_SEC = _float("WEBHOOK_SECRET_GRACE_SEC", 86400.0, minimum=0.0)
+WEBHOOK_SECRET_GRACE_SEC = env.float("WEBHOOK_SECRET_GRACE_SEC", 86400.0, minimum=0.0)
 # Key that encrypts stored webhook secrets at rest; defaults to one derived from SECRET_KEY.
-WEBHOOK_SECRETS_ENCRYPTION_KEY = env.str("WEBHOOK_SECRETS_ENCRYPTION_KEY", default="")
+WEBHOOK_SECRETS_ENCRYPTION_KEY = env.str("WEBHOOK_SECRETS_ENCRYPTION_KEY", "")
 # Hosts (names or IPs, exact match) that may resolve to loopback/private addresses. Empty in production.
-WEBHOOK_ALLOWED_HOSTS = env.list("WEBHOOK_ALLOWED_HOSTS", default=[])
-WEBHOOK_USER_AGENT = env.str("WEBHOOK_USER_AGENT", default="Librarian-Webhooks/0.1")
+WEBHOOK_ALLOWED_HOSTS = env.list("WEBHOOK_ALLOWED_HOSTS", [])
+WEBHOOK_USER_AGENT = env.str("WEBHOOK_USER_AGENT", "Librarian-Webhooks/0.1")
 # Pending deliveries whose attempt is this overdue (a lost message, a broker outage) are re-enqueued.
-WEBHOOK_SWEEP_INTERVAL_SEC = _float("WEBHOOK_SWEEP_INTERVAL_SEC", 60.0, minimum=1.0)
-WEBHOOK_SWEEP_OVERDUE_SEC = _float("WEBHOOK_SWEEP_OVERDUE_SEC", 120.0, minimum=1.0)
+WEBHOOK_SWEEP_INTERVAL_SEC = env.float("WEBHOOK_SWEEP_INTERVAL_SEC", 60.0, minimum=1.0)
+WEBHOOK_SWEEP_OVERDUE_SEC = env.float("WEBHOOK_SWEEP_OVERDUE_SEC", 120.0, minimum=1.0)
 if WEBHOOK_ATTEMPT_DEADLINE_SEC >= CELERY_TASK_SOFT_TIME_LIMIT:
     raise env_error(
         "WEBHOOK_ATTEMPT_DEADLINE_SEC",

@@ -10,7 +10,7 @@ urlpatterns = [
     path("api/redoc/", SpectacularRedocView.as_view(url_name="schema"), name="redoc"),
 ]
 
-# Under /api/, errors that never reach a DRF view keep the API's error shape (apps.agent.errors).
-handler400 = "apps.agent.errors.bad_request"
-handler404 = "apps.agent.errors.page_not_found"
-handler500 = "apps.agent.errors.server_error"
+# Under /api/, errors that never reach a DRF view keep the API's error shape (apps.core.http_errors).
+handler400 = "apps.core.http_errors.bad_request"
+handler404 = "apps.core.http_errors.page_not_found"
+handler500 = "apps.core.http_errors.server_error"

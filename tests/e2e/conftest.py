@@ -14,17 +14,14 @@ import redis as redis_lib
 
 from tests.e2e.harness import REPO, ApiServer, Worker, point_celery_at
 
-REDIS_BASE = os.environ.get("E2E_REDIS_URL", "redis://127.0.0.1:6379")
-REDIS_DB = int(os.environ.get("E2E_REDIS_DB", "11"))
 API_KEY = "sk-server-e2e"
 
 
 @pytest.fixture(scope="session")
-def redis_url() -> str:
-    url = f"{REDIS_BASE}/{REDIS_DB}"
-    client = redis_lib.Redis.from_url(url, socket_connect_timeout=2)
-    client.ping()
-    client.flushdb()
+def redis_url(redis_server) -> str:
+    """Database 0 of this run's own redis-server (see `redis_server` in the root conftest)."""
+    url = f"{redis_server.base_url}/0"
+    redis_lib.Redis.from_url(url, socket_connect_timeout=2).flushdb()
     return url
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -184,6 +185,63 @@ class Flower:
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait(timeout=5)
+
+
+class PrivateRedis:
+    """A redis-server of one test run (or one test), on a free loopback port, keeping nothing on disk.
+
+    Every test run owns its Redis this way: two runs on one machine (two checkouts, or pytest-xdist
+    workers) never consume or flush each other's queues, and a test may stop it without disturbing anyone.
+    `start()` after `stop()` comes back on the same port, as a restarted server would.
+    """
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = Path(directory)
+        self.port = free_port()
+        self.process: subprocess.Popen | None = None
+
+    @property
+    def base_url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}"
+
+    @property
+    def url(self) -> str:
+        return f"{self.base_url}/0"
+
+    def start(self, *, new_port_on_failure: bool = False) -> None:
+        binary = shutil.which("redis-server") or "/usr/bin/redis-server"
+        for _ in range(5):
+            self.process = subprocess.Popen(
+                [binary, "--bind", "127.0.0.1", "--port", str(self.port), "--save", "", "--appendonly", "no"]
+                + ["--dir", str(self.directory)],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                preexec_fn=_die_with_parent,
+            )
+            try:
+                wait_for(self._answers, timeout=10, message=f"redis-server on port {self.port}")
+                return
+            except TimeoutError:
+                self.stop()
+                if not new_port_on_failure:
+                    raise
+                self.port = free_port()  # another process took the port between our probe and the bind
+        raise RuntimeError("could not start a private redis-server")
+
+    def _answers(self) -> bool:
+        import redis
+
+        if self.process is not None and self.process.poll() is not None:
+            raise TimeoutError("redis-server exited")
+        try:
+            return bool(redis.Redis(port=self.port, socket_connect_timeout=1).ping())
+        except redis.RedisError:
+            return False
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(timeout=10)
 
 
 class ApiServer:

@@ -7,67 +7,14 @@ restart that loses queued messages is repaired the same way.
 
 from __future__ import annotations
 
-import shutil
-import socket
-import subprocess
 import time
 
 import pytest
 
-from tests.e2e.harness import point_celery_at, wait_for
+from tests.e2e.harness import PrivateRedis, point_celery_at, wait_for
 from tests.faults.conftest import FAST_SWEEP, Elapsed, jobs_of, submit, wait_terminal
 
 pytestmark = [pytest.mark.faults, pytest.mark.django_db(transaction=True)]
-
-
-class PrivateRedis:
-    """A redis-server of this test only, so that stopping it disturbs nobody else."""
-
-    def __init__(self, directory) -> None:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
-        self.directory = directory
-        self.process: subprocess.Popen | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        binary = shutil.which("redis-server") or "/usr/bin/redis-server"
-        self.process = subprocess.Popen(
-            [
-                binary,
-                "--bind",
-                "127.0.0.1",
-                "--port",
-                str(self.port),
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                str(self.directory),
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        import redis
-
-        wait_for(lambda: _pings(redis.Redis(port=self.port)), timeout=10, message="private redis")
-
-    def stop(self) -> None:
-        if self.process and self.process.poll() is None:
-            self.process.kill()
-            self.process.wait(timeout=10)
-
-
-def _pings(client) -> bool:
-    try:
-        return bool(client.ping())
-    except Exception:
-        return False
 
 
 @pytest.fixture
@@ -75,7 +22,7 @@ def private_redis(stack, settings, tmp_path, monkeypatch):
     from config.celery_app import app
 
     server = PrivateRedis(tmp_path)
-    server.start()
+    server.start(new_port_on_failure=True)
     stack.env.update(REDIS_URL=server.url, CACHE_URL=server.url)
     settings.CELERY_BROKER_URL = server.url
     settings.CACHES = {

@@ -2,8 +2,8 @@
 
 In-process tests get a known configuration (stub LLM, eager Celery, a local-memory cache) and API clients
 authenticated as two different users. End-to-end tests reuse the e2e stack (live API in this process,
-real Celery worker processes, the OpenAI-compatible test server), on Redis db 8 instead of the e2e db 11
-so that they never consume, or flush, the messages of an e2e run going on at the same time.
+real Celery worker processes, the OpenAI-compatible test server), on database 1 of the run's own
+redis-server, so that they never consume, or flush, the messages of the e2e tests' database 0.
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ import redis as redis_lib
 
 # The e2e fixtures, shared as they are (pytest finds fixtures imported into a conftest).
 from tests.e2e.conftest import (  # noqa: F401
-    REDIS_BASE,
     e2e_vector_settings,
     llm_server,
     stack,
@@ -30,13 +29,12 @@ from tests.e2e.harness import (
     free_port,  # noqa: F401 - shared by the security tests
 )
 
-SECURITY_REDIS_DB = 8
-
 
 @pytest.fixture(scope="session")
-def redis_url() -> str:
-    """Overrides the e2e `redis_url`: db 8, flushed once per session and after each stack test."""
-    url = f"{REDIS_BASE}/{SECURITY_REDIS_DB}"
+def redis_url(redis_server) -> str:
+    """Overrides the e2e `redis_url`: database 1 of the run's redis-server, flushed once per session
+    and after each stack test."""
+    url = f"{redis_server.base_url}/1"
     client = redis_lib.Redis.from_url(url, socket_connect_timeout=2)
     client.ping()
     client.flushdb()

@@ -64,7 +64,7 @@ def fuzz_token(known_settings, catalogue_vector_settings, user, monkeypatch):
     }
     # Health probes a worker and Redis (a second per call); its shape is checked with a fixed report.
     monkeypatch.setattr(
-        apis,
+        apis.system,
         "health_check",
         lambda: (True, {"status": "ok", "failing": [], "checks": {"database": {"ok": True}}}),
     )

@@ -93,7 +93,7 @@ def test_the_resolver_sees_the_known_endpoints():
         "agent-jobs",
         "agent-job-detail",
         "agent-job-cancel",
-        "webhooks:job-redeliver",
+        "agent-job-redeliver",
         "agent-run",
     } <= names
     assert names >= PUBLIC
@@ -143,7 +143,9 @@ def test_public_endpoints_answer_without_credentials(anon, name, monkeypatch):
     from apps.agent import apis
 
     # Health would probe Redis and a worker; its answer (200 or 503) is not the point here.
-    monkeypatch.setattr(apis, "health_check", lambda: (True, {"status": "ok", "failing": [], "checks": {}}))
+    monkeypatch.setattr(
+        apis.system, "health_check", lambda: (True, {"status": "ok", "failing": [], "checks": {}})
+    )
     response = anon.get(reverse(name))
 
     assert response.status_code == 200, (name, response.status_code)
@@ -164,7 +166,7 @@ def alice_objects(user, known_settings):
     """Alice's objects in the states where each operation would do something: a queued job (cancel), a
     finished job with a webhook delivery (redeliver, rerun), and a batch holding a job (get, cancel,
     report)."""
-    from apps.webhooks.services import event_enqueue
+    from apps.agent.services.events import job_event_enqueue
 
     known_settings.WEBHOOK_ALLOWED_HOSTS = ["hooks.example.com"]
 
@@ -189,7 +191,7 @@ def alice_objects(user, known_settings):
         webhook_url="https://hooks.example.com/alice",
     )
     with transaction.atomic():
-        event_enqueue(event_type="agent.job.succeeded", job=finished)
+        job_event_enqueue(job=finished)
     batch = Batch.objects.create(owner=user, source="queries")
     job(batch=batch)
     return {"queued": queued, "finished": finished, "batch": batch}
@@ -247,7 +249,7 @@ def test_the_owner_can_cancel_and_redeliver(api, alice_objects):
     queued, finished = alice_objects["queued"], alice_objects["finished"]
 
     assert api.post(reverse("agent-job-cancel", args=[queued.id])).status_code == 202
-    assert api.post(reverse("webhooks:job-redeliver", args=[finished.id])).status_code == 202
+    assert api.post(reverse("agent-job-redeliver", args=[finished.id])).status_code == 202
 
 
 @pytest.mark.parametrize("endpoint", COLLECTION_ENDPOINTS, ids=lambda e: e.route)

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 
 from agent.errors import InvalidQuery
+from agent.exact_search import exact_search, fold, keywords
 from agent.tests.vector_helpers import book_documents
 from agent.types import Document, Filters
-from agent.vector_store import exact_search, fold, keywords
 
 CATALOGUE = book_documents()
 

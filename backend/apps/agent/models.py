@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import uuid
+from typing import Any
 
 from django.conf import settings
 from django.db import models
+
+from agent import types
 
 
 class JobStatus(models.TextChoices):
@@ -154,3 +157,10 @@ class TraceStep(models.Model):
 
     def __str__(self) -> str:
         return f"{self.job_id} #{self.attempt}.{self.position} {self.name}"
+
+    @classmethod
+    def from_step(cls, step: types.TraceStep, *, job_id: Any, attempt: int, position: int) -> TraceStep:
+        """The row of the core's `step` (its fields are `types.TRACE_STEP_FIELDS`, declared above for the
+        migrations; `test_models` checks that the two stay in step)."""
+        values = {name: getattr(step, name) for name in types.TRACE_STEP_FIELDS}
+        return cls(job_id=job_id, attempt=attempt, position=position, **values)

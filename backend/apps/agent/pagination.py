@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from rest_framework.pagination import LimitOffsetPagination
 
-from apps.agent.errors import ValidationFailed
+from core.errors import ValidationFailed
 
 MAX_PAGE = 100
 

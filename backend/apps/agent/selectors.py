@@ -7,9 +7,10 @@ from typing import Any
 
 from django.db.models import Count
 
+from agent.types import TRACE_STEP_FIELDS
 from apps.agent import comparison
-from apps.agent.errors import NotFound
 from apps.agent.models import AgentJob, Batch, JobStatus
+from core.errors import NotFound, ValidationFailed
 
 
 def job_get(*, user, job_id: uuid.UUID) -> AgentJob:
@@ -24,31 +25,15 @@ def job_list(*, user, status: str | None = None):
     qs = AgentJob.objects.filter(owner=user).order_by("-created_at", "id")
     if status is not None:  # "?status=" is a bad filter, not "no filter"
         if status not in JobStatus.values:
-            from apps.agent.errors import ValidationFailed
-
             raise ValidationFailed(f"Unknown status {status!r}.", details={"status": JobStatus.values})
         qs = qs.filter(status=status)
     return qs
 
 
 def job_trace(*, job: AgentJob) -> list[dict]:
-    """The trace of the job's last attempt, ordered."""
+    """The trace of the job's last attempt, ordered: each step's `TRACE_STEP_FIELDS` and its attempt."""
     steps = job.trace_steps.filter(attempt=job.attempts).order_by("position")
-    return [
-        {
-            "name": s.name,
-            "attempt": s.attempt,
-            "started_at": s.started_at,
-            "duration_ms": s.duration_ms,
-            "inputs": s.inputs,
-            "outputs": s.outputs,
-            "prompt_tokens": s.prompt_tokens,
-            "completion_tokens": s.completion_tokens,
-            "cost_usd": s.cost_usd,
-            "error": s.error,
-        }
-        for s in steps
-    ]
+    return list(steps.values("attempt", *TRACE_STEP_FIELDS))
 
 
 # --- batches --------------------------------------------------------------------------------------

@@ -7,7 +7,9 @@ import re
 from django.conf import settings
 from drf_spectacular.extensions import OpenApiSerializerExtension
 from rest_framework import serializers
+from rest_framework_dataclasses.serializers import DataclassSerializer
 
+from agent import types
 from agent.pipeline import MAX_QUERY_CHARS, MAX_TOP_K
 
 # \Z, not $: "$" also matches before a trailing newline.
@@ -115,17 +117,15 @@ class ActionSerializer(serializers.Serializer):
     filters = serializers.DictField(required=False)
 
 
-class TraceStepSerializer(serializers.Serializer):
-    name = serializers.CharField()
+# A trace step: the fields of `agent.types.TraceStep` (derived, not retyped: the one definition of the
+# shape), all present in every step, plus the attempt that ran it (stored steps only).
+class TraceStepSerializer(DataclassSerializer):
     attempt = serializers.IntegerField(required=False)
-    started_at = serializers.CharField()
-    duration_ms = serializers.FloatField()
-    inputs = serializers.DictField()
-    outputs = serializers.DictField()
-    prompt_tokens = serializers.IntegerField(allow_null=True)
-    completion_tokens = serializers.IntegerField(allow_null=True)
-    cost_usd = serializers.FloatField(allow_null=True)
-    error = serializers.DictField(allow_null=True)
+
+    class Meta:
+        dataclass = types.TraceStep
+        fields = ["name", "attempt", *types.TRACE_STEP_FIELDS[1:]]
+        extra_kwargs = {name: {"required": True} for name in types.TRACE_STEP_FIELDS}
 
 
 class ErrorObjectSerializer(serializers.Serializer):
@@ -191,18 +191,6 @@ class JobSummarySerializer(serializers.Serializer):
     created_at = serializers.DateTimeField()
     finished_at = serializers.DateTimeField(allow_null=True)
     poll_url = serializers.CharField()
-
-
-class ErrorDetailSerializer(serializers.Serializer):
-    code = serializers.CharField()
-    message = serializers.CharField()
-    details = serializers.JSONField(allow_null=True)
-
-
-class ErrorResponseSerializer(serializers.Serializer):
-    """The one error shape of the API."""
-
-    error = ErrorDetailSerializer()
 
 
 class HealthSerializer(serializers.Serializer):

@@ -7,7 +7,9 @@ import logging
 from celery import shared_task
 from django.db import InterfaceError, OperationalError, close_old_connections, connection
 
+from apps.agent.models import AgentJob
 from apps.agent.services import jobs
+from apps.core import publish
 
 logger = logging.getLogger(__name__)
 
@@ -28,8 +30,6 @@ def _run(task, job_id: str) -> str | None:
 
 
 def _release_after_database_error(job_id: str) -> bool:
-    from apps.agent.models import AgentJob
-
     for _ in range(RELEASE_TRIES):
         close_old_connections()
         connection.close()
@@ -42,25 +42,25 @@ def _release_after_database_error(job_id: str) -> bool:
 
 
 # ignore_result: the job row is the truth; storing a result in Redis would only cost a round trip.
-@shared_task(bind=True, name="agent.job_run", acks_late=True, max_retries=5, ignore_result=True)
+@shared_task(bind=True, name=publish.JOB_RUN, acks_late=True, max_retries=5, ignore_result=True)
 def job_run_task(self, job_id: str) -> str | None:
     """Run one interactive agent job by id."""
     return _run(self, job_id)
 
 
-@shared_task(bind=True, name="agent.batch_job_run", acks_late=True, max_retries=5, ignore_result=True)
+@shared_task(bind=True, name=publish.BATCH_JOB_RUN, acks_late=True, max_retries=5, ignore_result=True)
 def batch_job_run_task(self, job_id: str) -> str | None:
     """Run one job of a batch by id; routed to the low-priority `batch` queue."""
     return _run(self, job_id)
 
 
-@shared_task(name="agent.jobs_sweep", ignore_result=True)
+@shared_task(name=publish.JOBS_SWEEP, ignore_result=True)
 def jobs_sweep_task() -> dict[str, int]:
     """Periodic (Celery beat): enqueue forgotten queued jobs, recover or fail abandoned running ones."""
     return jobs.jobs_sweep()
 
 
-@shared_task(name="agent.noop")
+@shared_task(name=publish.NOOP)
 def noop_task() -> str:
     """A task that does nothing: the baseline of the overhead benchmark and a broker round-trip probe."""
     return "ok"

@@ -1,8 +1,7 @@
-"""HTTP endpoints of the webhooks app: the signing secret, and redelivery of a job's event."""
+"""HTTP endpoints of the webhooks app: the signing secret (redelivery of a job's event is a job endpoint,
+`apps.agent.apis.JobRedeliverApi`)."""
 
 from __future__ import annotations
-
-import uuid
 
 from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import status
@@ -10,16 +9,12 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from apps.agent.errors import NotFound
-from apps.agent.serializers import ErrorResponseSerializer
+from apps.core.serializers import ErrorResponseSerializer
+from core.errors import NotFound
 
-from .selectors import delivery_state_for_job, owned_job_get, secret_metadata
-from .serializers import (
-    DeliveryStateSerializer,
-    SecretCreatedSerializer,
-    SecretMetadataSerializer,
-)
-from .services import delivery_redeliver, secret_create_or_rotate
+from .selectors import secret_metadata
+from .serializers import SecretCreatedSerializer, SecretMetadataSerializer
+from .services import secret_create_or_rotate
 
 _UNAUTHENTICATED = OpenApiResponse(ErrorResponseSerializer, description="Not authenticated.")
 # The secret must not linger in a browser or proxy cache.
@@ -66,30 +61,3 @@ class WebhookSecretApi(APIView):
             "previous_valid_until": row.previous_valid_until,
         }
         return Response(SecretCreatedSerializer(body).data, status=status.HTTP_201_CREATED, headers=_NO_STORE)
-
-
-class JobRedeliverApi(APIView):
-    @extend_schema(
-        operation_id="agent_job_redeliver",
-        summary="Send a finished job's webhook event again",
-        description=(
-            "Starts a new series of attempts for the job's event, with the same `webhook-id`, and lifts a "
-            "410 block on its URL. Only the job's owner may do this."
-        ),
-        tags=["webhooks"],
-        request=None,
-        responses={
-            202: DeliveryStateSerializer,
-            401: _UNAUTHENTICATED,
-            404: OpenApiResponse(ErrorResponseSerializer, description="No such job of yours."),
-            409: OpenApiResponse(
-                ErrorResponseSerializer, description="The job is not finished, or it has no webhook_url."
-            ),
-        },
-    )
-    def post(self, request: Request, job_id: uuid.UUID) -> Response:
-        job = owned_job_get(job_id=job_id, user=request.user)
-        delivery_redeliver(job=job, user=request.user)
-        return Response(
-            DeliveryStateSerializer(delivery_state_for_job(job=job)).data, status=status.HTTP_202_ACCEPTED
-        )

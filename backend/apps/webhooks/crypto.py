@@ -8,11 +8,12 @@ SECRET_KEY). SECRET_KEY_FALLBACKS still decrypt, so rotating SECRET_KEY the Djan
 from __future__ import annotations
 
 import base64
-import hashlib
 import secrets
 
-from cryptography.fernet import Fernet, InvalidToken, MultiFernet
+from cryptography.fernet import InvalidToken, MultiFernet
 from django.conf import settings
+
+from core.keys import derived_fernet
 
 SECRET_PREFIX = "whsec_"  # noqa: S105 - the Standard Webhooks prefix, not a secret
 # 32 random bytes: the HMAC-SHA256 block of entropy; Standard Webhooks accepts 24 to 64.
@@ -37,17 +38,8 @@ def display_prefix(secret: str) -> str:
 
 def _fernet() -> MultiFernet:
     primary = settings.WEBHOOK_SECRETS_ENCRYPTION_KEY or settings.SECRET_KEY
-    keys = [primary, settings.SECRET_KEY, *getattr(settings, "SECRET_KEY_FALLBACKS", [])]
-    unique = list(dict.fromkeys(keys))
-    return MultiFernet(
-        [
-            Fernet(
-                base64.urlsafe_b64encode(
-                    hashlib.sha256(("librarian-webhook-secret:" + key).encode()).digest()
-                )
-            )
-            for key in unique
-        ]
+    return derived_fernet(
+        "webhook-secret", [primary, settings.SECRET_KEY, *getattr(settings, "SECRET_KEY_FALLBACKS", [])]
     )
 
 

@@ -26,6 +26,13 @@ class EventType(models.TextChoices):
 
 JOB_EVENT_TYPES = (EventType.JOB_SUCCEEDED, EventType.JOB_FAILED, EventType.JOB_CANCELLED)
 BATCH_EVENT_TYPES = (EventType.BATCH_COMPLETED,)
+#: The one job status -> event map: the event of a job that ended with each terminal status (the values
+#: of `apps.agent.models.JobStatus`, which is a str enum, so either spelling looks it up).
+EVENT_TYPE_BY_JOB_STATUS = {
+    "succeeded": EventType.JOB_SUCCEEDED,
+    "failed": EventType.JOB_FAILED,
+    "cancelled": EventType.JOB_CANCELLED,
+}
 
 
 class DeliveryStatus(models.TextChoices):

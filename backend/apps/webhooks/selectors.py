@@ -1,12 +1,8 @@
-"""Webhook reads: the delivery state shown on a job, the secret's metadata, owned-job lookup."""
+"""Webhook reads: the delivery state shown on a job, the secret's metadata."""
 
 from __future__ import annotations
 
-import uuid
 from typing import Any
-
-from apps.agent.errors import NotFound
-from apps.agent.models import AgentJob
 
 from .models import Delivery, WebhookSecret
 
@@ -18,7 +14,7 @@ def _iso(value) -> str | None:
     return value.isoformat().replace("+00:00", "Z") if value else None
 
 
-def delivery_state_for_job(job: AgentJob) -> dict[str, Any] | None:
+def delivery_state_for_job(job: Any) -> dict[str, Any] | None:
     """The webhook delivery state of `job`, for `GET /api/agent/jobs/<id>`; None when it has no delivery.
 
     Keys: webhook_id, event_type, url, status (pending|succeeded|failed|disabled), attempts (of the
@@ -71,11 +67,3 @@ def secret_metadata(*, user) -> dict[str, Any] | None:
         "previous_prefix": f"{row.previous_prefix}…" if row.previous_prefix else None,
         "previous_valid_until": row.previous_valid_until,
     }
-
-
-def owned_job_get(*, job_id: uuid.UUID, user) -> AgentJob:
-    """The job `job_id` when `user` owns it. Raises `NotFound` otherwise (never reveals others' jobs)."""
-    job = AgentJob.objects.filter(id=job_id, owner=user).first()
-    if job is None:
-        raise NotFound("Job not found.")
-    return job

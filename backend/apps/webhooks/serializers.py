@@ -1,6 +1,6 @@
 """Output shapes of the webhooks API (documentation and rendering; no business rules here).
 
-Errors use the one shape documented by `apps.agent.serializers.ErrorResponseSerializer`.
+Errors use the one shape documented by `apps.core.serializers.ErrorResponseSerializer`.
 """
 
 from __future__ import annotations

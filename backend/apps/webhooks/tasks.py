@@ -5,10 +5,12 @@ from __future__ import annotations
 from celery import shared_task
 from django.conf import settings
 
+from apps.core import publish
+
 from .services import deliveries_sweep, delivery_send
 
 
-@shared_task(name="agent.delivery_send", acks_late=True, ignore_result=True)
+@shared_task(name=publish.DELIVERY_SEND, acks_late=True, ignore_result=True)
 def delivery_send_task(delivery_id: int, series: int | None = None) -> str:
     """One attempt of delivery `delivery_id` (of attempt series `series`); schedules the next one.
 
@@ -31,7 +33,7 @@ def delivery_send_task(delivery_id: int, series: int | None = None) -> str:
     return outcome.status
 
 
-@shared_task(name="agent.deliveries_sweep", ignore_result=True)
+@shared_task(name=publish.DELIVERIES_SWEEP, ignore_result=True)
 def deliveries_sweep_task() -> int:
     """Enqueue pending deliveries that are due but have no message (long waits, lost messages)."""
     return deliveries_sweep()

@@ -2,11 +2,10 @@
 
 from django.urls import path
 
-from .apis import JobRedeliverApi, WebhookSecretApi
+from .apis import WebhookSecretApi
 
 app_name = "webhooks"
 
 urlpatterns = [
     path("webhooks/secret", WebhookSecretApi.as_view(), name="secret"),
-    path("agent/jobs/<uuid:job_id>/redeliver", JobRedeliverApi.as_view(), name="job-redeliver"),
 ]

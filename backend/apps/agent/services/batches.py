@@ -18,10 +18,11 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from agent.types import AgentOptions, Filters
-from apps.agent.errors import Conflict, IdempotencyMismatch, ValidationFailed
 from apps.agent.models import TERMINAL_STATUSES, AgentJob, Batch, JobStatus
 from apps.agent.services import jobs as job_services
 from apps.agent.services import retrieval
+from apps.agent.services.events import batch_completion_check
+from core.errors import Conflict, IdempotencyMismatch, ValidationFailed
 
 #: Overrides that change how the LLM is called; passed to `job_create` as its `overrides`.
 LLM_OVERRIDES = ("model", "cost_mode")
@@ -284,27 +285,3 @@ def batch_cancel(*, batch: Batch) -> Batch:
     if batch.cancelled_at is None:  # it completed between our read and our update
         raise Conflict("The batch already completed.", code="batch_completed")
     return batch
-
-
-def batch_completion_check(*, batch_id: uuid.UUID) -> bool:
-    """Mark the batch complete (once) when none of its jobs is left to run; queue its webhook event.
-
-    Called inside the transaction that made one of its jobs terminal. Returns True when this call
-    completed the batch.
-    """
-    with transaction.atomic():
-        # Lock the batch row so that the last two jobs finishing at once cannot both miss the end: the
-        # second one waits for the first to commit, then sees it terminal (PostgreSQL; SQLite
-        # serialises writers anyway).
-        batch = Batch.objects.select_for_update().filter(id=batch_id, completed_at__isnull=True).first()
-        if batch is None:
-            return False
-        if AgentJob.objects.filter(batch_id=batch_id).exclude(status__in=TERMINAL_STATUSES).exists():
-            return False
-        batch.completed_at = timezone.now()
-        batch.save(update_fields=["completed_at"])
-        if batch.webhook_url:
-            from apps.webhooks.services import event_enqueue
-
-            event_enqueue(event_type="agent.batch.completed", batch=batch)
-    return True

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
+import redis
+from celery import current_app
 from django.conf import settings
 from django.db import connection
 
+from agent.cost_policy import resolve_cost_decision
 from apps.agent.services.retrieval import store_health
 
 
@@ -18,8 +21,6 @@ def _database() -> dict[str, Any]:
 
 
 def _broker() -> dict[str, Any]:
-    import redis
-
     client = redis.Redis.from_url(settings.CELERY_BROKER_URL, socket_connect_timeout=1, socket_timeout=1)
     try:
         client.ping()
@@ -29,9 +30,7 @@ def _broker() -> dict[str, Any]:
 
 
 def _workers() -> dict[str, Any]:
-    from config.celery_app import app
-
-    replies = app.control.ping(timeout=settings.HEALTH_WORKER_TIMEOUT_SEC) or []
+    replies = current_app.control.ping(timeout=settings.HEALTH_WORKER_TIMEOUT_SEC) or []
     names = sorted(name for reply in replies for name in reply)
     if not names:
         return {"ok": False, "error": "no worker answered a ping"}
@@ -39,8 +38,6 @@ def _workers() -> dict[str, Any]:
 
 
 def _llm() -> dict[str, Any]:
-    from agent.cost_policy import resolve_cost_decision
-
     llm = settings.LLM
     info: dict[str, Any] = {
         "provider": llm.provider,

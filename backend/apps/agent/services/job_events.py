@@ -28,8 +28,8 @@ import redis.asyncio as aioredis
 from django.conf import settings
 
 from agent.pipeline import llm_done_data
-from apps.agent.errors import ValidationFailed
 from apps.agent.models import AgentJob, JobStatus
+from core.errors import ValidationFailed
 
 logger = logging.getLogger(__name__)
 

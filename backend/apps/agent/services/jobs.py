@@ -22,28 +22,23 @@ from django.db import DatabaseError, connection, transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
-from agent import llm_stream, pipeline
+from agent import pipeline
 from agent.config import LLMSettings
 from agent.cost_policy import CostDecision, resolve_cost_decision
 from agent.errors import Cancelled, ImproperlyConfigured
-from agent.llm_factory import build_llm_runnable
+from agent.llm_factory import build_llm_runnable, stream_llm
 from agent.types import AgentOptions, AgentResult
-from apps.agent.errors import Conflict, IdempotencyMismatch, ServiceUnavailable, ValidationFailed
 from apps.agent.models import AgentJob, Batch, JobStatus, TraceStep
-from apps.agent.services import job_events, key_vault, statements
+from apps.agent.services import job_events, key_vault
+from apps.agent.services.events import job_terminal_event
 from apps.agent.services.retrieval import exact_search, get_retriever, store_identity
+from apps.core import publish
+from core.errors import Conflict, IdempotencyMismatch, ServiceUnavailable, ValidationFailed
 
 logger = logging.getLogger(__name__)
 
 #: A running job asks its row whether it was cancelled at most this often (at step boundaries).
 CANCEL_CHECK_INTERVAL_SEC = 0.2
-
-EVENT_BY_STATUS = {
-    JobStatus.SUCCEEDED: "agent.job.succeeded",
-    JobStatus.FAILED: "agent.job.failed",
-    JobStatus.CANCELLED: "agent.job.cancelled",
-}
-
 
 # --- submission -----------------------------------------------------------------------------------
 
@@ -177,12 +172,13 @@ def job_enqueue(*, job: AgentJob) -> bool:
     return True
 
 
-def _job_publish(job: AgentJob) -> bool:
-    from apps.agent.tasks import batch_job_run_task, job_run_task
+def _run_task_name(job: AgentJob) -> str:
+    return publish.BATCH_JOB_RUN if job.batch_id else publish.JOB_RUN
 
-    task = batch_job_run_task if job.batch_id else job_run_task
+
+def _job_publish(job: AgentJob) -> bool:
     try:
-        task.apply_async(args=[str(job.id)])
+        publish.task_publish(_run_task_name(job), args=[str(job.id)])
     except Exception as exc:  # broker down: the sweep enqueues queued jobs that were never published
         logger.warning("could not enqueue job %s (%s); the sweep will retry", job.id, type(exc).__name__)
         return False
@@ -206,18 +202,14 @@ def jobs_enqueue(*, jobs: Sequence[AgentJob]) -> int:
     For batches (hundreds of jobs created together). Returns how many were published; when the broker
     fails, the jobs not published keep `enqueued_at` empty and the sweep publishes them.
     """
-    from apps.agent.tasks import batch_job_run_task, job_run_task
-    from config.celery_app import app
-
     job_events.jobs_queued(job_ids=[job.id for job in jobs])
-    if app.conf.task_always_eager:  # tests and CELERY_TASK_ALWAYS_EAGER: nothing to publish
+    if publish.publishing_is_eager():  # tests and CELERY_TASK_ALWAYS_EAGER: nothing to publish
         return sum(job_enqueue(job=job) for job in jobs)
     published: list[uuid.UUID] = []
     try:
-        with app.producer_or_acquire() as producer, producer.batch():
+        with publish.producer_batch() as producer:
             for job in jobs:
-                task = batch_job_run_task if job.batch_id else job_run_task
-                task.apply_async(args=[str(job.id)], producer=producer)
+                publish.task_publish(_run_task_name(job), args=[str(job.id)], producer=producer)
                 published.append(job.id)
     except Exception as exc:  # broker down: a failed pipeline flush publishes none of the buffered jobs
         logger.warning("could not enqueue %d jobs (%s); the sweep will retry", len(jobs), type(exc).__name__)
@@ -245,8 +237,11 @@ def job_claim(*, job_id: uuid.UUID | str) -> AgentJob | None:
     now = timezone.now()
     # The common case first, in one conditional UPDATE: a queued job with attempts left. Only when it
     # changes nothing is the row read to tell a stale attempt, an exhausted job and a lost race apart.
-    if statements.claim_queued(job_id, now, max_attempts=settings.AGENT_MAX_ATTEMPTS):
-        return statements.job_by_id(job_id)
+    claimed = AgentJob.objects.filter(
+        id=job_id, status=JobStatus.QUEUED, attempts__lt=settings.AGENT_MAX_ATTEMPTS
+    ).update(status=JobStatus.RUNNING, attempts=F("attempts") + 1, heartbeat_at=now, started_at=now)
+    if claimed:
+        return AgentJob.objects.get(id=job_id)
     job = AgentJob.objects.filter(id=job_id).only("id", "status", "attempts", "timeout_sec").first()
     if job is None or job.is_terminal:
         return None
@@ -358,7 +353,7 @@ class _JobLLM:
         self._before_call()
         self.streaming = True
         try:
-            return llm_stream.stream(self._inner, prompt, on_delta=on_delta, deadline=deadline)
+            return stream_llm(self._inner, prompt, on_delta=on_delta, deadline=deadline)
         finally:
             self.streaming = False
 
@@ -389,8 +384,6 @@ def _terminal_effects(*, job_id: uuid.UUID, status: str, job: AgentJob | None = 
     Given the claimed `job` (its webhook URL, batch and key source never change), the effects that cannot
     apply are skipped: no event lookup without a webhook or a batch, no Redis call without a BYO key.
     """
-    from apps.agent.services.events import job_terminal_event
-
     if job is None or job.webhook_url or job.batch_id:
         job_terminal_event(job_id=job_id)
     transaction.on_commit(lambda: job_events.job_ended(job_id=job_id, status=status))
@@ -401,48 +394,27 @@ def _terminal_effects(*, job_id: uuid.UUID, status: str, job: AgentJob | None = 
 def _job_finish(job: AgentJob, attempt: int, result: AgentResult) -> str | None:
     status = JobStatus.FAILED if result.error else JobStatus.SUCCEEDED
     now = timezone.now()
-    # Written once (services/statements.py); the values are prepared before the transaction opens.
-    finish = statements.conditional_update(
-        AgentJob,
-        {
-            "status": status,
-            "degraded": result.degraded,
-            "result": {"message": result.message, "results": result.results, "actions": result.actions},
-            "error": result.error,
-            "finished_at": now,
-            "prompt_tokens": result.prompt_tokens,
-            "completion_tokens": result.completion_tokens,
-            "usage_estimated": any(s.outputs.get("usage_estimated") for s in result.trace if s.name == "llm"),
-            "cost_usd": Decimal(str(round(result.cost_usd, 6))),
-            "latency_ms": (now - job.started_at).total_seconds() * 1000,
-            "vector_store": store_identity(),
-        },
-        {"id": job.id, "status": JobStatus.RUNNING, "attempts": attempt, "cancel_requested": False},
-    )
-    trace = statements.bulk_insert(
-        TraceStep,
-        [
-            {
-                "job": job.id,
-                "attempt": attempt,
-                "position": position,
-                "name": step.name,
-                "started_at": step.started_at,
-                "duration_ms": step.duration_ms,
-                "inputs": step.inputs,
-                "outputs": step.outputs,
-                "prompt_tokens": step.prompt_tokens,
-                "completion_tokens": step.completion_tokens,
-                "cost_usd": step.cost_usd,
-                "error": step.error,
-            }
-            for position, step in enumerate(result.trace)
-        ],
-    )
+    finish = {
+        "status": status,
+        "degraded": result.degraded,
+        "result": {"message": result.message, "results": result.results, "actions": result.actions},
+        "error": result.error,
+        "finished_at": now,
+        "prompt_tokens": result.prompt_tokens,
+        "completion_tokens": result.completion_tokens,
+        "usage_estimated": any(s.outputs.get("usage_estimated") for s in result.trace if s.name == "llm"),
+        "cost_usd": Decimal(str(round(result.cost_usd, 6))),
+        "latency_ms": (now - job.started_at).total_seconds() * 1000,
+        "vector_store": store_identity(),
+    }
+    trace = [
+        TraceStep.from_step(step, job_id=job.id, attempt=attempt, position=position)
+        for position, step in enumerate(result.trace)
+    ]
     with transaction.atomic():
-        if statements.execute(finish):
-            if trace is not None:
-                statements.execute(trace)
+        # Conditional: only the attempt that still owns the row, and only if no cancel arrived meanwhile.
+        if _attempt_rows(job, attempt).filter(cancel_requested=False).update(**finish):
+            TraceStep.objects.bulk_create(trace)
             _terminal_effects(job_id=job.id, status=status, job=job)
             return status
     # Nothing changed. A cancel arrived while the job ran (its answer is discarded), or another attempt

@@ -7,14 +7,14 @@ job ends. It is never a task argument (Flower and the broker show those) and nev
 
 from __future__ import annotations
 
-import base64
 import contextlib
-import hashlib
 import uuid
 
-from cryptography.fernet import Fernet, InvalidToken
+from cryptography.fernet import InvalidToken, MultiFernet
 from django.conf import settings
 from django.core.cache import cache
+
+from core.keys import derived_fernet
 
 _PREFIX = "agent:byo-key:"
 
@@ -23,9 +23,8 @@ class KeyVaultUnavailable(Exception):
     """The shared cache could not store or read the key."""
 
 
-def _fernet() -> Fernet:
-    digest = hashlib.sha256(("librarian-byo-key-vault:" + settings.SECRET_KEY).encode()).digest()
-    return Fernet(base64.urlsafe_b64encode(digest))
+def _fernet() -> MultiFernet:
+    return derived_fernet("byo-key-vault", [settings.SECRET_KEY])
 
 
 def key_put(*, job_id: uuid.UUID, api_key: str) -> None:

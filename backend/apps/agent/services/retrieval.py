@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from typing import Any
 
 from django.conf import settings
 
+from agent import exact_search as core_exact_search
+from agent import vector_store
 from agent.errors import VectorStoreUnavailable
 from agent.types import Document, Filters, Hit
+from apps.libros.catalogue import libro_documents
+
+logger = logging.getLogger(__name__)
 
 _lock = threading.Lock()
 _catalogue: tuple[float, list[Document]] | None = None
@@ -21,9 +27,7 @@ class _Retriever:
     """Opens the vector store lazily and reports a broken one as `VectorStoreUnavailable` per call."""
 
     def retrieve(self, query: str, k: int, filters: Filters) -> list[Hit]:
-        from agent.vector_store import open_store
-
-        store = open_store(settings.VECTOR)
+        store = vector_store.open_store(settings.VECTOR)
         return store.retrieve(query, k, filters)
 
 
@@ -38,17 +42,13 @@ def catalogue_documents() -> list[Document]:
     global _catalogue
     with _lock:
         if _catalogue is None or time.monotonic() - _catalogue[0] > CATALOGUE_TTL_SEC:
-            from apps.libros.catalogue import libro_documents
-
             _catalogue = (time.monotonic(), libro_documents())
         return _catalogue[1]
 
 
 def exact_search(query: str, k: int, filters: Filters) -> list[Hit]:
     """The degraded path: keyword search over the catalogue table, no vector store involved."""
-    from agent.vector_store import exact_search as core_exact_search
-
-    return core_exact_search(query, k, filters, catalogue_documents())
+    return core_exact_search.exact_search(query, k, filters, catalogue_documents())
 
 
 _identity: tuple[Any, dict[str, Any]] | None = None
@@ -61,15 +61,13 @@ def store_identity() -> dict[str, Any]:
     job costs a stat() instead of reading and parsing the file.
     """
     global _identity
-    from agent.vector_store import manifest_signature, read_manifest
-
-    stat = None if settings.VECTOR.url else manifest_signature(settings.VECTOR)
+    stat = None if settings.VECTOR.url else vector_store.manifest_signature(settings.VECTOR)
     signature = None if stat is None else (str(settings.VECTOR.manifest_path), stat)
     cached = _identity
     if signature is not None and cached is not None and cached[0] == signature:
         return dict(cached[1])
     try:
-        manifest = read_manifest(settings.VECTOR)
+        manifest = vector_store.read_manifest(settings.VECTOR)
     except VectorStoreUnavailable:
         return {}
     keys = (
@@ -88,10 +86,8 @@ def store_identity() -> dict[str, Any]:
 
 
 def store_health() -> dict[str, Any]:
-    from agent.vector_store import open_store
-
     try:
-        store = open_store(settings.VECTOR)
+        store = vector_store.open_store(settings.VECTOR)
     except VectorStoreUnavailable as exc:
         return {"ok": False, "error": exc.message}
     return {"ok": True, **store_identity(), "documents": store.count()}
@@ -102,9 +98,7 @@ def retrieval_warm_up() -> None:
 
     Called when a worker starts; a broken store is only logged (jobs will answer degraded).
     """
-    import logging
-
     try:
         get_retriever().retrieve("warm up", 1, Filters())
     except VectorStoreUnavailable as exc:
-        logging.getLogger(__name__).warning("vector store unavailable at worker start: %s", exc.message)
+        logger.warning("vector store unavailable at worker start: %s", exc.message)

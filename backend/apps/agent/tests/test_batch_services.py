@@ -13,9 +13,9 @@ from django.utils import timezone
 
 from agent.types import AgentOptions, Filters
 from apps.agent import selectors
-from apps.agent.errors import Conflict, IdempotencyMismatch, ValidationFailed
 from apps.agent.models import AgentJob, Batch, JobStatus
 from apps.agent.services import batches, jobs, retrieval
+from core.errors import Conflict, IdempotencyMismatch, ValidationFailed
 
 pytestmark = pytest.mark.django_db
 

@@ -7,8 +7,8 @@ import uuid
 import pytest
 import redis
 
-from apps.agent.errors import ValidationFailed
 from apps.agent.services import job_events
+from core.errors import ValidationFailed
 
 
 def entries(job_id):

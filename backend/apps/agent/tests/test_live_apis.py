@@ -176,7 +176,7 @@ def test_the_api_runs_under_asgi_with_async_middleware(async_client, settings):
     body-size limit still answers 413 in the error shape."""
     from asgiref.sync import async_to_sync, iscoroutinefunction
 
-    from apps.agent.errors import RequestSizeLimitMiddleware
+    from apps.core.http_errors import RequestSizeLimitMiddleware
 
     async def view(request):
         return None

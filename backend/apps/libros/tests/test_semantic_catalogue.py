@@ -16,8 +16,9 @@ from pathlib import Path
 
 import pytest
 
+from agent.exact_search import exact_search, keywords
 from agent.types import Filters
-from agent.vector_store import exact_search, keywords, open_store
+from agent.vector_store import open_store
 from apps.libros.catalogue import libro_document
 from apps.libros.models import Libro
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from django.db import transaction
 
-from apps.webhooks.models import EventType
-from apps.webhooks.services import delivery_send, event_enqueue, secret_create_or_rotate
+from apps.agent.services.events import job_event_enqueue
+from apps.webhooks.services import delivery_send, secret_create_or_rotate
 from apps.webhooks.testing import Reply
 
 from .factories import job_make
@@ -20,9 +20,7 @@ def test_delivery_admin_shows_attempts_and_secret_admin_hides_the_secret(
     secret, row = secret_create_or_rotate(user=user)
     receiver.program(Reply(503, body=b"maintenance"))
     with transaction.atomic():
-        delivery = event_enqueue(
-            event_type=EventType.JOB_SUCCEEDED, job=job_make(user, webhook_url=receiver.url)
-        )
+        delivery = job_event_enqueue(job=job_make(user, webhook_url=receiver.url))
     delivery_send(delivery_id=delivery.id)
 
     listing = admin_client.get("/admin/webhooks/delivery/")

@@ -23,7 +23,7 @@ def redeliver_url(job_id) -> str:
 
 def test_url_names():
     assert reverse("webhooks:secret") == SECRET_URL
-    assert reverse("webhooks:job-redeliver", args=["7d1f9b4e-0000-4000-8000-000000000000"]) == redeliver_url(
+    assert reverse("agent-job-redeliver", args=["7d1f9b4e-0000-4000-8000-000000000000"]) == redeliver_url(
         "7d1f9b4e-0000-4000-8000-000000000000"
     )
 
@@ -90,7 +90,7 @@ def test_redeliver_of_another_users_job_is_404_in_the_error_shape(other_api, use
     response = other_api.post(redeliver_url(job.id))
 
     assert response.status_code == 404
-    assert response.json() == {"error": {"code": "not_found", "message": "Job not found.", "details": None}}
+    assert response.json() == {"error": {"code": "not_found", "message": "No such job.", "details": None}}
     assert Delivery.objects.count() == 0
 
 

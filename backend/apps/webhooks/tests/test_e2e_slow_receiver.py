@@ -23,15 +23,11 @@ pytestmark = pytest.mark.e2e
 
 REPO = Path(__file__).resolve().parents[4]
 BACKEND = REPO / "backend"
-# A Redis database of its own, so that the test neither sees nor disturbs other queues.
-REDIS_URL = os.environ.get(
-    "WEBHOOKS_E2E_REDIS_URL", f"redis://127.0.0.1:6379/{os.environ.get('E2E_REDIS_DB', '11')}"
-)
 JOBS = 4
 RECEIVER_DELAY_SEC = 2.0
 
 
-def _env(tmp_path: Path) -> dict[str, str]:
+def _env(tmp_path: Path, redis_url: str) -> dict[str, str]:
     env = {key: value for key, value in os.environ.items() if not key.startswith(("WEBHOOK_", "CELERY_"))}
     env.update(
         DJANGO_SETTINGS_MODULE="config.settings",
@@ -39,9 +35,9 @@ def _env(tmp_path: Path) -> dict[str, str]:
         PYTHON=sys.executable,
         DATABASE_URL=f"sqlite:///{tmp_path / 'db.sqlite3'}",
         VAR_DIR=str(tmp_path),
-        REDIS_URL=REDIS_URL,
-        CELERY_BROKER_URL=REDIS_URL,
-        CELERY_RESULT_BACKEND=REDIS_URL,
+        REDIS_URL=redis_url,
+        CELERY_BROKER_URL=redis_url,
+        CELERY_RESULT_BACKEND=redis_url,
         LLM_PROVIDER="stub",
         LLM_COST_MODE="paid",
         WEBHOOK_ALLOWED_HOSTS="127.0.0.1",
@@ -86,13 +82,13 @@ def _stop(process: subprocess.Popen) -> None:
 
 
 @pytest.mark.timeout(120)
-def test_slow_receiver_does_not_slow_job_processing(tmp_path):
-    env = _env(tmp_path)
+def test_slow_receiver_does_not_slow_job_processing(tmp_path, redis_server):
+    # A Redis database of its own on the run's redis-server: the test neither sees nor disturbs other queues.
+    env = _env(tmp_path, f"{redis_server.base_url}/2")
     python = sys.executable
 
     with WebhookReceiver(default=Reply(200, delay=RECEIVER_DELAY_SEC)) as receiver:
-        # Workers boot while the database is migrated (they touch it only when a task arrives). Messages
-        # left in the queues by an earlier aborted run are harmless: their ids match no row here.
+        # Workers boot while the database is migrated (they touch it only when a task arrives).
         workers = [
             _worker(env, name="e2e-agent", queues="agent,batch", concurrency=2, log=tmp_path / "agent.log"),
             _worker(

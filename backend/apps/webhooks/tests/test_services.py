@@ -13,8 +13,10 @@ from django.utils import timezone
 from standardwebhooks import Webhook
 from standardwebhooks.webhooks import WebhookVerificationError
 
-from apps.agent.errors import Conflict, NotFound, ValidationFailed, exception_handler
+from apps.agent import selectors
 from apps.agent.models import JobStatus
+from apps.agent.services.events import batch_event_enqueue, job_event_enqueue, job_event_redeliver
+from apps.core.http_errors import exception_handler
 from apps.webhooks import services
 from apps.webhooks.models import (
     AttemptOutcome,
@@ -27,13 +29,16 @@ from apps.webhooks.models import (
 from apps.webhooks.selectors import delivery_state_for_job
 from apps.webhooks.services import (
     deliveries_sweep,
-    delivery_redeliver,
     delivery_send,
     event_enqueue,
+    http_attempt,
     secret_create_or_rotate,
+    sending,
     webhook_url_validate,
 )
 from apps.webhooks.testing import Reply, redirect
+from core.errors import Conflict, NotFound, ValidationFailed
+from core.retry_after import retry_after_seconds
 
 from .conftest import PUBLIC_IP
 from .factories import batch_make, job_make
@@ -42,10 +47,11 @@ from .hostile import DNS_TABLE, hostile_urls
 pytestmark = pytest.mark.django_db
 
 
-def enqueue(job, *, event_type: str = EventType.JOB_SUCCEEDED) -> Delivery:
-    """event_enqueue inside a transaction, without running the after-commit send (tests drive it)."""
+def enqueue(job) -> Delivery:
+    """The job's event, recorded inside a transaction without running the after-commit send (tests drive
+    it)."""
     with transaction.atomic():
-        delivery = event_enqueue(event_type=event_type, job=job)
+        delivery = job_event_enqueue(job=job)
     assert delivery is not None
     return delivery
 
@@ -77,7 +83,7 @@ def job(user, receiver, loopback_allowed):
 def fresh_timestamps(monkeypatch):
     """A distinct `webhook-timestamp` per attempt, within the receiver's 5-minute tolerance."""
     ticks = iter(range(int(time.time()) - 100, int(time.time()) + 100, 7))
-    monkeypatch.setattr(services, "_epoch_seconds", lambda: next(ticks))
+    monkeypatch.setattr(http_attempt, "epoch_seconds", lambda: next(ticks))
 
 
 # --- signing and payload -------------------------------------------------------------------------
@@ -122,7 +128,7 @@ def test_delivery_is_signed_and_verifies_with_standardwebhooks(secret, job, rece
 
 def test_failed_job_payload_carries_the_error(user, receiver, loopback_allowed, secret):
     job = job_make(user, status=JobStatus.FAILED, webhook_url=receiver.url)
-    delivery = enqueue(job, event_type=EventType.JOB_FAILED)
+    delivery = enqueue(job)
 
     delivery_send(delivery_id=delivery.id)
 
@@ -168,7 +174,7 @@ def test_rotation_signs_with_both_secrets_during_the_grace_period(user, job, rec
 
     # When the grace period is over
     WebhookSecret.objects.filter(user=user).update(previous_valid_until=timezone.now() - timedelta(seconds=1))
-    delivery_redeliver(job=job, user=user)
+    job_event_redeliver(job=job)
     delivery_send(delivery_id=delivery.id)
 
     # Then: only the new secret signs
@@ -254,12 +260,8 @@ def test_retry_after_is_capped_and_accepts_http_dates(secret, job, receiver, set
     assert delivery_send(delivery_id=delivery.id).retry_in == 30.0
 
     later = timezone.now() + timedelta(seconds=20)
-    assert (
-        18
-        <= services._parse_retry_after(later.strftime("%a, %d %b %Y %H:%M:%S GMT"), now=timezone.now())
-        <= 20
-    )
-    assert services._parse_retry_after("soon", now=timezone.now()) is None
+    assert 18 <= retry_after_seconds({"retry-after": later.strftime("%a, %d %b %Y %H:%M:%S GMT")}) <= 20
+    assert retry_after_seconds({"retry-after": "soon"}) is None
 
 
 def test_backoff_follows_the_schedule_with_bounded_jitter(secret, job, receiver, settings):
@@ -443,10 +445,10 @@ def test_event_enqueue_twice_for_one_outcome_creates_one_delivery_and_one_send(
     job, django_capture_on_commit_callbacks
 ):
     with django_capture_on_commit_callbacks(execute=False) as callbacks, transaction.atomic():
-        first = event_enqueue(event_type=EventType.JOB_SUCCEEDED, job=job)
-        second = event_enqueue(event_type=EventType.JOB_SUCCEEDED, job=job)
+        first = job_event_enqueue(job=job)
+        second = job_event_enqueue(job=job)
     with django_capture_on_commit_callbacks(execute=False) as later_callbacks, transaction.atomic():
-        third = event_enqueue(event_type=EventType.JOB_SUCCEEDED, job=job)
+        third = job_event_enqueue(job=job)
 
     assert first.pk == second.pk == third.pk
     assert first.event_id == third.event_id
@@ -456,22 +458,29 @@ def test_event_enqueue_twice_for_one_outcome_creates_one_delivery_and_one_send(
 
 
 def test_event_enqueue_without_webhook_url_returns_none(user):
-    assert event_enqueue(event_type=EventType.JOB_SUCCEEDED, job=job_make(user)) is None
+    assert job_event_enqueue(job=job_make(user)) is None
     assert Delivery.objects.count() == 0
 
 
+def test_a_job_that_has_not_ended_has_no_event(user):
+    job = job_make(user, status=JobStatus.RUNNING, webhook_url="https://hooks.example.com/x")
+    with pytest.raises(ValueError, match="has no event"):
+        job_event_enqueue(job=job)
+
+
 @pytest.mark.parametrize(
-    ("status", "event_type"),
-    [
-        (JobStatus.RUNNING, EventType.JOB_SUCCEEDED),
-        (JobStatus.FAILED, EventType.JOB_SUCCEEDED),
-        (JobStatus.SUCCEEDED, EventType.BATCH_COMPLETED),
-    ],
+    ("event_type", "target"),
+    [(EventType.BATCH_COMPLETED, "job_id"), (EventType.JOB_SUCCEEDED, "batch_id")],
 )
-def test_event_enqueue_refuses_an_event_that_does_not_match_the_job(user, status, event_type):
-    job = job_make(user, status=status, webhook_url="https://hooks.example.com/x")
-    with pytest.raises(ValueError):
-        event_enqueue(event_type=event_type, job=job)
+def test_event_enqueue_refuses_an_event_of_the_other_kind(user, event_type, target):
+    with pytest.raises(ValueError, match="is not a"):
+        event_enqueue(
+            event_type=event_type,
+            owner_id=user.pk,
+            url="https://hooks.example.com/x",
+            payload={},
+            **{target: 1},
+        )
 
 
 def test_batch_completed_event(user, receiver, loopback_allowed, secret):
@@ -479,8 +488,8 @@ def test_batch_completed_event(user, receiver, loopback_allowed, secret):
     job_make(user, batch=batch)
     job_make(user, batch=batch, status=JobStatus.FAILED)
     with transaction.atomic():
-        delivery = event_enqueue(event_type=EventType.BATCH_COMPLETED, batch=batch)
-        again = event_enqueue(event_type=EventType.BATCH_COMPLETED, batch=batch)
+        delivery = batch_event_enqueue(batch=batch)
+        again = batch_event_enqueue(batch=batch)
     assert delivery.pk == again.pk
 
     delivery_send(delivery_id=delivery.id)
@@ -525,7 +534,7 @@ def test_redeliver_sends_the_same_event_again_in_a_new_series(
     delivery_send(delivery_id=delivery.id)
 
     with django_capture_on_commit_callbacks(execute=False) as callbacks:
-        redelivered = delivery_redeliver(job=job, user=user)
+        redelivered = job_event_redeliver(job=job)
 
     assert redelivered.pk == delivery.pk
     assert (redelivered.status, redelivered.series, redelivered.attempts) == ("pending", 2, 0)
@@ -542,27 +551,28 @@ def test_redeliver_lifts_a_410_block(user, secret, job, receiver):
     delivery_send(delivery_id=delivery.id)
     assert WebhookEndpointBlock.objects.count() == 1
 
-    delivery_redeliver(job=job, user=user)
+    job_event_redeliver(job=job)
 
     assert WebhookEndpointBlock.objects.count() == 0
     assert delivery_send(delivery_id=delivery.id).status == "succeeded"
 
 
 def test_redeliver_creates_the_delivery_when_there_was_none(user, job):
-    delivery = delivery_redeliver(job=job, user=user)
+    delivery = job_event_redeliver(job=job)
     assert delivery.event_type == EventType.JOB_SUCCEEDED
     assert delivery.status == DeliveryStatus.PENDING
 
 
 def test_redeliver_refusals(user, other_user, receiver, loopback_allowed):
     finished = job_make(user, webhook_url=receiver.url)
-    with pytest.raises(NotFound):
-        delivery_redeliver(job=finished, user=other_user)
+    with pytest.raises(NotFound) as caught:
+        selectors.job_get(user=other_user, job_id=finished.id)  # what the endpoint asks first
+    assert caught.value.code == "not_found"
     with pytest.raises(Conflict) as caught:
-        delivery_redeliver(job=job_make(user, status=JobStatus.RUNNING, webhook_url=receiver.url), user=user)
+        job_event_redeliver(job=job_make(user, status=JobStatus.RUNNING, webhook_url=receiver.url))
     assert caught.value.code == "job_not_terminal"
     with pytest.raises(Conflict) as caught:
-        delivery_redeliver(job=job_make(user), user=user)
+        job_event_redeliver(job=job_make(user))
     assert caught.value.code == "no_webhook_url"
 
 
@@ -570,8 +580,8 @@ def test_sweep_re_enqueues_only_overdue_unlocked_pending_deliveries(user, monkey
     settings.WEBHOOK_SWEEP_OVERDUE_SEC = 60
     sent: list[tuple[int, int]] = []
     monkeypatch.setattr(
-        services,
-        "_enqueue_send",
+        sending,
+        "enqueue_send",
         lambda *, delivery_id, series, countdown=None: sent.append((delivery_id, series)),
     )
     long_ago = timezone.now() - timedelta(minutes=10)
@@ -629,7 +639,7 @@ def test_an_unexpected_error_is_recorded_not_lost(secret, job, receiver, monkeyp
     def explode(**kwargs):
         raise RuntimeError("bug")
 
-    monkeypatch.setattr(services, "_http_attempt", explode)
+    monkeypatch.setattr(http_attempt, "http_attempt", explode)
     delivery = enqueue(job)
 
     outcome = delivery_send(delivery_id=delivery.id)

@@ -6,8 +6,9 @@ import pytest
 from django.db import transaction
 from standardwebhooks import Webhook
 
-from apps.webhooks.models import Delivery, DeliveryStatus, EventType
-from apps.webhooks.services import event_enqueue, secret_create_or_rotate
+from apps.agent.services.events import job_event_enqueue
+from apps.webhooks.models import Delivery, DeliveryStatus
+from apps.webhooks.services import secret_create_or_rotate
 from apps.webhooks.tasks import deliveries_sweep_task, delivery_send_task
 from apps.webhooks.testing import Reply
 
@@ -39,7 +40,7 @@ def test_terminal_event_is_sent_after_commit_and_retried_by_the_task(
 
     # When: the jobs app records the outcome; the send task runs (eagerly) after commit
     with django_capture_on_commit_callbacks(execute=True), transaction.atomic():
-        delivery = event_enqueue(event_type=EventType.JOB_SUCCEEDED, job=job)
+        delivery = job_event_enqueue(job=job)
         assert receiver.requests == []  # nothing is sent inside the transaction
 
     # Then
@@ -55,7 +56,7 @@ def test_task_stops_at_the_attempt_budget(user, receiver, loopback_allowed, zero
     receiver.default = Reply(503)
     job = job_make(user, webhook_url=receiver.url)
     with transaction.atomic():
-        delivery = event_enqueue(event_type=EventType.JOB_SUCCEEDED, job=job)
+        delivery = job_event_enqueue(job=job)
 
     delivery_send_task.apply(args=[delivery.id], kwargs={"series": 1})
 
@@ -69,7 +70,7 @@ def test_sweep_task_sends_an_overdue_delivery(user, receiver, loopback_allowed, 
     settings.WEBHOOK_SWEEP_OVERDUE_SEC = 1
     job = job_make(user, webhook_url=receiver.url)
     with transaction.atomic():
-        delivery = event_enqueue(event_type=EventType.JOB_SUCCEEDED, job=job)
+        delivery = job_event_enqueue(job=job)
     Delivery.objects.filter(pk=delivery.pk).update(next_attempt_at=delivery.created_at.replace(year=2000))
 
     assert deliveries_sweep_task.apply().get() == 1

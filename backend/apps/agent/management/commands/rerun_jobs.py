@@ -16,9 +16,9 @@ from django.core.management.base import BaseCommand, CommandError
 from tqdm import tqdm
 
 from apps.agent import selectors
-from apps.agent.errors import ApplicationError
 from apps.agent.serializers import BatchCreateInputSerializer
 from apps.agent.services import batches as batch_services
+from core.errors import ApplicationError
 
 
 class Command(BaseCommand):

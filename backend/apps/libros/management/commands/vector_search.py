@@ -8,8 +8,9 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from agent.errors import InvalidQuery, VectorStoreUnavailable
+from agent.exact_search import exact_search
 from agent.types import Filters
-from agent.vector_store import exact_search, open_store
+from agent.vector_store import open_store
 from apps.libros.catalogue import libro_documents
 
 

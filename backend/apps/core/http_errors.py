@@ -1,7 +1,10 @@
-"""One error shape for the whole API: {"error": {"code", "message", "details"}}.
+"""The HTTP side of `core.errors`: every error leaves the API in the one shape
+{"error": {"code", "message", "details"}}.
 
-Services raise `ApplicationError` subclasses; `exception_handler` renders them and DRF's own
-exceptions in the same shape. Unknown exceptions stay 500: they are bugs.
+`exception_handler` (DRF's EXCEPTION_HANDLER) renders `ApplicationError`s and DRF's own exceptions;
+`RequestSizeLimitMiddleware` refuses oversized bodies before anything reads them; `bad_request`,
+`page_not_found` and `server_error` are Django's error views (config/urls.py) for what never reaches a
+DRF view. Unknown exceptions stay 500: they are bugs.
 """
 
 from __future__ import annotations
@@ -13,65 +16,16 @@ from django.conf import settings
 from django.core.exceptions import PermissionDenied, RequestDataTooBig, SuspiciousOperation
 from django.http import Http404, JsonResponse
 from django.views import defaults
-from rest_framework import exceptions, status
+from rest_framework import exceptions
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
 
-
-class ApplicationError(Exception):
-    """A typed error that maps to one HTTP status and one machine-readable code."""
-
-    status_code = status.HTTP_400_BAD_REQUEST
-    code = "bad_request"
-
-    def __init__(
-        self, message: str, *, code: str | None = None, details: Any = None, headers: dict | None = None
-    ):
-        super().__init__(message)
-        self.message = message
-        self.details = details
-        self.headers = headers or {}
-        if code:
-            self.code = code
-
-
-class ValidationFailed(ApplicationError):
-    status_code = status.HTTP_400_BAD_REQUEST
-    code = "validation_error"
-
-
-class NotFound(ApplicationError):
-    status_code = status.HTTP_404_NOT_FOUND
-    code = "not_found"
-
-
-class Conflict(ApplicationError):
-    status_code = status.HTTP_409_CONFLICT
-    code = "conflict"
-
-
-class IdempotencyMismatch(ApplicationError):
-    status_code = status.HTTP_422_UNPROCESSABLE_ENTITY
-    code = "idempotency_key_reused"
-
-
-class ServiceUnavailable(ApplicationError):
-    status_code = status.HTTP_503_SERVICE_UNAVAILABLE
-    code = "service_unavailable"
-
-
-class RequestTooLarge(ApplicationError):
-    status_code = status.HTTP_413_REQUEST_ENTITY_TOO_LARGE
-    code = "request_too_large"
+from core.errors import ApplicationError, RequestTooLarge, error_body
 
 
 def request_too_large() -> RequestTooLarge:
     limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
     return RequestTooLarge(f"The request body is larger than {limit} bytes.", details={"max_bytes": limit})
-
-
-def error_body(code: str, message: str, details: Any = None) -> dict[str, Any]:
-    return {"error": {"code": code, "message": message, "details": details}}
 
 
 _DRF_CODES = {

@@ -6,7 +6,7 @@ import pytest
 from django.test import override_settings
 from django.urls import path
 
-from apps.agent.errors import error_body
+from core.errors import error_body
 
 
 def boom(request):
@@ -14,8 +14,8 @@ def boom(request):
 
 
 urlpatterns = [path("api/boom", boom), path("boom", boom)]
-handler500 = "apps.agent.errors.server_error"
-handler404 = "apps.agent.errors.page_not_found"
+handler500 = "apps.core.http_errors.server_error"
+handler404 = "apps.core.http_errors.page_not_found"
 
 
 def test_body_over_the_limit_is_413_before_authentication(client, settings):

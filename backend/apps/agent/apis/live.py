@@ -23,7 +23,8 @@ from rest_framework.utils.encoders import JSONEncoder
 from rest_framework.views import APIView
 
 from apps.agent import selectors
-from apps.agent.apis import ERRORS, JobDetailApi, job_payload, output, wait_seconds
+from apps.agent.apis.common import ERRORS, output
+from apps.agent.apis.jobs import JobDetailApi, job_payload, wait_seconds
 from apps.agent.models import AgentJob
 from apps.agent.serializers import JobSerializer
 from apps.agent.services import job_events
