@@ -158,7 +158,7 @@ async def _held(stack: Stack, n: int, hold_sec: float) -> dict:
 
 
 def run(template: Template, *, smoke: bool) -> Section:
-    n = 30 if smoke else 200
+    n = 30 if smoke else 100
     held_n = 50 if smoke else 1000
     hold_sec = 2.0 if smoke else 10.0
     pool, concurrency = shipped_worker()
