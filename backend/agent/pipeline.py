@@ -14,9 +14,9 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from . import llm_stream
 from .errors import Cancelled, InvalidQuery, VectorStoreUnavailable
 from .language import detect_language
+from .llm_factory import stream_llm
 from .prompts import PROMPT_VERSION, build_grounded_prompt
 from .types import AgentOptions, AgentResult, Filters, Hit, TraceStep
 
@@ -70,7 +70,7 @@ def run(
     Raises `Cancelled` when `is_cancelled()` turns true at a step boundary.
 
     With `on_event`, the run reports its progress as it goes and the LLM answer is streamed
-    (`llm_stream.stream`): each piece of text is an `llm.delta` event, after which `is_cancelled()` is
+    (`llm_factory.stream_llm`): each piece of text is an `llm.delta` event, after which `is_cancelled()` is
     asked again (a cancel stops the stream). The result is the same as without `on_event`.
     """
     trace: list[TraceStep] = []
@@ -116,7 +116,7 @@ def run(
             on_event("llm.delta", {"text": text})
             _check_cancel(is_cancelled)
 
-        answer = llm_stream.stream(llm, messages, on_delta=on_delta, deadline=deadline - time.monotonic())
+        answer = stream_llm(llm, messages, on_delta=on_delta, deadline=deadline - time.monotonic())
     llm_error = answer.get("error")
     if on_event is not None:
         on_event("llm.done", llm_done_data(answer))

@@ -353,7 +353,7 @@ AGENT_RUNNING_GRACE_SEC = env.float("AGENT_RUNNING_GRACE_SEC", 15.0, minimum=0.0
 # --- Live job events (apps/agent/services/job_events.py, docs/api.md "Waiting and streaming") ---------
 # Each job's events are a Redis Stream, kept this long after its last event; afterwards the history of an
 # ended job is rebuilt from its row and trace. At most AGENT_EVENTS_MAXLEN entries per job (approximate).
-AGENT_EVENTS_REDIS_URL = env.str("AGENT_EVENTS_REDIS_URL") or REDIS_URL
+AGENT_EVENTS_REDIS_URL = env.str("AGENT_EVENTS_REDIS_URL", "") or REDIS_URL
 AGENT_EVENTS_RETENTION_SEC = env.int("AGENT_EVENTS_RETENTION_SEC", 86400, minimum=1)
 AGENT_EVENTS_MAXLEN = env.int("AGENT_EVENTS_MAXLEN", 10000, minimum=100)
 # A comment line (": ping") on an idle event stream this often, so that proxies keep it open.

@@ -162,7 +162,7 @@ def test_two_attempts_after_a_sigkill_are_told_apart(stack, api):
     first = stack.start_worker()
     job_id = submit(api, "a whaling captain obsessed with a white whale")
     # The recorded deadline: the sweep presumes attempt 1 lost soon after its worker is killed.
-    AgentJob.objects.filter(id=job_id).update(timeout_sec=3.0)
+    AgentJob.objects.filter(id=job_id).update(timeout_sec=8.0)
     streamed: list[dict] = []
     reader = threading.Thread(
         target=read_events,
@@ -175,7 +175,7 @@ def test_two_attempts_after_a_sigkill_are_told_apart(stack, api):
     first.kill()
     stack.llm.control(stream_delay_ms=10)
     stack.start_worker(env=FAST_SWEEP, beat=True)
-    reader.join(timeout=60)
+    reader.join(timeout=90)
     events = streamed
 
     job_row = AgentJob.objects.get(id=job_id)

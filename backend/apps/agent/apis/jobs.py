@@ -200,7 +200,7 @@ def wait_seconds(request) -> float:
     return value
 
 
-# Served through `apis_live.job_detail`, which does the waiting of `?wait=` without a thread.
+# Served through `apis.live.job_detail`, which does the waiting of `?wait=` without a thread.
 class JobDetailApi(APIView):
     @extend_schema(
         operation_id="agent_jobs_retrieve",

@@ -42,6 +42,8 @@ TERMINAL_STATUSES = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.
 REBUILT_PREFIX = "0-"
 #: The longest `?wait=` a client may ask for (docs/api.md).
 WAIT_MAX_SEC = 60.0
+#: Redis connections an API process may hold for open waits and streams (one each while it blocks).
+MAX_BLOCKING_CONNECTIONS = 50_000
 _EVENT_ID = re.compile(r"\d{1,20}-\d{1,20}")
 
 
@@ -82,9 +84,16 @@ def _new_sync_client(url: str) -> redis.Redis:
 def _new_async_client(url: str) -> aioredis.Redis:
     # Reads block on purpose (XREAD BLOCK, at most a heartbeat or a wait): the socket timeout (redis-py's
     # default is 5 s) must outlast the longest block.
+    # Each open wait or stream holds one connection while it blocks: redis-py's default pool (100
+    # connections) would cap them at 100 per process (measured by bench/live.py). The real bounds are the
+    # process's open files and Redis' maxclients (docs/operations.md).
     timeout = max(settings.AGENT_EVENTS_HEARTBEAT_SEC, WAIT_MAX_SEC) + 15
     return aioredis.Redis.from_url(
-        url, socket_connect_timeout=2, socket_timeout=timeout, decode_responses=True
+        url,
+        socket_connect_timeout=2,
+        socket_timeout=timeout,
+        decode_responses=True,
+        max_connections=MAX_BLOCKING_CONNECTIONS,
     )
 
 

@@ -22,11 +22,11 @@ from django.db import DatabaseError, connection, transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
-from agent import llm_stream, pipeline
+from agent import pipeline
 from agent.config import LLMSettings
 from agent.cost_policy import CostDecision, resolve_cost_decision
 from agent.errors import Cancelled, ImproperlyConfigured
-from agent.llm_factory import build_llm_runnable
+from agent.llm_factory import build_llm_runnable, stream_llm
 from agent.types import AgentOptions, AgentResult
 from apps.agent.models import AgentJob, Batch, JobStatus, TraceStep
 from apps.agent.services import job_events, key_vault
@@ -353,7 +353,7 @@ class _JobLLM:
         self._before_call()
         self.streaming = True
         try:
-            return llm_stream.stream(self._inner, prompt, on_delta=on_delta, deadline=deadline)
+            return stream_llm(self._inner, prompt, on_delta=on_delta, deadline=deadline)
         finally:
             self.streaming = False
 

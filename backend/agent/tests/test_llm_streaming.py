@@ -1,4 +1,4 @@
-"""Token streaming (agent/llm_stream.py) against the project's OpenAI-compatible test server: the same
+"""Token streaming (agent/llm_factory/streaming.py) against the project's OpenAI-compatible test server: the same
 result as `invoke`, usage from the last chunk, the retry budget, the deadline, cancellation, BYO keys."""
 
 from __future__ import annotations
@@ -7,9 +7,8 @@ import time
 
 import pytest
 
-from agent import llm_stream
 from agent.errors import Cancelled
-from agent.llm_factory import StubLLM, build_llm_runnable
+from agent.llm_factory import StubLLM, build_llm_runnable, stream_llm
 from agent.prompts import build_grounded_prompt
 from agent.tests.test_llm_factory import CHAT, DUNE, MOBY, SERVER_KEY, USER_KEY, make_settings
 from openai_testserver import start_in_thread
@@ -31,7 +30,7 @@ def fresh(server):
 
 def collect(llm, prompt, **kwargs):
     deltas: list[str] = []
-    result = llm_stream.stream(llm, prompt, on_delta=deltas.append, **kwargs)
+    result = stream_llm(llm, prompt, on_delta=deltas.append, **kwargs)
     return result, deltas
 
 
@@ -119,7 +118,7 @@ def test_a_cancel_from_on_delta_closes_the_stream(server):
 
     started = time.monotonic()
     with pytest.raises(Cancelled):
-        llm_stream.stream(llm, build_grounded_prompt("whales", [MOBY, DUNE], "en"), on_delta=on_delta)
+        stream_llm(llm, build_grounded_prompt("whales", [MOBY, DUNE], "en"), on_delta=on_delta)
     assert time.monotonic() - started < 1.0  # the remaining chunks were not waited for
     assert len(seen) == 2 and len(server.requests(CHAT)) == 1
 

@@ -1,4 +1,4 @@
-"""Token streaming for the runnables of `llm_factory`: the same call and the same result dict as
+"""Token streaming for the runnables of this package: the same call and the same result dict as
 `.invoke()`, with `on_delta(text)` called as the answer arrives.
 
 `stream(llm, prompt, deadline=..., on_delta=...)` is an extra entry point beside the seed's
@@ -24,11 +24,16 @@ from collections.abc import Callable
 from typing import Any
 
 from agent.errors import Cancelled
-from agent.llm_factory import OpenAICompatibleLLM, StubLLM
-from agent.llm_factory.openai_client import _Failure, _is_count, _Success
-from agent.llm_factory.results import Prompt, estimate_prompt_tokens, estimate_tokens, to_messages
-from agent.llm_factory.results import deadline_message as _deadline_message
-from agent.llm_factory.transport import http_module as _http_module
+from agent.llm_factory.openai_client import OpenAICompatibleLLM, _Failure, _is_count, _Success
+from agent.llm_factory.results import (
+    Prompt,
+    deadline_message,
+    estimate_prompt_tokens,
+    estimate_tokens,
+    to_messages,
+)
+from agent.llm_factory.stub import StubLLM
+from agent.llm_factory.transport import http_module
 
 OnDelta = Callable[[str], None]
 
@@ -74,7 +79,7 @@ def _stream_openai(
     while True:
         budget = llm._attempt_budget(end)
         if budget is None:
-            return llm._finish(started, attempts, _Failure("timeout", _deadline_message(attempts)))
+            return llm._finish(started, attempts, _Failure("timeout", deadline_message(attempts)))
         attempts += 1
         sent: list[str] = []
         try:
@@ -105,10 +110,10 @@ def _stream_attempt(
     kwargs["stream"] = True
     kwargs["stream_options"] = {"include_usage": True}
     # The SDK's own client: its sync transport bounds the whole response by the read timeout
-    # (llm_factory's DeadlineTransport checks the clock between chunks), so a slow stream ends in time.
+    # (transport.py's DeadlineTransport checks the clock between chunks), so a slow stream ends in time.
     response = llm._sync_client().chat.completions.create(**kwargs)
     usage = None
-    http = _http_module()
+    http = http_module()
     try:
         for chunk in response:
             if getattr(chunk, "usage", None) is not None:
