@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import redis as redis_lib
 
-from tests.e2e.harness import REPO, Worker, point_celery_at
+from tests.e2e.harness import REPO, ApiServer, Worker, point_celery_at
 
 API_KEY = "sk-server-e2e"
 
@@ -73,6 +73,14 @@ class Stack:
         worker.wait_ready(app)
         return worker
 
+    def start_api(self) -> ApiServer:
+        """Serve the API from the ASGI server (a subprocess with the stack's environment); stopped with
+        the stack. Returns it (`.url`)."""
+        server = ApiServer(self.env)
+        self.workers.append(server)
+        server.wait_ready()
+        return server
+
 
 @pytest.fixture
 def stack(transactional_db, live_server, redis_url, e2e_vector_settings, llm_server, settings, monkeypatch):
@@ -110,6 +118,7 @@ def stack(transactional_db, live_server, redis_url, e2e_vector_settings, llm_ser
     )
     settings.VECTOR = e2e_vector_settings
     settings.CELERY_BROKER_URL = redis_url
+    settings.AGENT_EVENTS_REDIS_URL = redis_url
     settings.CACHES = {
         "default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": redis_url}
     }

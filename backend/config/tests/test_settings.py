@@ -52,6 +52,9 @@ def test_defaults_start():
         ("CELERY_TASK_LOG_LEVEL", "chatty"),
         ("WORKER_SWITCH_INTERVAL_MS", "0"),
         ("API_TOKEN_CACHE_SEC", "-1"),
+        ("AGENT_JOB_RETENTION_DAYS", "0"),
+        ("AGENT_JOB_RETENTION_DAYS", "a month"),
+        ("AGENT_PURGE_CHUNK_SIZE", "0"),
     ],
 )
 def test_bad_value_fails_naming_the_variable(variable, value):
@@ -113,3 +116,33 @@ def test_workers_hand_the_gil_over_every_millisecond_by_default(settings):
         assert sys.getswitchinterval() == pytest.approx(0.0025)
     finally:
         sys.setswitchinterval(before)
+
+
+def _purge_settings(**env: str) -> list[str]:
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import django; django.setup(); from django.conf import settings as s; "
+            "print(s.AGENT_JOB_RETENTION_DAYS); print(s.CELERY_BEAT_SCHEDULE.get('agent-purge'))",
+        ],
+        cwd=BACKEND,
+        env={**{k: v for k, v in os.environ.items() if not k.startswith("AGENT_")}, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout.splitlines()
+
+
+def test_jobs_are_kept_for_ever_and_no_purge_is_scheduled_by_default():
+    assert _purge_settings(DJANGO_SETTINGS_MODULE="config.settings") == ["None", "None"]
+
+
+def test_a_retention_schedules_the_purge_at_its_interval():
+    assert _purge_settings(
+        DJANGO_SETTINGS_MODULE="config.settings",
+        AGENT_JOB_RETENTION_DAYS="30",
+        AGENT_PURGE_INTERVAL_SEC="600",
+    ) == ["30.0", "{'task': 'agent.jobs_purge', 'schedule': 600.0}"]
