@@ -29,6 +29,23 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.xdist_group("processes"))
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _static_files_without_collectstatic():
+    """In-process tests render templates ({% static %}) without a `collectstatic` run first.
+
+    The shipped servers use WhiteNoise's manifest storage, which needs the collected files and their
+    manifest; backend/config/tests/test_static_files.py and tests/browser/ test that storage for real.
+    """
+    from django.test.utils import override_settings
+
+    plain = {
+        "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+        "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
+    }
+    with override_settings(STORAGES=plain):
+        yield
+
+
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory):
     """This test run's own redis-server (one per pytest process, so one per xdist worker too).

@@ -1,7 +1,7 @@
 """`make up`: set everything up and run the stack in the foreground, then answer one real query.
 
 Steps: migrate, load the catalogue, build the vector store if missing, find or start a Redis, start the
-API (gunicorn with uvicorn workers, ASGI), a worker (with beat) and Flower, wait for /api/health, submit a query through the HTTP
+API (gunicorn), a worker (with beat) and Flower, wait for /api/health, submit a query through the HTTP
 API, poll it, print the answer, and keep running until Ctrl-C, which stops only what it started.
 """
 
@@ -32,14 +32,47 @@ def say(msg: str) -> None:
     print(f"[up] {msg}", flush=True)
 
 
-def free_port(preferred: int) -> int:
+def port_is_free(port: int) -> bool:
+    """True unless another socket really holds `port` on the loopback interface.
+
+    The probe binds as gunicorn, Flower and Redis bind (SO_REUSEADDR), so connections of a stack stopped a
+    moment ago, still in TIME_WAIT, do not count as "taken": a restart keeps the README's port.
+    """
     with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
-            s.bind(("127.0.0.1", preferred))
-            return preferred
+            s.bind(("127.0.0.1", port))
         except OSError:
-            s.bind(("127.0.0.1", 0))
-            return s.getsockname()[1]
+            return False
+        return True
+
+
+def free_port(preferred: int) -> int:
+    """`preferred` when it is free, else a free port chosen by the system."""
+    if port_is_free(preferred):
+        return preferred
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def choose_port(name: str, default: int, env: dict[str, str]) -> int:
+    """The port in `env[name]` (or `default`); if another process holds it, another one, said loudly."""
+    preferred = int(env.get(name) or default)
+    port = free_port(preferred)
+    if port != preferred:
+        line = "!" * 78
+        say(line)
+        say(f"PORT {preferred} IS TAKEN by another process: {name} moves to {port} for this run.")
+        say(f"Every URL below and in the README ({preferred}) must use {port}; or stop the other process")
+        say(f"(e.g. `ss -ltnp 'sport = :{preferred}'` shows it) or set {name} to a port of your own.")
+        say(line)
+    return port
+
+
+def api_command(port: int, host: str = "127.0.0.1") -> list[str]:
+    """gunicorn as every shipped server runs it (config/gunicorn.conf.py), to be run in backend/."""
+    return [PY, "-m", "gunicorn", "-c", "config/gunicorn.conf.py", "config.wsgi", "-b", f"{host}:{port}"]
 
 
 def redis_answers(url: str) -> bool:
@@ -141,7 +174,9 @@ def stop_all(*_: object) -> None:
 def main() -> None:
     VAR.mkdir(exist_ok=True)
     env = dict(os.environ)
-    env.setdefault("DEBUG", "true")
+    # What `make up` changes in the environment (README, "What `make up` sets"): unbuffered logs, and
+    # below REDIS_URL when it starts its own Redis and WORKER_BEAT=1 for its one worker. DEBUG stays as
+    # given (off by default, as in production).
     env["PYTHONUNBUFFERED"] = "1"
     env["PYTHON"] = PY
     signal.signal(signal.SIGINT, stop_all)
@@ -152,44 +187,22 @@ def main() -> None:
     manage("migrate", "--noinput", "-v", "0", env=env)
     say("loading the catalogue fixture")
     manage("loaddata", "libros_prueba", "-v", "0", env=env)
+    say("collecting static files (admin, Swagger UI, ReDoc) under var/static; gunicorn serves them")
     manage("collectstatic", "--noinput", "-v", "0", env=env)
     say("building the vector store (incremental: nothing to do when it is up to date)")
     manage("build_vector_db", env=env)
 
-    api_port = free_port(int(env.get("API_PORT", "8000")))
-    flower_port = free_port(int(env.get("FLOWER_PORT", "5555")))
+    api_port = choose_port("API_PORT", 8000, env)
+    flower_port = choose_port("FLOWER_PORT", 5555, env)
     flower_auth = env.get("FLOWER_BASIC_AUTH", "admin:librarian")
     base = f"http://127.0.0.1:{api_port}"
-    start(
-        [
-            PY,
-            "-m",
-            "gunicorn",
-            "config.asgi:application",
-            "--worker-class",
-            "uvicorn_worker.UvicornWorker",
-            "-b",
-            f"127.0.0.1:{api_port}",
-            "--workers",
-            "2",
-            "--timeout",
-            "120",
-            # Open event streams end with the job; a restart does not wait for them longer than this.
-            "--graceful-timeout",
-            "5",
-        ],
-        env,
-        "api",
-    )
+    start(api_command(api_port), env, "api")
     start([str(REPO / "worker" / "start.sh")], {**env, "WORKER_BEAT": "1"}, "worker")
     start(
         [
             PY,
             "-m",
-            "celery",
-            "-A",
-            "config.celery_app",
-            "flower",
+            "config.flower",  # celery flower with /metrics behind the same basic auth
             "--address=127.0.0.1",
             f"--port={flower_port}",
             f"--basic-auth={flower_auth}",

@@ -36,6 +36,8 @@ def test_published_ports_bind_to_localhost_only():
 def test_flower_requires_basic_auth_and_chroma_is_behind_a_profile():
     services = load()["services"]
     assert "--basic-auth=" in " ".join(services["flower"]["command"])
+    # config.flower: celery flower with /metrics behind the same auth (tests/e2e/test_flower_e2e.py)
+    assert "python -m config.flower " in " ".join(services["flower"]["command"])
     assert services["chroma"]["profiles"] == ["chroma"]
 
 
@@ -55,3 +57,10 @@ def test_docker_compose_parses_it_when_available():
         [binary, "-f", str(COMPOSE), "config", "-q"], capture_output=True, text=True, timeout=60
     )
     assert done.returncode == 0, done.stderr
+
+
+def test_web_collects_static_files_and_runs_gunicorn_as_make_up_does():
+    command = load()["services"]["web"]["command"]
+    assert "collectstatic --noinput" in command
+    assert command.index("collectstatic") < command.index("gunicorn")
+    assert "gunicorn -c config/gunicorn.conf.py config.wsgi" in command

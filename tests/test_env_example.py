@@ -7,7 +7,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 READERS = re.compile(
-    r"""(?<![.\w])(?:_int|_float|_bool|_durations|env\.str|env\.list|env\.db|env\.bool|environ\.get|os\.environ\.get|os\.getenv|get)\(\s*["']([A-Z][A-Z0-9_]{2,})["']"""
+    r"""(?:(?<![.\w])(?:_int|_float|_bool|_durations|os\.getenv|get)|"""
+    r"""(?:\benv|\bEnv\(\))\.(?:str|int|float|bool|list|db|choice|raw)|environ\.get)\(\s*["']([A-Z][A-Z0-9_]{2,})["']"""
 )
 #: Read by tooling or tests only, not by the service.
 NOT_SERVICE = {

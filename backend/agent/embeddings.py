@@ -10,12 +10,12 @@ from __future__ import annotations
 import ctypes
 import os
 import threading
-from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
+from core.caches import LRU
 from core.env import env_error
 
 from .config import LLMSettings
@@ -58,39 +58,6 @@ class Embedder(Protocol):
 def model_id(embedder: Embedder) -> str:
     """The identity recorded in manifests and content hashes: `name@version`."""
     return f"{embedder.name}@{embedder.version}"
-
-
-class LRU:
-    """A small thread-safe LRU of read-only values (workers see the same queries again and again).
-
-    Values are shared between callers: nobody may modify one (vectors are stored read-only).
-    """
-
-    def __init__(self, size: int):
-        self._size = size
-        self._data: OrderedDict[str, np.ndarray] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def get(self, key: str) -> np.ndarray | None:
-        with self._lock:
-            value = self._data.get(key)
-            if value is not None:
-                self._data.move_to_end(key)
-            return value
-
-    def put(self, key: str, value: np.ndarray) -> None:
-        if self._size <= 0:
-            return
-        if isinstance(value, np.ndarray):
-            value.setflags(write=False)
-        with self._lock:
-            self._data[key] = value
-            self._data.move_to_end(key)
-            while len(self._data) > self._size:
-                self._data.popitem(last=False)
-
-    def __len__(self) -> int:
-        return len(self._data)
 
 
 def _normalise(vectors: np.ndarray) -> np.ndarray:
@@ -206,6 +173,7 @@ class LocalE5Embedder:
             _set_engine_threads(self.query_threads)
             vector = np.asarray(engine.query(text), dtype=np.float32)
         vector = _normalise(vector)
+        vector.setflags(write=False)  # shared by every caller of the cache
         self._cache.put(text, vector)
         return vector
 
@@ -279,6 +247,7 @@ class OpenAICompatibleEmbedder:
         if cached is not None:
             return cached
         vector = self._embed([text])[0]
+        vector.setflags(write=False)  # shared by every caller of the cache
         self._cache.put(text, vector)
         return vector
 

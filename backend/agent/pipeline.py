@@ -243,26 +243,21 @@ def _retrieve(
         )
         clock = _Clock()
         hits = exact_search(query, options.top_k, options.filters)
-        trace.append(
-            TraceStep(
-                name="exact_search",
-                started_at=clock.started_at,
-                duration_ms=clock.ms(),
-                inputs=inputs,
-                outputs={"hits": len(hits), "ids": [h.id for h in hits]},
-            )
-        )
+        trace.append(_hits_step("exact_search", clock, inputs, hits))
         return hits, store_error, "exact"
-    trace.append(
-        TraceStep(
-            name="retrieve",
-            started_at=clock.started_at,
-            duration_ms=clock.ms(),
-            inputs=inputs,
-            outputs={"hits": len(hits), "ids": [h.id for h in hits]},
-        )
-    )
+    trace.append(_hits_step("retrieve", clock, inputs, hits))
     return hits, None, "vector"
+
+
+def _hits_step(name: str, clock: _Clock, inputs: dict[str, Any], hits: list[Hit]) -> TraceStep:
+    """The trace step of a search that found `hits`."""
+    return TraceStep(
+        name=name,
+        started_at=clock.started_at,
+        duration_ms=clock.ms(),
+        inputs=inputs,
+        outputs={"hits": len(hits), "ids": [h.id for h in hits]},
+    )
 
 
 def _check_cancel(is_cancelled: Callable[[], bool]) -> None:

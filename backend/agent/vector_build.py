@@ -11,18 +11,13 @@ directory is removed by the next build. One build at a time per target (an flock
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import dataclasses
 import datetime as dt
-import errno
-import fcntl
-import hashlib
 import json
 import logging
 import os
 import shutil
 import sys
-import tempfile
 import time
 import uuid
 import zipfile
@@ -30,6 +25,16 @@ from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from .atomic_swap import (
+    build_lock,
+    carry_over_extra_files,
+    recover_interrupted_swap,
+    remove_stale_temp_dirs,
+    swap_directory,
+    temp_dir,
+    write_json_atomic,
+)
+from .datasets import content_hash, dataset_sha256, validate_documents
 from .embeddings import Embedder, model_id
 from .errors import VectorStoreUnavailable
 from .types import Document
@@ -52,117 +57,6 @@ Manifest = dict[str, Any]
 ZIP_FOLDER = "vector_db"  # the seed's export format: vector_db.zip holds vector_db/ with the manifest inside
 MAX_IMPORT_BYTES = 4 * 1024**3  # refuse zip bombs: a 300-book store is a few MB, 100k docs a few hundred
 SCALARS = (str, int, float, bool)
-
-
-class DatasetError(ValueError):
-    """An item of the dataset is malformed. `index` is its position (0-based) in the input."""
-
-    def __init__(self, index: int | None, problem: str):
-        self.index = index
-        self.problem = problem
-        super().__init__(f"item {index}: {problem}" if index is not None else problem)
-
-
-# --- Datasets -------------------------------------------------------------------------------------
-
-
-def load_dataset(path: str | Path) -> list[Document]:
-    """Documents from a generic JSON dataset (VECTOR_DATASET_PATH).
-
-    The file is a JSON list; each item is an object with `text` (or `page_content`), an optional `id`
-    (string or integer; default: derived from the text, so inserting an item changes no other id) and
-    optional `metadata` (an object). Raises `DatasetError` naming the item index and the problem.
-    """
-    try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise DatasetError(None, f"cannot read {path}: {exc}") from exc
-    except ValueError as exc:
-        raise DatasetError(None, f"{path} is not valid JSON: {exc}") from exc
-    if not isinstance(data, list):
-        raise DatasetError(None, f"{path} must hold a JSON list of items, not {type(data).__name__}")
-    documents = []
-    for index, item in enumerate(data):
-        if not isinstance(item, dict):
-            raise DatasetError(index, f"expected an object, got {type(item).__name__}")
-        text = item.get("text", item.get("page_content"))
-        if not isinstance(text, str) or not text.strip():
-            raise DatasetError(index, "needs a non-empty string `text` or `page_content`")
-        raw_id = item.get("id")
-        if raw_id is None:
-            doc_id = "sha-" + hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
-        elif isinstance(raw_id, str | int) and not isinstance(raw_id, bool) and str(raw_id).strip():
-            doc_id = str(raw_id).strip()
-        else:
-            raise DatasetError(index, f"`id` must be a non-empty string or an integer, got {raw_id!r}")
-        metadata = item.get("metadata", {})
-        if metadata is None:
-            metadata = {}
-        if not isinstance(metadata, dict):
-            raise DatasetError(index, f"`metadata` must be an object, got {type(metadata).__name__}")
-        documents.append(Document(id=doc_id, text=text, metadata=metadata))
-    return validate_documents(documents)
-
-
-def validate_documents(documents: Iterable[Document]) -> list[Document]:
-    """The documents as a list, checked. Raises `DatasetError` naming the first bad item's index.
-
-    Ids are unique non-empty strings; text is non-empty; metadata maps string keys (not starting with
-    "_", which is reserved for the store) to None, str, int, float, bool or a list of one such type.
-    """
-    out: list[Document] = []
-    seen: dict[str, int] = {}
-    for index, doc in enumerate(documents):
-        if not isinstance(doc, Document):
-            raise DatasetError(index, f"expected a Document, got {type(doc).__name__}")
-        if not isinstance(doc.id, str) or not doc.id.strip():
-            raise DatasetError(index, f"id must be a non-empty string, got {doc.id!r}")
-        if doc.id in seen:
-            raise DatasetError(index, f"duplicate id {doc.id!r} (first at item {seen[doc.id]})")
-        seen[doc.id] = index
-        if not isinstance(doc.text, str) or not doc.text.strip():
-            raise DatasetError(index, f"text of {doc.id!r} is empty")
-        if not isinstance(doc.metadata, dict):
-            raise DatasetError(index, "metadata must be a dict")
-        for key, value in doc.metadata.items():
-            problem = _metadata_problem(key, value)
-            if problem:
-                raise DatasetError(index, f"metadata {key!r}: {problem}")
-        out.append(doc)
-    return out
-
-
-def _metadata_problem(key: object, value: object) -> str | None:
-    if not isinstance(key, str) or not key or key.startswith("_") or key.startswith("chroma:"):
-        return "keys must be non-empty strings not starting with '_' or 'chroma:'"
-    if value is None or (isinstance(value, SCALARS)):
-        return None
-    if isinstance(value, list):
-        kinds = {bool if isinstance(v, bool) else type(v) for v in value}
-        if len(kinds) <= 1 and kinds <= set(SCALARS):
-            return None
-        return "a list must hold values of one type (string, number or boolean)"
-    return f"unsupported value of type {type(value).__name__}"
-
-
-def content_hash(doc: Document, model: str) -> str:
-    """sha256 of what determines a stored record: text, metadata and the embedding model id."""
-    payload = json.dumps([doc.text, doc.metadata, model], sort_keys=True, ensure_ascii=False, default=str)
-    return hashlib.sha256(payload.encode("utf-8")).hexdigest()
-
-
-def dataset_sha256(documents: Sequence[Document]) -> str:
-    """sha256 of the canonical JSON of the documents: the same catalogue hashes the same from any source."""
-    digest = hashlib.sha256()
-    for doc in sorted(documents, key=lambda d: d.id):
-        digest.update(
-            json.dumps(
-                [doc.id, doc.text, doc.metadata], sort_keys=True, ensure_ascii=False, default=str
-            ).encode()
-        )
-        digest.update(b"\n")
-    return digest.hexdigest()
-
 
 # --- Syncing a collection with the documents ----------------------------------------------------
 
@@ -229,125 +123,6 @@ def sync_collection(
     }
 
 
-# --- Atomic directory swap --------------------------------------------------------------------------
-
-_AT_FDCWD = -100
-_RENAME_EXCHANGE = 2
-
-
-def _exchange(a: Path, b: Path) -> bool:
-    """Atomically exchange two paths (Linux renameat2). False when the platform cannot."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        renameat2 = libc.renameat2
-    except (OSError, AttributeError):
-        return False
-    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
-    if renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
-        return True
-    err = ctypes.get_errno()
-    if err in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP):
-        return False
-    raise OSError(err, os.strerror(err), str(a))
-
-
-def _backup_path(target: Path) -> Path:
-    return target.parent / f".{target.name}.previous"
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def swap_directory(new: Path, target: Path) -> None:
-    """Make `new` the contents of `target` atomically and delete the old contents."""
-    recover_interrupted_swap(target)
-    if not target.exists():
-        os.rename(new, target)
-    elif _exchange(new, target):
-        shutil.rmtree(new)  # `new` now holds the old store
-    else:
-        # Fallback: a crash between the two renames leaves the backup, restored by the next build or import.
-        backup = _backup_path(target)
-        os.rename(target, backup)
-        os.rename(new, target)
-        shutil.rmtree(backup)
-    _fsync_dir(target.parent)
-
-
-def recover_interrupted_swap(target: Path) -> None:
-    """Undo a fallback swap that crashed between its two renames."""
-    backup = _backup_path(target)
-    if backup.exists():
-        if target.exists():
-            shutil.rmtree(backup)
-        else:
-            os.rename(backup, target)
-
-
-@contextlib.contextmanager
-def build_lock(target: Path) -> Iterator[None]:
-    """One build, import or export of `target` at a time, across processes (an flock).
-
-    The lock file lives in the temporary directory, named after the target's absolute path, so that
-    nothing but the store appears in the repository.
-    """
-    target.parent.mkdir(parents=True, exist_ok=True)
-    digest = hashlib.sha256(str(target.resolve()).encode()).hexdigest()[:16]
-    with open(Path(tempfile.gettempdir()) / f"librarian-vector-db-{digest}.lock", "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-def _temp_dir(target: Path, kind: str) -> Path:
-    path = Path(tempfile.mkdtemp(prefix=f".{target.name}.{kind}-", dir=target.parent))
-    # mkdtemp makes it private (0700); once swapped in it is the store, readable like any data directory.
-    path.chmod(0o755)
-    return path
-
-
-def _remove_stale_temp_dirs(target: Path) -> None:
-    # Called with the lock held: any temporary directory left is from a build that died.
-    for kind in ("build", "import"):
-        for stale in target.parent.glob(f".{target.name}.{kind}-*"):
-            shutil.rmtree(stale, ignore_errors=True)
-
-
-def _write_json_atomic(path: Path, data: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-
-
-def _carry_over_extra_files(old: Path, new: Path) -> None:
-    """Files an operator keeps in the store's folder (.gitkeep, a README) survive a rebuild or an import."""
-    if not old.is_dir():
-        return
-    for extra in old.iterdir():
-        if extra.is_file() and not _is_chroma_file(extra) and not (new / extra.name).exists():
-            shutil.copy2(extra, new / extra.name)
-
-
-def _is_chroma_file(path: Path) -> bool:
-    return path.name.startswith("chroma.sqlite3") or path.name == "manifest.json" or _is_uuid(path.name)
-
-
-def _is_uuid(name: str) -> bool:
-    try:
-        uuid.UUID(name)
-    except ValueError:
-        return False
-    return True
-
-
 # --- Build ---------------------------------------------------------------------------------------------
 
 
@@ -403,14 +178,14 @@ def build_vector_db(
     target = Path(settings.dir)
     with build_lock(target):
         recover_interrupted_swap(target)
-        _remove_stale_temp_dirs(target)
+        remove_stale_temp_dirs(target)
         incremental = not force and _reusable(settings, embedder)
-        tmp = _temp_dir(target, "build")
+        tmp = temp_dir(target, "build")
         try:
             if incremental:
                 shutil.copytree(target, tmp, dirs_exist_ok=True)
             else:
-                _carry_over_extra_files(target, tmp)
+                carry_over_extra_files(target, tmp)
             import chromadb
 
             client = chromadb.PersistentClient(path=str(tmp), settings=chroma_settings())
@@ -431,7 +206,7 @@ def build_vector_db(
                 collection.modify(metadata={MANIFEST_KEY: json.dumps(manifest, sort_keys=True)})
             finally:
                 client.close()
-            _write_json_atomic(tmp / "manifest.json", manifest)
+            write_json_atomic(tmp / "manifest.json", manifest)
             swap_directory(tmp, target)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -440,7 +215,7 @@ def build_vector_db(
         settings
     )  # this process's readers reopen the new files; other processes see the manifest change
     if Path(settings.manifest_path).resolve() != (target / "manifest.json").resolve():
-        _write_json_atomic(Path(settings.manifest_path), manifest)
+        write_json_atomic(Path(settings.manifest_path), manifest)
     return manifest
 
 
@@ -510,7 +285,7 @@ def _build_on_server(
         client.delete_collection(settings.collection)
     staging.modify(name=settings.collection)
     release_client(settings)
-    _write_json_atomic(Path(settings.manifest_path), manifest)
+    write_json_atomic(Path(settings.manifest_path), manifest)
     return manifest
 
 
@@ -595,8 +370,8 @@ def import_zip(zip_path: str | Path, settings: VectorSettings, *, embedder: Embe
     target = Path(settings.dir)
     with build_lock(target):
         recover_interrupted_swap(target)
-        _remove_stale_temp_dirs(target)
-        tmp = _temp_dir(target, "import")
+        remove_stale_temp_dirs(target)
+        tmp = temp_dir(target, "import")
         try:
             with zipfile.ZipFile(zip_path) as archive:
                 top, members = _safe_members(archive)
@@ -619,11 +394,11 @@ def import_zip(zip_path: str | Path, settings: VectorSettings, *, embedder: Embe
                 manifest = VectorStore(settings=check, embedder=embedder, client=client).manifest
             finally:
                 client.close()
-            _carry_over_extra_files(target, unpacked)
+            carry_over_extra_files(target, unpacked)
             swap_directory(unpacked, target)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     release_client(settings)
     if Path(settings.manifest_path).resolve() != (target / "manifest.json").resolve():
-        _write_json_atomic(Path(settings.manifest_path), manifest)
+        write_json_atomic(Path(settings.manifest_path), manifest)
     return manifest

@@ -24,7 +24,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from .embeddings import LRU, Embedder, get_embedder
+from core.caches import LRU
+
+from .embeddings import Embedder, get_embedder
 from .errors import InvalidQuery, VectorStoreUnavailable
 from .types import Filters, Hit
 from .vector_config import VectorSettings

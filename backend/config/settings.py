@@ -49,7 +49,13 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    # Outermost: whatever Django answers by itself under /api/ (no route, a crash, DEBUG's pages) becomes
+    # the API's one error shape.
+    "apps.core.http_errors.ApiErrorShapeMiddleware",
     "django.middleware.security.SecurityMiddleware",
+    # Static files (admin, Swagger UI, ReDoc) served by the API process itself, compressed and with
+    # content-hashed names cached for a year: gunicorn serves nothing else (`collectstatic` fills STATIC_ROOT).
+    "whitenoise.middleware.WhiteNoiseMiddleware",
     # Oversized bodies get 413 in the API's error shape before anything reads them.
     "apps.core.http_errors.RequestSizeLimitMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -271,6 +277,8 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
+    # No request leaves the host from the docs pages: Swagger UI's online validator badge is off.
+    "SWAGGER_UI_SETTINGS": {"deepLinking": True, "validatorUrl": None},
     "COMPONENT_SPLIT_REQUEST": True,
     # Several fields are called "status" with different choices: name each set explicitly.
     "ENUM_NAME_OVERRIDES": {
@@ -288,6 +296,12 @@ USE_I18N = True
 USE_TZ = True
 STATIC_URL = "static/"
 STATIC_ROOT = VAR_DIR / "static"
+STATIC_ROOT.mkdir(exist_ok=True)  # WhiteNoise warns at start-up about a missing one (before collectstatic)
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    # collectstatic writes each file under a content-hashed name with .gz beside it; WhiteNoise serves them.
+    "staticfiles": {"BACKEND": "whitenoise.storage.CompressedManifestStaticFilesStorage"},
+}
 
 # --- Logging ------------------------------------------------------------------------------------
 LOG_LEVEL = env.str("LOG_LEVEL", "INFO")

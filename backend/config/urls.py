@@ -7,10 +7,12 @@ urlpatterns = [
     path("api/", include("apps.agent.urls")),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="swagger-ui"),
-    path("api/redoc/", SpectacularRedocView.as_view(url_name="schema"), name="redoc"),
+    path(
+        "api/redoc/",
+        SpectacularRedocView.as_view(url_name="schema", template_name="api_docs/redoc.html"),
+        name="redoc",
+    ),
 ]
 
-# Under /api/, errors that never reach a DRF view keep the API's error shape (apps.core.http_errors).
-handler400 = "apps.core.http_errors.bad_request"
-handler404 = "apps.core.http_errors.page_not_found"
-handler500 = "apps.core.http_errors.server_error"
+# Under /api/, errors that never reach a DRF view keep the API's error shape: ApiErrorShapeMiddleware
+# (apps.core.http_errors), in every mode.

@@ -149,10 +149,7 @@ class Flower:
                 [
                     sys.executable,
                     "-m",
-                    "celery",
-                    "-A",
-                    "config.celery_app",
-                    "flower",
+                    "config.flower",
                     "--address=127.0.0.1",
                     f"--port={port}",
                     f"--basic-auth={auth[0]}:{auth[1]}",

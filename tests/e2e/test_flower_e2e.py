@@ -69,3 +69,23 @@ def test_flower_shows_the_finished_job_task_with_ids_only_and_requires_auth(stac
     # The health check stays open (compose probes it without credentials) and says nothing else.
     health = httpx.get(f"{flower.base}/healthcheck", timeout=5)
     assert (health.status_code, health.text) == (200, "OK")
+
+
+def test_flower_metrics_need_the_same_basic_auth(redis_url):
+    """/metrics names task types, workers and queues: behind the basic auth, as `make up` and compose run it
+    (Flower alone leaves it open; config/flower.py closes it). /healthcheck alone stays open."""
+    import os
+
+    env = {**os.environ, "REDIS_URL": redis_url, "CELERY_BROKER_URL": redis_url, "PYTHONUNBUFFERED": "1"}
+    flower = Flower(env, auth=AUTH, log_name="e2e-flower-metrics")
+    try:
+        flower.wait_ready()
+        assert httpx.get(f"{flower.base}/metrics", timeout=5).status_code == 401
+        assert httpx.get(f"{flower.base}/metrics", auth=(AUTH[0], "wrong"), timeout=5).status_code == 401
+        scraped = httpx.get(f"{flower.base}/metrics", auth=AUTH, timeout=5)
+        assert scraped.status_code == 200
+        assert "flower_events_total" in scraped.text or "# HELP" in scraped.text
+        health = httpx.get(f"{flower.base}/healthcheck", timeout=5)
+        assert (health.status_code, health.text) == (200, "OK")
+    finally:
+        flower.stop()

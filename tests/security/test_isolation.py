@@ -13,9 +13,9 @@ from dataclasses import dataclass
 import pytest
 from django.db import transaction
 from django.urls import URLPattern, URLResolver, get_resolver, reverse
-from django.utils import timezone
 
 from apps.agent.models import AgentJob, Batch, JobStatus
+from apps.agent.tests.factories import batch_make, job_make
 
 pytestmark = [pytest.mark.security, pytest.mark.django_db]
 
@@ -170,30 +170,16 @@ def alice_objects(user, known_settings):
 
     known_settings.WEBHOOK_ALLOWED_HOSTS = ["hooks.example.com"]
 
-    def job(**fields) -> AgentJob:
-        defaults = dict(
-            owner=user,
-            query="books about whales",
-            options={"top_k": 3, "filters": {}},
-            timeout_sec=60,
-            cost_mode="paid",
-            key_source="none",
-            provider="stub",
-            model="stub",
-        )
-        return AgentJob.objects.create(**{**defaults, **fields})
-
-    queued = job()
-    finished = job(
-        status=JobStatus.SUCCEEDED,
-        finished_at=timezone.now(),
+    queued = job_make(user, status=JobStatus.QUEUED)
+    finished = job_make(
+        user,
         result={"message": "Moby-Dick", "results": [], "actions": []},
         webhook_url="https://hooks.example.com/alice",
     )
     with transaction.atomic():
         job_event_enqueue(job=finished)
-    batch = Batch.objects.create(owner=user, source="queries")
-    job(batch=batch)
+    batch = batch_make(user, completed=False)
+    job_make(user, status=JobStatus.QUEUED, batch=batch)
     return {"queued": queued, "finished": finished, "batch": batch}
 
 
@@ -254,20 +240,11 @@ def test_the_owner_can_cancel_and_redeliver(api, alice_objects):
 
 @pytest.mark.parametrize("endpoint", COLLECTION_ENDPOINTS, ids=lambda e: e.route)
 def test_lists_show_only_the_callers_objects(api, other_api, alice_objects, other_user, endpoint):
-    mallory_job = AgentJob.objects.create(
-        owner=other_user,
-        query="mallory's own question",
-        options={"top_k": 3, "filters": {}},
-        timeout_sec=60,
-        cost_mode="paid",
-        key_source="none",
-        provider="stub",
-        model="stub",
-    )
+    mallory_job = job_make(other_user, status=JobStatus.QUEUED, query="mallory's own question")
     alice_ids = {str(j.id) for j in AgentJob.objects.filter(owner=alice_objects["queued"].owner)}
     alice_ids |= {str(b.id) for b in Batch.objects.filter(owner=alice_objects["queued"].owner)}
 
-    for query in ("", "?status=queued", "?status=succeeded", "?limit=1000", "?offset=0&limit=1"):
+    for query in ("", "?status=queued", "?status=succeeded", "?limit=100", "?offset=0&limit=1"):
         response = other_api.get(endpoint.url() + query)
         if response.status_code == 400:
             continue  # a filter this list does not take

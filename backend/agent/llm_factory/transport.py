@@ -15,9 +15,10 @@ import math
 import os
 import threading
 import time
-from collections import OrderedDict
 from types import ModuleType
 from typing import Any
+
+from cachetools import LRUCache
 
 #: Clients kept per process (per event loop for async); each user key and pool shard is one entry.
 CLIENT_CACHE_SIZE = 256
@@ -125,9 +126,11 @@ class _ClientSet:
     """
 
     def __init__(self, new_http: Any, new_client: Any, maxsize: int):
-        self._new_http, self._new_client, self._maxsize = new_http, new_client, maxsize
+        self._new_http, self._new_client = new_http, new_client
         self._http: dict[tuple[str, int, int], Any] = {}
-        self._clients: OrderedDict[tuple[str, str, int], Any] = OrderedDict()
+        # Least recently used first out: dropped, not closed (another thread may be using it; the shared
+        # pool stays open anyway). Callers hold the _ClientCache lock.
+        self._clients: LRUCache[tuple[str, str, int], Any] = LRUCache(maxsize=maxsize)
         self._turn = itertools.count()
 
     def get(self, openai: ModuleType, base_url: str, api_key: str, pool_size: int) -> Any:
@@ -142,10 +145,6 @@ class _ClientSet:
                     math.ceil(pool_size / shards)
                 )
             client = self._clients[key] = self._new_client(openai, base_url, api_key, pool_size, http)
-            while len(self._clients) > self._maxsize:
-                # Dropped, not closed: another thread may be using it; the shared pool stays open anyway.
-                self._clients.popitem(last=False)
-        self._clients.move_to_end(key)
         return client
 
 

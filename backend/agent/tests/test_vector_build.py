@@ -16,7 +16,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from agent import vector_build
+from agent import atomic_swap, datasets
+from agent.datasets import DatasetError, load_dataset
 from agent.embeddings import LocalE5Embedder
 from agent.errors import VectorStoreUnavailable
 from agent.tests.vector_helpers import (
@@ -27,7 +28,7 @@ from agent.tests.vector_helpers import (
     vector_settings,
 )
 from agent.types import Document
-from agent.vector_build import DatasetError, build_vector_db, export_zip, import_zip, load_dataset
+from agent.vector_build import build_vector_db, export_zip, import_zip
 from agent.vector_store import VectorStore, open_store, release_client
 
 
@@ -69,7 +70,7 @@ def test_manifest_describes_the_build(vsettings):
         "embedding_version": "1",
         "embedding_dim": 64,
         "dataset_source": "test",
-        "dataset_sha256": vector_build.dataset_sha256(docs),
+        "dataset_sha256": datasets.dataset_sha256(docs),
         "chromadb_version": "1.5.9",
         "incremental": False,
         "added": 10,
@@ -86,7 +87,7 @@ def test_manifest_describes_the_build(vsettings):
 
 def test_dataset_hash_does_not_depend_on_order():
     docs = book_documents()
-    assert vector_build.dataset_sha256(docs) == vector_build.dataset_sha256(list(reversed(docs)))
+    assert datasets.dataset_sha256(docs) == datasets.dataset_sha256(list(reversed(docs)))
 
 
 def test_rebuild_of_an_unchanged_dataset_embeds_nothing(vsettings):
@@ -262,11 +263,11 @@ def test_a_failure_mid_build_keeps_the_old_store(vsettings):
 def test_an_interrupted_swap_is_recovered(vsettings, monkeypatch):
     # Given a store, and a crash of the fallback swap between its two renames (target moved to the backup)
     before = build(book_documents(), vsettings, FakeEmbedder())
-    backup = vector_build._backup_path(vsettings.dir)
+    backup = atomic_swap._backup_path(vsettings.dir)
     vsettings.dir.rename(backup)
     (vsettings.dir.parent / f".{vsettings.dir.name}.build-dead").mkdir()
     # When the next build runs (through the fallback path, as on a system without renameat2)
-    monkeypatch.setattr(vector_build, "_exchange", lambda a, b: False)
+    monkeypatch.setattr(atomic_swap, "_exchange", lambda a, b: False)
     counting = CountingEmbedder(FakeEmbedder())
     after = build(book_documents(), vsettings, counting)
     # Then the old store was restored and reused (nothing re-embedded), and no leftovers remain

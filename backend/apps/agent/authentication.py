@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import threading
 import time
 from typing import Any
 
@@ -22,17 +21,18 @@ from django.db.models.signals import post_delete, post_save
 from rest_framework.authentication import TokenAuthentication
 from rest_framework.authtoken.models import Token
 
+from core.caches import LRU
+
 #: Tokens remembered per process at most (the oldest is forgotten first).
 MAX_TOKENS = 10_000
 
-_checked: dict[str, tuple[float, Any, Any]] = {}
-_lock = threading.Lock()
+#: sha256 of a key -> (valid until, user, token): the least recently used is forgotten first.
+_checked = LRU(MAX_TOKENS)
 
 
 def forget_all(**kwargs: Any) -> None:
     """Empty this process's memory of checked tokens."""
-    with _lock:
-        _checked.clear()
+    _checked.clear()
 
 
 class CachedTokenAuthentication(TokenAuthentication):
@@ -49,10 +49,7 @@ class CachedTokenAuthentication(TokenAuthentication):
             # A copy: a request may set attributes on its user; other threads hold the same entry.
             return copy.copy(entry[1]), entry[2]
         user, token = super().authenticate_credentials(key)  # raises AuthenticationFailed
-        with _lock:
-            if len(_checked) >= MAX_TOKENS:
-                _checked.pop(next(iter(_checked)))
-            _checked[digest] = (now + ttl, copy.copy(user), token)
+        _checked.put(digest, (now + ttl, copy.copy(user), token))
         return user, token
 
 

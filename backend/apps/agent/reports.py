@@ -144,19 +144,20 @@ def report_html(*, batch: Batch, view: dict[str, Any]) -> str:
     )
 
 
-class CSVRenderer(BaseRenderer):
+class _TextRenderer(BaseRenderer):
+    """A report already rendered to text by this module: sent as UTF-8."""
+
+    charset = "utf-8"
+
+    def render(self, data, accepted_media_type=None, renderer_context=None):
+        return data.encode("utf-8") if isinstance(data, str) else data
+
+
+class CSVRenderer(_TextRenderer):
     media_type = "text/csv"
     format = "csv"
-    charset = "utf-8"
-
-    def render(self, data, accepted_media_type=None, renderer_context=None):
-        return data.encode("utf-8") if isinstance(data, str) else data
 
 
-class HTMLRenderer(BaseRenderer):
+class HTMLRenderer(_TextRenderer):
     media_type = "text/html"
     format = "html"
-    charset = "utf-8"
-
-    def render(self, data, accepted_media_type=None, renderer_context=None):
-        return data.encode("utf-8") if isinstance(data, str) else data

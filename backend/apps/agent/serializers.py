@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from datetime import datetime
 
 from django.conf import settings
 from drf_spectacular.extensions import OpenApiSerializerExtension
@@ -117,15 +118,27 @@ class ActionSerializer(serializers.Serializer):
     filters = serializers.DictField(required=False)
 
 
+class TimestampField(serializers.DateTimeField):
+    """A timestamp rendered as every other one in the API (ISO 8601, UTC, "Z"), whether it comes as a
+    datetime (a stored trace step) or as the pipeline's ISO string (the synchronous endpoint)."""
+
+    def to_representation(self, value):
+        if isinstance(value, str):
+            value = datetime.fromisoformat(value)
+        return super().to_representation(value)
+
+
 # A trace step: the fields of `agent.types.TraceStep` (derived, not retyped: the one definition of the
 # shape), all present in every step, plus the attempt that ran it (stored steps only).
 class TraceStepSerializer(DataclassSerializer):
     attempt = serializers.IntegerField(required=False)
+    # The dataclass carries an ISO string; rendered like every other timestamp of the API.
+    started_at = TimestampField()
 
     class Meta:
         dataclass = types.TraceStep
         fields = ["name", "attempt", *types.TRACE_STEP_FIELDS[1:]]
-        extra_kwargs = {name: {"required": True} for name in types.TRACE_STEP_FIELDS}
+        extra_kwargs = {name: {"required": True} for name in types.TRACE_STEP_FIELDS if name != "started_at"}
 
 
 class ErrorObjectSerializer(serializers.Serializer):

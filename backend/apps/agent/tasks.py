@@ -8,7 +8,7 @@ from celery import shared_task
 from django.db import InterfaceError, OperationalError, close_old_connections, connection
 
 from apps.agent.models import AgentJob
-from apps.agent.services import jobs
+from apps.agent.services import job_execution, jobs
 from apps.core import publish
 
 logger = logging.getLogger(__name__)
@@ -21,7 +21,7 @@ RELEASE_TRIES = 3
 
 def _run(task, job_id: str) -> str | None:
     try:
-        return jobs.job_run(job_id=job_id)
+        return job_execution.job_run(job_id=job_id)
     except (OperationalError, InterfaceError) as exc:
         # The database dropped under us: drop the broken connection, hand the attempt back, try again.
         logger.warning("database error while running job %s: %s; retrying", job_id, type(exc).__name__)
@@ -35,7 +35,7 @@ def _release_after_database_error(job_id: str) -> bool:
         connection.close()
         try:
             job = AgentJob.objects.only("attempts").get(id=job_id)
-            return jobs.job_release(job_id=job_id, attempt=job.attempts)
+            return job_execution.job_release(job_id=job_id, attempt=job.attempts)
         except (OperationalError, InterfaceError):
             continue
     return False  # still down: the sweep recovers the job once the database is back

@@ -2,20 +2,20 @@
 {"error": {"code", "message", "details"}}.
 
 `exception_handler` (DRF's EXCEPTION_HANDLER) renders `ApplicationError`s and DRF's own exceptions;
-`RequestSizeLimitMiddleware` refuses oversized bodies before anything reads them; `bad_request`,
-`page_not_found` and `server_error` are Django's error views (config/urls.py) for what never reaches a
-DRF view. Unknown exceptions stay 500: they are bugs.
+`RequestSizeLimitMiddleware` refuses oversized bodies before anything reads them;
+`ApiErrorShapeMiddleware` (the outermost) rewrites what Django answers by itself under /api/ (no route, a
+crash outside a view, DEBUG's pages). Unknown exceptions stay 500: they are bugs.
 """
 
 from __future__ import annotations
 
+from http import HTTPStatus
 from typing import Any
 
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction
 from django.conf import settings
 from django.core.exceptions import PermissionDenied, RequestDataTooBig, SuspiciousOperation
 from django.http import Http404, JsonResponse
-from django.views import defaults
 from rest_framework import exceptions
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
@@ -114,28 +114,62 @@ class RequestSizeLimitMiddleware:
         return None
 
 
-# --- Django's error views (config/urls.py), for what never reaches a DRF view ---------------------------
-# A URL that matches no route (e.g. /api/agent/jobs/not-a-uuid), a Host header that is not allowed, or a
-# crash outside DRF would otherwise be an HTML page; under /api/ they keep the one error shape.
+# --- Everything under /api/ that DRF never rendered ------------------------------------------------------
+# A URL that matches no route (e.g. /api/agent/jobs/not-a-uuid), a Host header that is not allowed, a CSRF
+# refusal or a crash outside DRF: Django renders these as HTML pages, and with DEBUG=true as its debug pages
+# (which list every URL pattern). Under /api/ they keep the one error shape, in every mode.
+
+# The code of an error by status, for responses that carry no code of their own.
+STATUS_CODES = {
+    400: "bad_request",
+    401: "not_authenticated",
+    403: "permission_denied",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "request_too_large",
+    414: "uri_too_long",
+    431: "request_header_fields_too_large",
+    500: "internal_error",
+}
+STATUS_MESSAGES = {
+    400: "Bad request.",
+    403: "Forbidden.",
+    404: "No such endpoint or object.",
+    405: "Method not allowed.",
+    500: "Internal server error.",
+}
 
 
-def _is_api(request) -> bool:
-    return request.path.startswith("/api/")
+def status_error_body(status_code: int, message: str | None = None) -> dict[str, Any]:
+    """The error shape for a bare HTTP status (Django's own error pages, gunicorn's: config/gunicorn.conf.py)."""
+    try:
+        default = HTTPStatus(status_code).phrase + "."
+    except ValueError:
+        default = "Error."
+    return error_body(
+        STATUS_CODES.get(status_code, "error"), message or STATUS_MESSAGES.get(status_code, default)
+    )
 
 
-def bad_request(request, exception=None):
-    if _is_api(request):
-        return JsonResponse(error_body("bad_request", "Bad request."), status=400)
-    return defaults.bad_request(request, exception)
+class ApiErrorShapeMiddleware:
+    """Outermost middleware: an error response under /api/ that is not JSON becomes the one error shape.
 
+    DRF's views already answer in it (exception_handler); this catches what Django answers by itself.
+    The status and an `Allow` header are kept; the page's body (HTML) is dropped.
+    """
 
-def page_not_found(request, exception=None):
-    if _is_api(request):
-        return JsonResponse(error_body("not_found", "No such endpoint or object."), status=404)
-    return defaults.page_not_found(request, exception)
+    def __init__(self, get_response):
+        self.get_response = get_response
 
-
-def server_error(request):
-    if _is_api(request):
-        return JsonResponse(error_body("internal_error", "Internal server error."), status=500)
-    return defaults.server_error(request)
+    def __call__(self, request):
+        response = self.get_response(request)
+        if (
+            response.status_code >= 400
+            and request.path.startswith("/api/")
+            and not response.get("Content-Type", "").startswith("application/json")
+        ):
+            shaped = JsonResponse(status_error_body(response.status_code), status=response.status_code)
+            if response.has_header("Allow"):
+                shaped["Allow"] = response["Allow"]
+            return shaped
+        return response

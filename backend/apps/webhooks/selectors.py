@@ -4,14 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from core.timestamps import iso_z
+
 from .models import Delivery, WebhookSecret
 
 # The job view shows the latest attempts only; the admin shows them all.
 ATTEMPTS_SHOWN = 20
-
-
-def _iso(value) -> str | None:
-    return value.isoformat().replace("+00:00", "Z") if value else None
 
 
 def delivery_state_for_job(job: Any) -> dict[str, Any] | None:
@@ -36,14 +34,14 @@ def delivery_state_for_job(job: Any) -> dict[str, Any] | None:
         "series": delivery.series,
         "last_status_code": delivery.last_status_code,
         "last_error": delivery.last_error,
-        "next_attempt_at": _iso(delivery.next_attempt_at),
-        "created_at": _iso(delivery.created_at),
-        "finished_at": _iso(delivery.finished_at),
+        "next_attempt_at": iso_z(delivery.next_attempt_at),
+        "created_at": iso_z(delivery.created_at),
+        "finished_at": iso_z(delivery.finished_at),
         "attempt_log": [
             {
                 "series": attempt.series,
                 "number": attempt.number,
-                "at": _iso(attempt.started_at),
+                "at": iso_z(attempt.started_at),
                 "status_code": attempt.status_code,
                 "duration_ms": round(attempt.duration_ms, 1),
                 "outcome": attempt.outcome,

@@ -18,12 +18,9 @@ pytestmark = [
 
 @pytest.fixture
 def job(django_user_model):
-    from agent.types import AgentOptions
-    from apps.agent.services import jobs
+    from apps.agent.tests.factories import job_submit
 
-    user = django_user_model.objects.create_user(username="writer")
-    created, _ = jobs.job_create(owner=user, query="whales", options=AgentOptions(top_k=1), enqueue=False)
-    return created
+    return job_submit(django_user_model.objects.create_user(username="writer"), top_k=1)
 
 
 def write_lock():

@@ -16,6 +16,7 @@ from apps.agent.apis.common import (
     ERRORS,
     IDEMPOTENCY_PARAM,
     POLL_AFTER_SEC,
+    TOO_LARGE,
     idempotency_key_from,
     webhook_url_from,
 )
@@ -107,6 +108,7 @@ class BatchListCreateApi(APIView):
             422: OpenApiResponse(
                 ErrorResponseSerializer, description="Idempotency-Key reused with another body."
             ),
+            **TOO_LARGE,
             429: OpenApiResponse(ErrorResponseSerializer, description="Throttled (scope batch_create)."),
         },
         examples=[
@@ -192,6 +194,11 @@ class BatchReportApi(APIView):
     renderer_classes = [CSVRenderer, HTMLRenderer]
 
     def perform_content_negotiation(self, request, force=False):
+        if not force and request.query_params.get("format", "csv") not in ("csv", "html"):
+            # DRF takes an empty `format=` for no format at all (and answers CSV); the schema's enum says no.
+            raise ValidationFailed(
+                "format must be csv or html.", code="invalid_format", details={"format": ["csv", "html"]}
+            )
         try:
             return super().perform_content_negotiation(request, force=force)
         except Http404:  # DRF's answer to an unknown ?format=

@@ -25,6 +25,13 @@ ERRORS = {
     401: OpenApiResponse(ErrorResponseSerializer, description="Missing or invalid credentials."),
     404: OpenApiResponse(ErrorResponseSerializer, description="No such object for this user."),
 }
+# Operations that take a body: RequestSizeLimitMiddleware refuses one over DATA_UPLOAD_MAX_MEMORY_SIZE.
+TOO_LARGE = {
+    413: OpenApiResponse(
+        ErrorResponseSerializer,
+        description="`request_too_large`: the body is larger than DATA_UPLOAD_MAX_MEMORY_SIZE (64 KiB by default).",
+    )
+}
 BYO_PARAM = OpenApiParameter(
     BYO_KEY_HEADER,
     OpenApiTypes.STR,

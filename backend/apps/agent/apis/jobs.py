@@ -18,6 +18,7 @@ from apps.agent.apis.common import (
     ERRORS,
     IDEMPOTENCY_PARAM,
     POLL_AFTER_SEC,
+    TOO_LARGE,
     UNAUTHENTICATED_RESPONSE,
     byo_key_from,
     idempotency_key_from,
@@ -113,7 +114,8 @@ class JobListCreateApi(APIView):
             422: OpenApiResponse(
                 ErrorResponseSerializer, description="Idempotency-Key reused with another body."
             ),
-            429: OpenApiResponse(ErrorResponseSerializer, description="Throttled."),
+            **TOO_LARGE,
+            429: OpenApiResponse(ErrorResponseSerializer, description="Throttled (scope job_create)."),
             503: OpenApiResponse(ErrorResponseSerializer, description="A required service is down."),
         },
         examples=[
@@ -250,7 +252,15 @@ class AgentSyncApi(APIView):
         summary="Ask the agent and wait for the answer (same pipeline, within the request)",
         request=AgentQuerySerializer,
         parameters=[BYO_PARAM],
-        responses={200: AgentResponseSerializer, **ERRORS},
+        responses={
+            200: AgentResponseSerializer,
+            **ERRORS,
+            **TOO_LARGE,
+            429: OpenApiResponse(
+                ErrorResponseSerializer,
+                description="Throttled (scope job_create, shared with job submission).",
+            ),
+        },
     )
     def post(self, request):
         data = AgentQuerySerializer(data=request.data)

@@ -49,15 +49,18 @@ class FakeStore:
 
 @pytest.fixture
 def store(monkeypatch) -> FakeStore:
-    from apps.agent.services import jobs, retrieval
+    from apps.agent.services import retrieval
+    from apps.agent.tests.wiring import wire_runtime
 
     fake = FakeStore()
-    monkeypatch.setattr(jobs, "get_retriever", lambda: fake)
-    monkeypatch.setattr(
-        jobs,
-        "exact_search",
-        lambda q, k, f: [Hit("7", "Exact Match", "Some One", 1900, 1.0, {"genres": [], "synopsis": ""})][:k],
+    identity = {"collection": "libros", "document_count": 3}
+    wire_runtime(
+        monkeypatch,
+        retriever=lambda: fake,
+        exact_search=lambda q, k, f: [
+            Hit("7", "Exact Match", "Some One", 1900, 1.0, {"genres": [], "synopsis": ""})
+        ][:k],
+        store_identity=lambda: identity,
     )
-    monkeypatch.setattr(jobs, "store_identity", lambda: {"collection": "libros", "document_count": 3})
-    monkeypatch.setattr(retrieval, "store_identity", lambda: {"collection": "libros", "document_count": 3})
+    monkeypatch.setattr(retrieval, "store_identity", lambda: identity)  # batches record it too
     return fake

@@ -14,28 +14,11 @@ from django.utils import timezone
 from agent.types import AgentOptions, Filters
 from apps.agent import selectors
 from apps.agent.models import AgentJob, Batch, JobStatus
-from apps.agent.services import batches, jobs, retrieval
+from apps.agent.services import batches, job_execution, jobs, retrieval
+from apps.agent.tests.factories import job_finished
 from core.errors import Conflict, IdempotencyMismatch, ValidationFailed
 
 pytestmark = pytest.mark.django_db
-
-
-def past_job(owner, query="whales", *, ids=("1", "2"), options=None, **fields) -> AgentJob:
-    """A finished job with known results, as the parent of a re-run."""
-    job, _ = jobs.job_create(
-        owner=owner, query=query, options=options or AgentOptions(top_k=2), enqueue=False
-    )
-    values = {
-        "status": JobStatus.SUCCEEDED,
-        "result": {"message": "m", "results": [{"id": i} for i in ids], "actions": []},
-        "latency_ms": 100.0,
-        "cost_usd": Decimal("0.001"),
-        "finished_at": timezone.now(),
-        **fields,
-    }
-    AgentJob.objects.filter(id=job.id).update(**values)
-    job.refresh_from_db()
-    return job
 
 
 def finish(job: AgentJob, *, ids=(), **fields) -> None:
@@ -78,7 +61,7 @@ def test_queries_become_ordinary_queued_jobs_of_the_batch(user, settings):
 
 def test_rerun_of_ids_copies_query_and_options_and_applies_overrides(user, settings):
     settings.LLM = dataclasses.replace(settings.LLM, provider="openai_compatible", api_key="sk-test")
-    parent = past_job(user, "novelas", options=AgentOptions(top_k=3, filters=Filters(language="es")))
+    parent = job_finished(user, "novelas", options=AgentOptions(top_k=3, filters=Filters(language="es")))
     batch, _ = batches.batch_create(
         owner=user, job_ids=[parent.id], overrides={"model": "gpt-4o-mini", "top_k": 7, "cost_mode": "hybrid"}
     )
@@ -91,7 +74,7 @@ def test_rerun_of_ids_copies_query_and_options_and_applies_overrides(user, setti
 
 
 def test_filters_override_replaces_the_parents_filters(user):
-    parent = past_job(user, options=AgentOptions(top_k=3, filters=Filters(language="es", year_min=1900)))
+    parent = job_finished(user, options=AgentOptions(top_k=3, filters=Filters(language="es", year_min=1900)))
     batch, _ = batches.batch_create(
         owner=user, job_ids=[parent.id], overrides={"filters": {"genres": ["fantasy"]}}
     )
@@ -99,7 +82,7 @@ def test_filters_override_replaces_the_parents_filters(user):
 
 
 def test_repeated_ids_count_once_in_first_order(user):
-    a, b = past_job(user, "a"), past_job(user, "b")
+    a, b = job_finished(user, "a"), job_finished(user, "b")
     batch, _ = batches.batch_create(owner=user, job_ids=[b.id, a.id, b.id])
     assert batch.size == 2
     assert [j.parent_id for j in AgentJob.objects.filter(batch=batch).order_by("created_at", "id")] == [
@@ -110,12 +93,12 @@ def test_repeated_ids_count_once_in_first_order(user):
 
 def test_filter_selects_the_owners_finished_jobs_in_range(user, other_user):
     now = timezone.now()
-    old = past_job(user, "old", degraded=True)
+    old = job_finished(user, "old", degraded=True)
     AgentJob.objects.filter(id=old.id).update(created_at=now - timedelta(days=10))
-    recent_degraded = past_job(user, "recent degraded", degraded=True)
-    past_job(user, "recent fine")
-    past_job(user, "failed degraded", status=JobStatus.FAILED, degraded=True)
-    past_job(other_user, "not mine", degraded=True)
+    recent_degraded = job_finished(user, "recent degraded", degraded=True)
+    job_finished(user, "recent fine")
+    job_finished(user, "failed degraded", status=JobStatus.FAILED, degraded=True)
+    job_finished(other_user, "not mine", degraded=True)
     jobs.job_create(owner=user, query="still queued", options=AgentOptions(), enqueue=False)
 
     job_filter = batches.JobFilter(
@@ -132,7 +115,7 @@ def test_filter_selects_the_owners_finished_jobs_in_range(user, other_user):
 
 
 def test_created_before_is_exclusive(user):
-    job = past_job(user)
+    job = job_finished(user)
     with pytest.raises(ValidationFailed) as excinfo:
         batches.batch_create(owner=user, job_filter=batches.JobFilter(created_before=job.created_at))
     assert error_code(excinfo) == "batch_empty"
@@ -155,7 +138,7 @@ def test_created_before_is_exclusive(user):
 )
 def test_refusals_write_nothing(user, monkeypatch, kwargs, code):
     monkeypatch.setattr(retrieval, "store_identity", lambda: {"build_id": "b1"})
-    past_job(user)
+    job_finished(user)
     before = AgentJob.objects.count()
     with pytest.raises(ValidationFailed) as excinfo:
         batches.batch_create(owner=user, **kwargs)
@@ -166,7 +149,7 @@ def test_refusals_write_nothing(user, monkeypatch, kwargs, code):
 
 def test_too_many_queries_or_ids_or_matches(user, settings):
     settings.AGENT_BATCH_MAX_SIZE = 3
-    parents = [past_job(user, f"q{i}") for i in range(5)]
+    parents = [job_finished(user, f"q{i}") for i in range(5)]
     with pytest.raises(ValidationFailed) as excinfo:
         batches.batch_create(owner=user, queries=["a", "b", "c", "d"])
     assert (excinfo.value.code, excinfo.value.details) == ("batch_too_large", {"count": 4, "max": 3})
@@ -181,8 +164,8 @@ def test_too_many_queries_or_ids_or_matches(user, settings):
 
 
 def test_another_users_jobs_are_reported_missing_like_unknown_ids(user, other_user):
-    mine = past_job(user)
-    theirs = past_job(other_user)
+    mine = job_finished(user)
+    theirs = job_finished(other_user)
     unknown = uuid.uuid4()
     with pytest.raises(ValidationFailed) as excinfo:
         batches.batch_create(owner=user, job_ids=[mine.id, theirs.id, unknown])
@@ -266,7 +249,7 @@ def test_batch_jobs_run_after_commit_and_complete_the_batch(user, store, django_
 
 
 def test_progress_while_running_and_no_comparison_before_the_end(user):
-    parents = [past_job(user, f"q{i}") for i in range(4)]
+    parents = [job_finished(user, f"q{i}") for i in range(4)]
     batch, _ = batches.batch_create(owner=user, job_ids=[p.id for p in parents])
     children = list(AgentJob.objects.filter(batch=batch).order_by("created_at", "id"))
     finish(children[0], ids=("1", "2"))
@@ -288,11 +271,11 @@ def test_progress_while_running_and_no_comparison_before_the_end(user):
 
 
 def test_comparison_on_crafted_parents(user):
-    p_same = past_job(user, "same", ids=("1", "2", "3"), latency_ms=100.0, cost_usd=Decimal("0.001"))
-    p_order = past_job(user, "order", ids=("1", "2", "3"), latency_ms=100.0, cost_usd=Decimal("0.001"))
-    p_books = past_job(user, "books", ids=("1", "2"), latency_ms=200.0, cost_usd=Decimal("0.002"))
-    p_fail = past_job(user, "fails now", ids=("5",), degraded=True)
-    p_deleted = past_job(user, "parent deleted later", ids=("1",))
+    p_same = job_finished(user, "same", ids=("1", "2", "3"), latency_ms=100.0, cost_usd=Decimal("0.001"))
+    p_order = job_finished(user, "order", ids=("1", "2", "3"), latency_ms=100.0, cost_usd=Decimal("0.001"))
+    p_books = job_finished(user, "books", ids=("1", "2"), latency_ms=200.0, cost_usd=Decimal("0.002"))
+    p_fail = job_finished(user, "fails now", ids=("5",), degraded=True)
+    p_deleted = job_finished(user, "parent deleted later", ids=("1",))
     batch, _ = batches.batch_create(
         owner=user, job_ids=[p_same.id, p_order.id, p_books.id, p_fail.id, p_deleted.id]
     )
@@ -380,7 +363,7 @@ def test_cancel_cancels_queued_and_asks_running_to_stop(user):
     assert batches.batch_cancel(batch=batch).status == "cancelling"  # idempotent
 
     # The running job stops at its next step boundary; the batch then ends as cancelled.
-    jobs._job_finish_cancelled(AgentJob.objects.get(id=running.id), 1)
+    job_execution._job_finish_cancelled(AgentJob.objects.get(id=running.id), 1)
     batch.refresh_from_db()
     assert batch.status == "cancelled" and batch.completed_at is not None
 

@@ -288,6 +288,8 @@ def test_report_is_negotiable_by_accept_and_csv_by_default(api, finished_rerun):
 def test_report_errors_are_json(api, finished_rerun):
     error = assert_error(api.get(f"{URL}/{finished_rerun}/report?format=pdf"), 400, "invalid_format")
     assert error["details"] == {"format": ["csv", "html"]}
+    # Empty is not in the schema's enum either (DRF alone would take it for "no format" and answer CSV).
+    assert_error(api.get(f"{URL}/{finished_rerun}/report?format="), 400, "invalid_format")
     assert_error(api.get(f"{URL}/{uuid.uuid4()}/report?format=html"), 404, "not_found")
 
 

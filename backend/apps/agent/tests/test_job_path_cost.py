@@ -13,14 +13,11 @@ from django.db import connection
 from agent.llm_factory import StubLLM
 from agent.types import AgentOptions
 from apps.agent.models import AgentJob, JobStatus
-from apps.agent.services import jobs
+from apps.agent.services import job_execution, jobs
+from apps.agent.tests.factories import job_submit
+from apps.agent.tests.wiring import wire_runtime
 
 pytestmark = pytest.mark.django_db
-
-
-def queued_job(user) -> AgentJob:
-    job, _ = jobs.job_create(owner=user, query="whales", options=AgentOptions(top_k=2), enqueue=False)
-    return job
 
 
 def test_submission_marks_the_job_published_in_its_insert(
@@ -52,13 +49,13 @@ def test_a_refused_publish_clears_the_mark_for_the_sweep(
 def test_a_job_without_webhook_costs_four_statements_and_two_savepoint_marks(
     user, store, django_assert_num_queries
 ):
-    job = queued_job(user)
+    job = job_submit(user)
 
     # claim: UPDATE, SELECT; finish: SAVEPOINT, UPDATE, INSERT (trace rows), RELEASE SAVEPOINT. The
     # savepoint statements exist only because the test runs inside a transaction; no cancel query (the
     # steps take less than CANCEL_CHECK_INTERVAL_SEC), no event lookup (no webhook, no batch).
     with django_assert_num_queries(6):
-        assert jobs.job_run(job_id=job.id) == JobStatus.SUCCEEDED
+        assert job_execution.job_run(job_id=job.id) == JobStatus.SUCCEEDED
 
     assert job.trace_steps.count() == 4
 
@@ -66,21 +63,21 @@ def test_a_job_without_webhook_costs_four_statements_and_two_savepoint_marks(
 def test_a_cancel_during_the_llm_call_is_seen_by_the_finish_without_a_query_of_its_own(
     user, store, monkeypatch, django_assert_num_queries
 ):
-    job = queued_job(user)
+    job = job_submit(user)
 
     class SlowCancelledLLM(StubLLM):
         def invoke(self, prompt, *, deadline=None):
             AgentJob.objects.filter(id=job.id).update(cancel_requested=True)  # as POST .../cancel does
-            time.sleep(jobs.CANCEL_CHECK_INTERVAL_SEC)
+            time.sleep(job_execution.CANCEL_CHECK_INTERVAL_SEC)
             return super().invoke(prompt, deadline=deadline)
 
-    monkeypatch.setattr(jobs, "_runnable_for", lambda job, key: SlowCancelledLLM())
+    wire_runtime(monkeypatch, llm_for=lambda job, key: SlowCancelledLLM())
 
     # claim: UPDATE, SELECT; the cancel in the LLM: UPDATE; finish: SAVEPOINT, the UPDATE that requires
     # no cancel (changes nothing), RELEASE; then SAVEPOINT, the UPDATE to cancelled, RELEASE (the savepoint
     # statements only because the test runs inside a transaction). No SELECT of the cancel flag.
     with django_assert_num_queries(9) as captured:
-        assert jobs.job_run(job_id=job.id) == JobStatus.CANCELLED
+        assert job_execution.job_run(job_id=job.id) == JobStatus.CANCELLED
     selects = [q["sql"] for q in captured.captured_queries if q["sql"].startswith("SELECT")]
     assert len(selects) == 1 and "cancel_requested" not in selects[0].split("WHERE")[1]  # the claim's read
 
@@ -98,40 +95,40 @@ def record_llm_calls(monkeypatch) -> list[str]:
             calls.append("llm")
             return super().invoke(prompt, deadline=deadline)
 
-    monkeypatch.setattr(jobs, "_runnable_for", lambda job, key: RecordingLLM())
+    wire_runtime(monkeypatch, llm_for=lambda job, key: RecordingLLM())
     return calls
 
 
 def test_a_slow_step_before_the_llm_call_asks_for_a_cancel_and_skips_the_call(user, store, monkeypatch):
-    job = queued_job(user)
+    job = job_submit(user)
     calls = record_llm_calls(monkeypatch)
-    real = jobs.get_retriever()
+    real = job_execution.runtime.retriever()
 
     class SlowRetriever:
         def retrieve(self, query, k, filters):
             AgentJob.objects.filter(id=job.id).update(cancel_requested=True)
-            time.sleep(jobs.CANCEL_CHECK_INTERVAL_SEC)
+            time.sleep(job_execution.CANCEL_CHECK_INTERVAL_SEC)
             return real.retrieve(query, k, filters)
 
-    monkeypatch.setattr(jobs, "get_retriever", lambda: SlowRetriever())
+    wire_runtime(monkeypatch, retriever=lambda: SlowRetriever())
 
-    assert jobs.job_run(job_id=job.id) == JobStatus.CANCELLED
+    assert job_execution.job_run(job_id=job.id) == JobStatus.CANCELLED
     assert calls == []
 
 
 def test_a_cancel_requested_before_the_claim_stops_the_job_at_the_first_boundary(user, store, monkeypatch):
-    job = queued_job(user)
+    job = job_submit(user)
     calls = record_llm_calls(monkeypatch)
-    claim = jobs.job_claim
+    claim = job_execution.job_claim
 
     def claim_then_cancel(*, job_id):
         claimed = claim(job_id=job_id)
         claimed.cancel_requested = True  # the row the claim read said so
         return claimed
 
-    monkeypatch.setattr(jobs, "job_claim", claim_then_cancel)
+    monkeypatch.setattr(job_execution, "job_claim", claim_then_cancel)
 
-    assert jobs.job_run(job_id=job.id) == JobStatus.CANCELLED
+    assert job_execution.job_run(job_id=job.id) == JobStatus.CANCELLED
     assert calls == []
 
 
@@ -148,7 +145,7 @@ def test_the_llm_wrapper_hands_the_connection_back_outside_a_transaction():
 
     AgentJob.objects.exists()  # opens this thread's connection
     assert connection.connection is not None
-    wrapped = jobs._JobLLM(Inner(), release_connection=True)
+    wrapped = job_execution.JobLLM(Inner(), release_connection=True)
     assert wrapped.called is False
 
     assert wrapped.invoke("hi", deadline=1.0) == {"content": "hi"}
@@ -164,5 +161,5 @@ def test_the_llm_wrapper_keeps_the_connection_inside_a_transaction():
 
     AgentJob.objects.exists()
 
-    assert jobs._JobLLM(Inner(), release_connection=True).invoke("hi") == {"open": True}
-    assert jobs._JobLLM(Inner()).invoke("hi") == {"open": True}  # without a pool: never released
+    assert job_execution.JobLLM(Inner(), release_connection=True).invoke("hi") == {"open": True}
+    assert job_execution.JobLLM(Inner()).invoke("hi") == {"open": True}  # without a pool: never released

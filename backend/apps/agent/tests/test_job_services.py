@@ -7,43 +7,35 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
-from agent.types import AgentOptions
 from apps.agent.models import AgentJob, JobStatus
-from apps.agent.services import jobs
+from apps.agent.services import job_execution, jobs
+from apps.agent.tests.factories import job_submit
 
 pytestmark = pytest.mark.django_db
 
 
-def make_job(user, **fields) -> AgentJob:
-    job, _ = jobs.job_create(owner=user, query="whales", options=AgentOptions(top_k=2), enqueue=False)
-    if fields:
-        AgentJob.objects.filter(id=job.id).update(**fields)
-        job.refresh_from_db()
-    return job
-
-
 def test_second_delivery_does_nothing(user, store):
-    job = make_job(user)
-    assert jobs.job_run(job_id=job.id) == JobStatus.SUCCEEDED
-    assert jobs.job_run(job_id=job.id) is None
+    job = job_submit(user)
+    assert job_execution.job_run(job_id=job.id) == JobStatus.SUCCEEDED
+    assert job_execution.job_run(job_id=job.id) is None
     job.refresh_from_db()
     assert job.attempts == 1
     assert job.trace_steps.count() == 4
 
 
 def test_running_job_is_not_claimed_twice(user, store):
-    job = make_job(user)
-    claimed = jobs.job_claim(job_id=job.id)
+    job = job_submit(user)
+    claimed = job_execution.job_claim(job_id=job.id)
     assert claimed is not None and claimed.status == JobStatus.RUNNING
-    assert jobs.job_claim(job_id=job.id) is None
+    assert job_execution.job_claim(job_id=job.id) is None
 
 
 def test_the_claim_moves_exactly_one_queued_row_and_returns_it_as_stored(user, other_user, store):
-    job = make_job(user)
-    bystander = make_job(other_user)
+    job = job_submit(user)
+    bystander = job_submit(other_user)
     before = timezone.now()
 
-    claimed = jobs.job_claim(job_id=str(job.id))  # as the task passes it: a string
+    claimed = job_execution.job_claim(job_id=str(job.id))  # as the task passes it: a string
 
     stored = AgentJob.objects.get(id=job.id)
     assert (stored.status, stored.attempts) == (JobStatus.RUNNING, 1)
@@ -57,18 +49,18 @@ def test_the_claim_moves_exactly_one_queued_row_and_returns_it_as_stored(user, o
 
 
 def test_stale_running_job_is_taken_over(user, store, settings):
-    job = make_job(
+    job = job_submit(
         user, status=JobStatus.RUNNING, attempts=1, heartbeat_at=timezone.now() - timedelta(hours=1)
     )
-    assert jobs.job_run(job_id=job.id) == JobStatus.SUCCEEDED
+    assert job_execution.job_run(job_id=job.id) == JobStatus.SUCCEEDED
     job.refresh_from_db()
     assert job.attempts == 2
 
 
 def test_max_attempts_fails_the_job(user, store, settings):
     settings.AGENT_MAX_ATTEMPTS = 3
-    job = make_job(user, attempts=3)
-    assert jobs.job_run(job_id=job.id) is None
+    job = job_submit(user, attempts=3)
+    assert job_execution.job_run(job_id=job.id) is None
     job.refresh_from_db()
     assert job.status == JobStatus.FAILED
     assert job.error["code"] == "max_attempts"
@@ -76,12 +68,15 @@ def test_max_attempts_fails_the_job(user, store, settings):
 
 
 def test_old_attempt_cannot_overwrite_a_newer_one(user, store):
-    job = make_job(user)
-    claimed = jobs.job_claim(job_id=job.id)
+    job = job_submit(user)
+    claimed = job_execution.job_claim(job_id=job.id)
     AgentJob.objects.filter(id=job.id).update(attempts=2)  # another worker took over meanwhile
     from agent.types import AgentResult
 
-    assert jobs._job_finish(claimed, 1, AgentResult(message="late", results=[], actions=[], trace=[])) is None
+    assert (
+        job_execution._job_finish(claimed, 1, AgentResult(message="late", results=[], actions=[], trace=[]))
+        is None
+    )
     job.refresh_from_db()
     assert job.status == JobStatus.RUNNING and job.result is None
 
@@ -91,12 +86,12 @@ def test_sweep_enqueues_forgotten_and_recovers_abandoned(user, store, monkeypatc
     published: list[str] = []
     monkeypatch.setattr(jobs, "job_enqueue", lambda *, job: published.append(str(job.id)) or True)
     old = timezone.now() - timedelta(hours=1)
-    forgotten = make_job(user)
+    forgotten = job_submit(user)
     AgentJob.objects.filter(id=forgotten.id).update(created_at=old)
-    fresh = make_job(user)
-    abandoned = make_job(user, status=JobStatus.RUNNING, attempts=1, heartbeat_at=old)
-    exhausted = make_job(user, status=JobStatus.RUNNING, attempts=3, heartbeat_at=old)
-    healthy = make_job(user, status=JobStatus.RUNNING, attempts=1, heartbeat_at=timezone.now())
+    fresh = job_submit(user)
+    abandoned = job_submit(user, status=JobStatus.RUNNING, attempts=1, heartbeat_at=old)
+    exhausted = job_submit(user, status=JobStatus.RUNNING, attempts=3, heartbeat_at=old)
+    healthy = job_submit(user, status=JobStatus.RUNNING, attempts=1, heartbeat_at=timezone.now())
 
     counts = jobs.jobs_sweep()
 
@@ -116,7 +111,7 @@ def test_enqueue_failure_leaves_job_for_sweep(user, store, monkeypatch):
         raise ConnectionError("redis down")
 
     monkeypatch.setattr(tasks.job_run_task, "apply_async", broken)
-    job = make_job(user)
+    job = job_submit(user)
     assert jobs.job_enqueue(job=job) is False
     job.refresh_from_db()
     assert job.status == JobStatus.QUEUED and job.enqueued_at is None

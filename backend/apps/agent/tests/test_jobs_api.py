@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 import uuid
+from datetime import datetime
 
 import pytest
 from django.db import connection
 
 from apps.agent.models import AgentJob, JobStatus, TraceStep
+from apps.agent.tests.wiring import wire_runtime
 
 pytestmark = pytest.mark.django_db
 
@@ -169,7 +172,7 @@ def test_cancel_queued_then_terminal_is_409(api, store):
 
 
 def test_cancel_running_takes_effect_at_next_step(api, store):
-    from apps.agent.services import jobs
+    from apps.agent.services import job_execution
 
     job_id = submit(api).json()["id"]
     AgentJob.objects.filter(id=job_id).update(status=JobStatus.RUNNING)
@@ -177,7 +180,7 @@ def test_cancel_running_takes_effect_at_next_step(api, store):
     assert response.json()["status"] == "running" and response.json()["cancel_requested"] is True
     # The worker's attempt sees the flag at its first step boundary.
     AgentJob.objects.filter(id=job_id).update(status=JobStatus.QUEUED)
-    assert jobs.job_run(job_id=job_id) == JobStatus.CANCELLED
+    assert job_execution.job_run(job_id=job_id) == JobStatus.CANCELLED
     assert store.calls == []
 
 
@@ -191,7 +194,6 @@ def test_store_failure_gives_degraded_success(api, store, django_capture_on_comm
 
 
 def test_llm_failure_gives_degraded_success(api, store, monkeypatch, django_capture_on_commit_callbacks):
-    from apps.agent.services import jobs
 
     class Broken:
         def invoke(self, prompt, *, deadline=None):
@@ -207,7 +209,7 @@ def test_llm_failure_gives_degraded_success(api, store, monkeypatch, django_capt
                 "error": {"code": "provider_error", "message": "500"},
             }
 
-    monkeypatch.setattr(jobs, "_runnable_for", lambda job, key: Broken())
+    wire_runtime(monkeypatch, llm_for=lambda job, key: Broken())
     job_id = submit(api, capture=django_capture_on_commit_callbacks).json()["id"]
     job = api.get(f"{URL}/{job_id}").json()
     assert job["status"] == "succeeded" and job["degraded"] is True
@@ -226,3 +228,25 @@ def test_sync_endpoint_same_contract(api, store):
 
 def test_sync_endpoint_validates(api, store):
     assert api.post("/api/agent/", {"query": ""}, format="json").status_code == 400
+
+
+ISO_UTC = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z$")
+
+
+def test_trace_timestamps_are_iso_8601_like_every_other_timestamp(
+    api, store, django_capture_on_commit_callbacks
+):
+    job_id = submit(api, capture=django_capture_on_commit_callbacks).json()["id"]
+    job = api.get(f"{URL}/{job_id}").json()
+    sync = api.post("/api/agent/", {"query": "whales"}, format="json").json()
+
+    timings = job["timings"]
+    assert ISO_UTC.match(timings["created_at"]) and ISO_UTC.match(timings["finished_at"])
+    for step in job["trace"] + sync["trace"]:
+        assert ISO_UTC.match(step["started_at"]), step["started_at"]
+    first = datetime.fromisoformat(job["trace"][0]["started_at"])
+    assert (
+        datetime.fromisoformat(timings["created_at"])
+        <= first
+        <= datetime.fromisoformat(timings["finished_at"])
+    )

@@ -4,25 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from apps.agent.models import AgentJob
-from apps.agent.pagination import MAX_PAGE
+from apps.agent.pagination import MAX_OFFSET, MAX_PAGE
+from apps.agent.tests.factories import jobs_make
 
 pytestmark = pytest.mark.django_db
-
-
-def make_jobs(owner, n: int) -> None:
-    AgentJob.objects.bulk_create(
-        AgentJob(
-            owner=owner,
-            query=f"q{i}",
-            timeout_sec=60,
-            cost_mode="paid",
-            key_source="none",
-            provider="stub",
-            model="stub",
-        )
-        for i in range(n)
-    )
 
 
 @pytest.mark.parametrize(
@@ -37,6 +22,8 @@ def make_jobs(owner, n: int) -> None:
         "limit=1&limit=2",
         "limit=%EF%BC%95",
         "limit=" + "9" * 30,
+        f"limit={MAX_PAGE + 1}",
+        f"offset={MAX_OFFSET + 1}",
     ],
 )
 def test_bad_limit_or_offset_is_400(api, query):
@@ -46,12 +33,20 @@ def test_bad_limit_or_offset_is_400(api, query):
     assert response.json()["error"]["code"] == "validation_error"
 
 
-def test_limit_is_capped_and_offset_pages(api, user):
-    make_jobs(user, MAX_PAGE + 5)
+def test_a_full_page_and_offset_pages(api, user):
+    jobs_make(user, MAX_PAGE + 5)
 
-    page = api.get(f"/api/agent/jobs?limit={MAX_PAGE * 10}").json()
+    page = api.get(f"/api/agent/jobs?limit={MAX_PAGE}").json()
     tail = api.get(f"/api/agent/jobs?limit=10&offset={MAX_PAGE}").json()
 
     assert page["count"] == MAX_PAGE + 5
     assert len(page["results"]) == MAX_PAGE
     assert len(tail["results"]) == 5 and tail["next"] is None
+
+
+def test_the_schema_declares_the_ranges_the_api_enforces(api):
+    schema = api.get("/api/schema/?format=json").json()
+    for path in ("/api/agent/jobs", "/api/agent/batches"):
+        parameters = {p["name"]: p["schema"] for p in schema["paths"][path]["get"]["parameters"]}
+        assert parameters["limit"] == {"type": "integer", "minimum": 1, "maximum": MAX_PAGE}
+        assert parameters["offset"] == {"type": "integer", "minimum": 0, "maximum": MAX_OFFSET}

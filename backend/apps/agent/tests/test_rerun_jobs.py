@@ -7,16 +7,16 @@ import io
 import pytest
 from django.core.management import CommandError, call_command
 
-from agent.types import AgentOptions
 from apps.agent.models import AgentJob, Batch, JobStatus
-from apps.agent.services import jobs
+from apps.agent.services import job_execution
+from apps.agent.tests.factories import job_submit
 
 
 def past_jobs(user, queries) -> list[AgentJob]:
     made = []
     for query in queries:
-        job, _ = jobs.job_create(owner=user, query=query, options=AgentOptions(top_k=2), enqueue=False)
-        assert jobs.job_run(job_id=job.id) == JobStatus.SUCCEEDED
+        job = job_submit(user, query)
+        assert job_execution.job_run(job_id=job.id) == JobStatus.SUCCEEDED
         made.append(job)
     return made
 

@@ -11,8 +11,9 @@ import pytest
 from django.conf import settings as django_settings
 from django.core.management import CommandError, call_command
 
+from agent.datasets import load_dataset
 from agent.embeddings import get_embedder
-from agent.vector_build import build_vector_db, load_dataset
+from agent.vector_build import build_vector_db
 from agent.vector_store import release_client
 from apps.libros.catalogue import libro_document, libro_documents
 from apps.libros.models import Libro
@@ -216,3 +217,32 @@ def test_generate_catalogue_is_reproducible(tmp_path, db):
     documents = load_dataset(tmp_path / "a.json")
     assert len(documents) == 50 and documents[0].id == "syn-0"
     assert {doc.metadata["language"] for doc in documents} == {"en", "es"}
+
+
+def test_build_before_migrate_says_what_to_run_instead_of_a_traceback(tmp_path):
+    """A fresh clone's first command is sometimes build_vector_db: an empty database is a clear refusal."""
+    import os
+    import subprocess
+    import sys
+
+    env = {
+        **os.environ,
+        "DATABASE_URL": f"sqlite:///{tmp_path / 'empty.sqlite3'}",
+        "VAR_DIR": str(tmp_path),
+        "VECTOR_DB_DIR": str(tmp_path / "vector_db"),
+        "VECTOR_DB_MANIFEST": str(tmp_path / "vector_db" / "manifest.json"),
+        "VECTOR_DATASET_PATH": "",
+    }
+    result = subprocess.run(
+        [sys.executable, "manage.py", "build_vector_db", "--no-progress"],
+        cwd=django_settings.BACKEND_DIR,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert "no catalogue table (libros_libro) yet: run `manage.py migrate`" in result.stderr
+    assert not (tmp_path / "vector_db" / "manifest.json").exists()

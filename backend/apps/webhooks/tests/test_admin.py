@@ -6,10 +6,9 @@ import pytest
 from django.db import transaction
 
 from apps.agent.services.events import job_event_enqueue
+from apps.agent.tests.factories import job_make
 from apps.webhooks.services import delivery_send, secret_create_or_rotate
 from apps.webhooks.testing import Reply
-
-from .factories import job_make
 
 pytestmark = pytest.mark.django_db
 

@@ -7,9 +7,9 @@ from django.urls import reverse
 from rest_framework.test import APIClient
 
 from apps.agent.models import JobStatus
+from apps.agent.tests.factories import job_make
 from apps.webhooks.models import Delivery, DeliveryStatus
 
-from .factories import job_make
 from .hostile import DNS_TABLE, hostile_urls
 
 pytestmark = pytest.mark.django_db

@@ -16,6 +16,7 @@ from standardwebhooks.webhooks import WebhookVerificationError
 from apps.agent import selectors
 from apps.agent.models import JobStatus
 from apps.agent.services.events import batch_event_enqueue, job_event_enqueue, job_event_redeliver
+from apps.agent.tests.factories import batch_make, job_make
 from apps.core.http_errors import exception_handler
 from apps.webhooks import services
 from apps.webhooks.models import (
@@ -41,7 +42,6 @@ from core.errors import Conflict, NotFound, ValidationFailed
 from core.retry_after import retry_after_seconds
 
 from .conftest import PUBLIC_IP
-from .factories import batch_make, job_make
 from .hostile import DNS_TABLE, hostile_urls
 
 pytestmark = pytest.mark.django_db

@@ -7,12 +7,11 @@ from django.db import transaction
 from standardwebhooks import Webhook
 
 from apps.agent.services.events import job_event_enqueue
+from apps.agent.tests.factories import job_make
 from apps.webhooks.models import Delivery, DeliveryStatus
 from apps.webhooks.services import secret_create_or_rotate
 from apps.webhooks.tasks import deliveries_sweep_task, delivery_send_task
 from apps.webhooks.testing import Reply
-
-from .factories import job_make
 
 pytestmark = pytest.mark.django_db
 

@@ -6,11 +6,25 @@ from pathlib import Path
 
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.db import connection
 
+from agent.datasets import DatasetError, load_dataset
 from agent.embeddings import get_embedder
 from agent.errors import VectorStoreUnavailable
-from agent.vector_build import DatasetError, build_vector_db, export_zip, load_dataset
+from agent.vector_build import build_vector_db, export_zip
 from apps.libros.catalogue import libro_documents
+from apps.libros.models import Libro
+
+
+def require_catalogue_table() -> None:
+    """Refuse with the next step to take when the database has no catalogue table (not migrated yet)."""
+    table = Libro._meta.db_table
+    if table not in connection.introspection.table_names():
+        raise CommandError(
+            f"The database has no catalogue table ({table}) yet: run `manage.py migrate`, then "
+            "`manage.py loaddata libros_prueba` (or your own catalogue), then build_vector_db again. "
+            "`make up` does all three."
+        )
 
 
 class Command(BaseCommand):
@@ -48,6 +62,7 @@ class Command(BaseCommand):
                 documents = load_dataset(dataset)
                 source = f"file:{dataset}"
             else:
+                require_catalogue_table()
                 documents = libro_documents()
                 source = "table:libros.libro"
             if not documents:

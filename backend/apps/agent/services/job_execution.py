@@ -1,0 +1,294 @@
+"""Running a job: claim an attempt, run the pipeline, store the outcome and its trace, end the job.
+
+The job row is the truth. Work is claimed with conditional updates so that a redelivered Celery
+message, the periodic sweep and a second worker can never run one attempt twice; every path that ends
+a job goes through `job_end` (or `_job_finish`, whose UPDATE carries the result), in one transaction
+with its terminal effects (webhook event, batch completion, forgetting the BYO key).
+
+`runtime` is what a run is wired to (the retriever, the degraded search, the store identity and the
+LLM runnable of a job): tests replace it as a whole (`JobRuntime(...)`) instead of patching functions.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+import uuid
+from collections.abc import Callable
+from datetime import timedelta
+from decimal import Decimal
+from typing import Any
+
+from django.conf import settings
+from django.db import connection, transaction
+from django.db.models import F, Q
+from django.utils import timezone
+
+from agent import pipeline
+from agent.config import LLMSettings
+from agent.errors import Cancelled
+from agent.llm_factory import build_llm_runnable, stream_llm
+from agent.types import AgentOptions, AgentResult
+from apps.agent.models import AgentJob, JobStatus, TraceStep
+from apps.agent.services import job_events, key_vault, retrieval
+from apps.agent.services.events import job_terminal_event
+
+#: A running job asks its row whether it was cancelled at most this often (at step boundaries).
+CANCEL_CHECK_INTERVAL_SEC = 0.2
+
+
+def runnable_for(job: AgentJob, byo_key: str | None):
+    """Rebuild the runnable from the decision recorded at submission (reused on every retry)."""
+    base: LLMSettings = settings.LLM
+    changes: dict[str, Any] = {"model": job.model, "cost_mode": type(base.cost_mode)(job.cost_mode)}
+    if job.provider == "stub":
+        changes["provider"] = "stub"
+    if job.key_source == "none":
+        changes["api_key"] = None
+    return build_llm_runnable(
+        byo_api_key=byo_key if job.key_source == "user" else None,
+        settings=dataclasses.replace(base, **changes),
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class JobRuntime:
+    """What a job run is wired to; the defaults are the process's own."""
+
+    retriever: Callable[[], Any] = retrieval.get_retriever
+    exact_search: Callable[..., Any] = retrieval.exact_search
+    store_identity: Callable[[], dict[str, Any]] = retrieval.store_identity
+    llm_for: Callable[[AgentJob, str | None], Any] = runnable_for
+
+
+runtime = JobRuntime()
+
+
+def stale_before(job_timeout: float) -> Any:
+    return timezone.now() - timedelta(seconds=job_timeout + settings.AGENT_RUNNING_GRACE_SEC)
+
+
+def job_claim(*, job_id: uuid.UUID | str) -> AgentJob | None:
+    """Move a job to `running` for a new attempt, or return None if it is not ours to run.
+
+    Claims a queued job, or a running one whose attempt outlived its deadline plus a grace period
+    (its worker vanished). A job that has used `AGENT_MAX_ATTEMPTS` is failed with `max_attempts`.
+    """
+    now = timezone.now()
+    # The common case first, in one conditional UPDATE: a queued job with attempts left. Only when it
+    # changes nothing is the row read to tell a stale attempt, an exhausted job and a lost race apart.
+    claimed = AgentJob.objects.filter(
+        id=job_id, status=JobStatus.QUEUED, attempts__lt=settings.AGENT_MAX_ATTEMPTS
+    ).update(status=JobStatus.RUNNING, attempts=F("attempts") + 1, heartbeat_at=now, started_at=now)
+    if claimed:
+        return AgentJob.objects.get(id=job_id)
+    job = AgentJob.objects.filter(id=job_id).only("id", "status", "attempts", "timeout_sec").first()
+    if job is None or job.is_terminal:
+        return None
+    claimable = Q(status=JobStatus.QUEUED) | Q(
+        status=JobStatus.RUNNING, heartbeat_at__lt=stale_before(job.timeout_sec)
+    )
+    base = AgentJob.objects.filter(claimable, id=job_id, attempts=job.attempts)
+    if job.attempts >= settings.AGENT_MAX_ATTEMPTS:
+        job_end(base, job_id=job.id, status=JobStatus.FAILED, error=max_attempts_error(job.attempts))
+        return None
+    changed = base.update(
+        status=JobStatus.RUNNING, attempts=F("attempts") + 1, heartbeat_at=now, started_at=now
+    )
+    if not changed:
+        return None
+    return AgentJob.objects.get(id=job_id)
+
+
+def job_run(*, job_id: uuid.UUID | str) -> str | None:
+    """Claim and run one attempt of a job, storing result and trace in one transaction.
+
+    Returns the job's final status, or None when the job was not claimed (already running elsewhere,
+    terminal, or cancelled). Never raises for agent failures: they are stored on the job.
+    """
+    job = job_claim(job_id=job_id)
+    if job is None:
+        return None
+    attempt = job.attempts
+    deadline = time.monotonic() + job.timeout_sec
+    events = job_events.AttemptEvents(job_id=job.id, attempt=attempt)
+    events("started", {})
+
+    byo_key = None
+    if job.key_source == "user":
+        byo_key = key_vault.key_get(job_id=job.id)
+        if not byo_key:
+            return _job_finish_failed(
+                job,
+                attempt,
+                {
+                    "code": "byo_key_unavailable",
+                    "message": "The job's API key expired before it ran; submit again.",
+                },
+            )
+    llm = JobLLM(
+        runtime.llm_for(job, byo_key),
+        release_connection=bool(connection.settings_dict["OPTIONS"].get("pool")),
+    )
+    options = AgentOptions.from_dict(job.options)
+
+    # The claim just read `cancel_requested`. Before the LLM call the row is asked again at a step
+    # boundary only when CANCEL_CHECK_INTERVAL_SEC has passed (retrieval and the prompt take milliseconds,
+    # so usually never; a slow vector store still does not lead to a paid call for a cancelled job).
+    # After the call nobody asks: the finish's conditional UPDATE requires `cancel_requested=False`, and a
+    # cancel that arrived meanwhile turns the finish into a cancellation, with no query of its own.
+    # While the answer streams, the row is asked at the same pace between deltas: a cancel closes the
+    # provider's stream, which stops the paid generation.
+    checked = {"at": time.monotonic(), "cancelled": job.cancel_requested}
+
+    def is_cancelled() -> bool:
+        if checked["cancelled"] or (llm.called and not llm.streaming):
+            return checked["cancelled"]
+        if time.monotonic() - checked["at"] >= CANCEL_CHECK_INTERVAL_SEC:
+            checked["cancelled"] = AgentJob.objects.filter(id=job.id, cancel_requested=True).exists()
+            checked["at"] = time.monotonic()
+        return checked["cancelled"]
+
+    try:
+        result = pipeline.run(
+            job.query,
+            options,
+            llm,
+            runtime.retriever(),
+            deadline,
+            exact_search=runtime.exact_search,
+            is_cancelled=is_cancelled,
+            on_event=events,
+        )
+    except Cancelled:
+        events.flush()
+        return _job_finish_cancelled(job, attempt)
+    events.flush()
+    return _job_finish(job, attempt, result)
+
+
+class JobLLM:
+    """The job's LLM runnable, remembering that it was called, and with `release_connection` handing
+    this thread's database connection back to the pool first.
+
+    A job waits seconds on the provider; holding a pooled connection meanwhile would cap the jobs in
+    flight at the pool size (DB_POOL_MAX_SIZE), or need one PostgreSQL connection per worker thread. The
+    next query takes a connection from the pool again. Only with a pool: without one, reopening a
+    connection would cost more than keeping it.
+    """
+
+    def __init__(self, inner: Any, *, release_connection: bool = False):
+        self._inner = inner
+        self._release_connection = release_connection
+        self.called = False
+        self.streaming = False
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    def invoke(self, prompt: Any, *, deadline: float | None = None) -> dict[str, Any]:
+        self._before_call()
+        return self._inner.invoke(prompt, deadline=deadline)
+
+    def stream(self, prompt: Any, *, on_delta: Any, deadline: float | None = None) -> dict[str, Any]:
+        self._before_call()
+        self.streaming = True
+        try:
+            return stream_llm(self._inner, prompt, on_delta=on_delta, deadline=deadline)
+        finally:
+            self.streaming = False
+
+    def _before_call(self) -> None:
+        self.called = True
+        if self._release_connection and not connection.in_atomic_block:  # eager tasks: caller's transaction
+            connection.close()
+
+
+def terminal_effects(*, job_id: uuid.UUID, status: str, job: AgentJob | None = None) -> None:
+    """Inside the terminal transaction: queue the webhook event; after commit, write the final live event
+    (which wakes the clients waiting on the job) and forget the BYO key.
+
+    Given the claimed `job` (its webhook URL, batch and key source never change), the effects that cannot
+    apply are skipped: no event lookup without a webhook or a batch, no Redis call without a BYO key.
+    """
+    if job is None or job.webhook_url or job.batch_id:
+        job_terminal_event(job_id=job_id)
+    if job is None or job.key_source == "user":
+        transaction.on_commit(lambda: key_vault.key_delete(job_id=job_id))
+    transaction.on_commit(lambda: job_events.job_ended(job_id=job_id, status=status))
+
+
+def _job_finish(job: AgentJob, attempt: int, result: AgentResult) -> str | None:
+    status = JobStatus.FAILED if result.error else JobStatus.SUCCEEDED
+    now = timezone.now()
+    finish = {
+        "status": status,
+        "degraded": result.degraded,
+        "result": {"message": result.message, "results": result.results, "actions": result.actions},
+        "error": result.error,
+        "finished_at": now,
+        "prompt_tokens": result.prompt_tokens,
+        "completion_tokens": result.completion_tokens,
+        "usage_estimated": any(s.outputs.get("usage_estimated") for s in result.trace if s.name == "llm"),
+        "cost_usd": Decimal(str(round(result.cost_usd, 6))),
+        "latency_ms": (now - job.started_at).total_seconds() * 1000,
+        "vector_store": runtime.store_identity(),
+    }
+    trace = [
+        TraceStep.from_step(step, job_id=job.id, attempt=attempt, position=position)
+        for position, step in enumerate(result.trace)
+    ]
+    with transaction.atomic():
+        # Conditional: only the attempt that still owns the row, and only if no cancel arrived meanwhile.
+        if _attempt_rows(job, attempt).filter(cancel_requested=False).update(**finish):
+            TraceStep.objects.bulk_create(trace)
+            terminal_effects(job_id=job.id, status=status, job=job)
+            return status
+    # Nothing changed. A cancel arrived while the job ran (its answer is discarded), or another attempt
+    # took over (we were presumed dead): only the first ends the job, as cancelled.
+    cancelled = _attempt_rows(job, attempt).filter(cancel_requested=True)
+    return JobStatus.CANCELLED if job_end(cancelled, job=job, status=JobStatus.CANCELLED) else None
+
+
+def _job_finish_failed(job: AgentJob, attempt: int, error: dict[str, Any]) -> str | None:
+    failed = job_end(_attempt_rows(job, attempt), job=job, status=JobStatus.FAILED, error=error)
+    return JobStatus.FAILED if failed else None
+
+
+def _job_finish_cancelled(job: AgentJob, attempt: int) -> str | None:
+    cancelled = job_end(_attempt_rows(job, attempt), job=job, status=JobStatus.CANCELLED)
+    return JobStatus.CANCELLED if cancelled else None
+
+
+def _attempt_rows(job: AgentJob, attempt: int) -> Any:
+    """The job's row while `attempt` is the one running it (an update through it is conditional)."""
+    return AgentJob.objects.filter(id=job.id, status=JobStatus.RUNNING, attempts=attempt)
+
+
+def job_end(
+    rows: Any, *, status: str, job: AgentJob | None = None, job_id: Any = None, **fields: Any
+) -> bool:
+    """End one job: move `rows` (a conditional filter on it) to the terminal `status` with `fields`, and
+    queue its terminal effects, in one transaction. Returns whether the condition held (the job ended).
+
+    Every path that ends a job goes through here (or `_job_finish`, whose UPDATE carries the result):
+    a failed or cancelled attempt, a job out of attempts, a queued job cancelled.
+    """
+    with transaction.atomic():
+        changed = rows.update(status=status, finished_at=timezone.now(), **fields)
+        if changed:
+            terminal_effects(job_id=job.id if job is not None else job_id, status=status, job=job)
+    return bool(changed)
+
+
+def max_attempts_error(attempts: int) -> dict[str, str]:
+    return {"code": "max_attempts", "message": f"The job was attempted {attempts} times."}
+
+
+def job_release(*, job_id: uuid.UUID | str, attempt: int) -> bool:
+    """Give a running attempt back to the queue after an infrastructure error (e.g. the database dropped)."""
+    return bool(
+        AgentJob.objects.filter(id=job_id, status=JobStatus.RUNNING, attempts=attempt).update(
+            status=JobStatus.QUEUED
+        )
+    )
