@@ -34,7 +34,7 @@ class ShippedStack:
 
 
 @pytest.fixture(scope="session")
-def shipped_stack(django_db_setup, redis_server, e2e_vector_settings):  # noqa: F811
+def shipped_stack(django_db_setup, redis_server, e2e_vector_settings, tmp_path_factory):  # noqa: F811
     """Kept for the session; its worker consumes database 3 of this run's Redis, so it never takes the
     tasks of the e2e tests' own workers (database 0)."""
     import redis as redis_lib
@@ -56,6 +56,8 @@ def shipped_stack(django_db_setup, redis_server, e2e_vector_settings):  # noqa: 
         VECTOR_DB_MANIFEST=str(e2e_vector_settings.manifest_path),
         PYTHONUNBUFFERED="1",
         HF_HUB_OFFLINE="1",
+        # A VAR_DIR (so a STATIC_ROOT) of this run's own: collectstatic never races another run's files.
+        VAR_DIR=str(tmp_path_factory.mktemp("browser-var")),
     )
     subprocess.run(
         [sys.executable, "manage.py", "collectstatic", "--noinput", "-v", "0"],
