@@ -31,7 +31,9 @@ JOBS = int(os.environ.get("CLUSTER_JOBS", "200"))
 # Known defect, found by this test on a quiet CI machine (3rd run): 32 of 200 webhooks missing after the
 # Redis restart while every job ended exactly once; see the closing note of session 3. Not strict: it
 # passed in other runs.
-@pytest.mark.xfail(reason="webhooks can be lost across a broker restart (open defect, issue 17)", strict=False)
+@pytest.mark.xfail(
+    reason="webhooks can be lost across a broker restart (open defect, issue 17)", strict=False
+)
 @pytest.mark.parametrize("broker", ["redis"])
 def test_cluster_every_job_ends_exactly_once_through_a_worker_kill_and_a_broker_restart(broker, redis_server):
     # Database 6 of this run's own redis-server keeps results and the cache; PostgreSQL databases are the
