@@ -58,16 +58,6 @@ logger = logging.getLogger(__name__)
 Manifest = dict[str, Any]
 ZIP_FOLDER = "vector_db"  # the seed's export format: vector_db.zip holds vector_db/ with the manifest inside
 MAX_IMPORT_BYTES = 4 * 1024**3  # refuse zip bombs: a 300-book store is a few MB, 100k docs a few hundred
-SCALARS = (str, int, float, bool)
-
-
-class DatasetError(ValueError):
-    """An item of the dataset is malformed. `index` is its position (0-based) in the input."""
-
-    def __init__(self, index: int | None, problem: str):
-        self.index = index
-        self.problem = problem
-        super().__init__(f"item {index}: {problem}" if index is not None else problem)
 
 
 def _chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
