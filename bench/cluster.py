@@ -236,6 +236,12 @@ def _report(cluster: Cluster, ids: list[str], receiver, jobs: int, elapsed: floa
             ).fetchall()
         )
         results = conn.execute("SELECT count(*) FROM agent_agentjob WHERE result IS NOT NULL").fetchone()[0]
+        # Why jobs failed (max_attempts: three deliveries each found the last attempt past its deadline).
+        failed = dict(
+            conn.execute(
+                "SELECT coalesce(error->>'code', '?'), count(*) FROM agent_agentjob WHERE status = 'failed' GROUP BY 1"
+            ).fetchall()
+        )
     succeeded = statuses.get("succeeded", 0)
     lost = jobs - succeeded
     duplicated = sum(1 for n in answers.values() if n > 1) + (len(ids) - len(set(ids)))
@@ -253,6 +259,8 @@ def _report(cluster: Cluster, ids: list[str], receiver, jobs: int, elapsed: floa
         f"jobs/s {jobs / elapsed:.1f} ({jobs} jobs in {elapsed:.1f} s, with a worker SIGKILL and a broker restart)"
     )
     print(f"statuses {statuses}; attempts {dict(sorted(attempts.items()))}; results stored {results}")
+    if failed:
+        print(f"failed jobs by error code: {failed}")
     print(f"lost {lost}, duplicated {duplicated}, without an answer {no_answer}")
     print(f"workers that exited by themselves and were restarted: {cluster.unplanned_exits}")
     print(
