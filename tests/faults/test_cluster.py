@@ -7,9 +7,9 @@ each webhook must arrive once. The script prints the figures (docs/reliability.m
 machine") and exits 1 on any loss or duplicate.
 
 CLUSTER_JOBS is 200 here: measured on a machine running eight test suites at once (load ~20), 200 jobs
-took 91 s. On RabbitMQ the cluster does not pass yet: after the broker restart, the workers' consumers
-held their prefetched messages unacked and never ran them (docs/reliability.md); it is not parametrized
-here until that is fixed.
+took 91 s. On RabbitMQ the workers no longer hang after the broker restart (docs/reliability.md, "A
+worker that reconnected and consumed nothing"), but on a loaded machine a few jobs end `failed`
+`max_attempts` (the running-attempt takeover); it is not parametrized here until that is fixed.
 """
 
 from __future__ import annotations
