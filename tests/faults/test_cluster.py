@@ -8,9 +8,9 @@ machine") and exits 1 on any loss or duplicate. It waits for the webhooks (every
 pending) for bench.cluster.WEBHOOKS_BOUND_SEC after the last job ended, still restarting workers that exit.
 
 CLUSTER_JOBS is 200 here: measured on a machine running eight test suites at once (load ~20), 200 jobs
-took 91 s. On RabbitMQ the cluster does not pass yet: after the broker restart, the workers' consumers
-held their prefetched messages unacked and never ran them (docs/reliability.md); it is not parametrized
-here until that is fixed.
+took 91 s. On RabbitMQ the workers no longer hang after the broker restart (docs/reliability.md, "A
+worker that reconnected and consumed nothing"), but on a loaded machine a few jobs end `failed`
+`max_attempts` (the running-attempt takeover); it is not parametrized here until that is fixed.
 """
 
 from __future__ import annotations
