@@ -5,7 +5,7 @@ from django.contrib import admin
 from django.db.models import Count, Q, Sum
 from django.utils.html import format_html, format_html_join
 
-from .models import AgentJob, Batch, SpendByUser, TraceStep, UserBudget
+from .models import AgentJob, Batch, SpendByUser, TraceStep, UserBudget, UserFairShare
 from .services.budgets import period_bounds, user_limits
 
 
@@ -83,6 +83,15 @@ class UserBudgetAdmin(admin.ModelAdmin):
     """Per-user overrides of BUDGET_USER_DAILY_USD / BUDGET_USER_MONTHLY_USD (docs/costs.md)."""
 
     list_display = ("user", "daily_usd", "monthly_usd", "unlimited", "note", "updated_at")
+    search_fields = ("user__username", "note")
+    autocomplete_fields = ("user",)
+
+
+@admin.register(UserFairShare)
+class UserFairShareAdmin(admin.ModelAdmin):
+    """Per-user overrides of AGENT_MAX_RUNNING_PER_USER / AGENT_MAX_RUNNING_PER_USER_BATCH (docs/limits.md)."""
+
+    list_display = ("user", "max_running", "max_running_batch", "unlimited", "note", "updated_at")
     search_fields = ("user__username", "note")
     autocomplete_fields = ("user",)
 

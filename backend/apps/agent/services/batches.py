@@ -292,8 +292,8 @@ def batch_cancel(*, batch: Batch) -> Batch:
         # effects of the jobs cancelled above are the batch's completion and, under a per-user cap, the
         # admission of the owner's other waiting batch jobs into the slots they held.
         batch_completion_check(batch_id=batch.id)
-        if settings.AGENT_MAX_RUNNING_PER_USER_BATCH is not None:
-            owner_id = batch.owner_id
+        owner_id = batch.owner_id
+        if fairness.user_cap(owner_id=owner_id, batch=True) is not None:
             transaction.on_commit(lambda: fairness.admit_and_publish(owner_id=owner_id, batch=True))
     batch.refresh_from_db()
     if batch.cancelled_at is None:  # it completed between our read and our update

@@ -105,7 +105,7 @@ def job_create(
         return _idempotent_repeat(existing, fingerprint), False
     job_id = uuid.uuid4()
     # Over a per-user cap, the job waits in its owner's line unpublished (services/fairness.py).
-    admit = enqueue and fairness.user_cap(batch=batch is not None) is not None
+    admit = enqueue and fairness.user_cap(owner_id=owner.pk, batch=batch is not None) is not None
     if decision.key_source == "user":
         # Stored before the row exists: if Redis is down we refuse the job rather than lose the key.
         try:
@@ -203,7 +203,7 @@ def jobs_enqueue(*, jobs: Sequence[AgentJob]) -> int:
     fails, the jobs not published keep `enqueued_at` empty and the sweep publishes them.
     """
     capped = {(job.owner_id, job.batch_id is not None) for job in jobs}
-    capped = {kind for kind in capped if fairness.user_cap(batch=kind[1]) is not None}
+    capped = {kind for kind in capped if fairness.user_cap(owner_id=kind[0], batch=kind[1]) is not None}
     if capped:  # over a per-user cap, jobs wait in their owners' lines: admit what fits
         published = sum(
             fairness.admit_and_publish(owner_id=owner_id, batch=batch)
@@ -262,9 +262,10 @@ def jobs_sweep() -> dict[str, int]:
     stale_batch_queue = now - timedelta(seconds=settings.AGENT_BATCH_QUEUED_STALE_SEC)
     counts = {"enqueued": 0, "recovered": 0, "failed": 0}
     never_published = Q(enqueued_at__isnull=True, created_at__lt=now - timedelta(seconds=2))
-    # A kind under a per-user cap: its unpublished jobs wait for admission, not for a blind publish.
+    # A kind under a per-user cap (of anyone's): its unpublished jobs wait for admission, not for a blind
+    # publish; admission publishes an uncapped owner's whole line.
     for batch in (False, True):
-        if fairness.user_cap(batch=batch) is not None:
+        if fairness.kind_capped(batch=batch):
             never_published &= Q(batch__isnull=batch)
             for owner_id in fairness.waiting_owners(batch=batch, created_before=now - timedelta(seconds=2)):
                 counts["enqueued"] += fairness.admit_and_publish(owner_id=owner_id, batch=batch)
