@@ -237,6 +237,30 @@ class UserFairShare(models.Model):
         return f"Fair share of {self.user}"
 
 
+class SyncCall(models.Model):
+    """The spend of one synchronous call (POST /api/agent/) paid with the server's key.
+
+    A job keeps its spend on its row (`AgentJob.cost_usd`); a synchronous call has no row of its own, so it
+    gets this one: budgets are rebuilt from both, and usage and the admin's spend list read both.
+    """
+
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="agent_sync_calls"
+    )
+    finished_at = models.DateTimeField()
+    provider = models.CharField(max_length=32)
+    model = models.CharField(max_length=200)
+    prompt_tokens = models.PositiveIntegerField(default=0)
+    completion_tokens = models.PositiveIntegerField(default=0)
+    cost_usd = models.DecimalField(max_digits=12, decimal_places=6)
+
+    class Meta:
+        indexes = [models.Index(fields=["owner", "finished_at"]), models.Index(fields=["finished_at"])]
+
+    def __str__(self) -> str:
+        return f"Synchronous call of {self.owner_id} at {self.finished_at} (${self.cost_usd})"
+
+
 class SpendByUser(User):
     """The users, as the admin's "spend by user" list sees them (read-only; apps/agent/admin.py)."""
 

@@ -11,7 +11,8 @@ The ledger keeps, per scope (user or global) and period (day or month), three Re
     ...:amt                                  hash: reservation id -> "<nano-USD>|<model>"
 One Lua script checks every applicable cap and reserves in all of them at once (atomic across every
 worker process); it first drops reservations whose lease ended (a worker killed mid-call). A key that is
-not `ready` (new period, Redis lost its data) is rebuilt from the jobs' recorded costs before use.
+not `ready` (new period, Redis lost its data) is rebuilt from the recorded spend (services/spend.py: job rows
+and synchronous calls' rows) before use.
 See docs/costs.md.
 """
 
@@ -27,7 +28,7 @@ from decimal import Decimal
 from typing import Any
 
 from django.conf import settings
-from django.db.models import Count, Sum
+from django.contrib.auth import get_user_model
 
 from agent.budget import (
     TOKENS_REPLY_PRIMER,
@@ -39,6 +40,7 @@ from agent.budget import (
 )
 from agent.cost_policy import CostDecision
 from apps.agent.models import AgentJob, UserBudget
+from apps.agent.services import spend
 from apps.agent.throttling import _redis_client
 from core.errors import TooManyRequests, ValidationFailed
 
@@ -270,21 +272,22 @@ def _usd(nano: int | float) -> float:
 
 
 def _ensure_ready(client: Any, cap: Cap, now: datetime) -> None:
-    """Rebuild `cap`'s counters from the jobs' recorded costs (durable) unless Redis has them."""
+    """Rebuild `cap`'s counters from the recorded spend (jobs and synchronous calls, durable) unless Redis
+    has them."""
     if client.hexists(cap.key, "ready"):
         return
-    rows = AgentJob.objects.filter(
-        key_source="server", finished_at__gte=cap.start, finished_at__lt=cap.resets_at, cost_usd__gt=0
-    )
-    if cap.scope == "user":
-        rows = rows.filter(owner_id=cap.owner_id)
     values: list[Any] = []
     total = 0
-    for row in rows.values("model").annotate(spent=Sum("cost_usd"), calls=Count("id")):
-        spent = _nano(float(row["spent"]))
+    for model, (spent_usd, calls) in _recorded(cap).items():
+        spent = _nano(float(spent_usd))
         total += spent
-        values += [f"spent:{row['model']}", spent, f"calls:{row['model']}", row["calls"]]
+        values += [f"spent:{model}", spent, f"calls:{model}", calls]
     _scripts_for(client).init(keys=[cap.key], args=[cap.ttl(now), "spent", total, *values])
+
+
+def _recorded(cap: Cap) -> dict[str, tuple[Decimal, int]]:
+    owner_id = cap.owner_id if cap.scope == "user" else None
+    return spend.spend_by_model(start=cap.start, end=cap.resets_at, owner_id=owner_id)
 
 
 class RedisLedger:
@@ -485,19 +488,12 @@ def budget_usage_get(*, user) -> dict[str, Any]:
 
 
 def _db_state(cap: Cap) -> dict[str, int]:
-    rows = AgentJob.objects.filter(
-        owner_id=cap.owner_id,
-        key_source="server",
-        finished_at__gte=cap.start,
-        finished_at__lt=cap.resets_at,
-        cost_usd__gt=0,
-    )
     state = {"spent": 0}
-    for row in rows.values("model").annotate(spent=Sum("cost_usd"), calls=Count("id")):
-        spent = _nano(float(row["spent"]))
+    for model, (spent_usd, calls) in _recorded(cap).items():
+        spent = _nano(float(spent_usd))
         state["spent"] += spent
-        state[f"spent:{row['model']}"] = spent
-        state[f"calls:{row['model']}"] = row["calls"]
+        state[f"spent:{model}"] = spent
+        state[f"calls:{model}"] = calls
     return state
 
 
@@ -527,32 +523,23 @@ def _period_view(cap: Cap, state: dict[str, int], *, tracked: bool) -> dict[str,
 
 
 def budget_usage_list() -> list[dict[str, Any]]:
-    """Every user's server-key spend this UTC day and month (from the job rows), largest first, with
-    their caps: what staff see at GET /api/agent/usage?all=true and the admin lists."""
+    """Every user's server-key spend this UTC day and month (jobs and synchronous calls, from the database),
+    largest first, with their caps: what staff see at GET /api/agent/usage/users and the admin lists."""
     now = datetime.now(UTC)
-    day_start, _ = period_bounds(now, "day")
-    month_start, _ = period_bounds(now, "month")
-    rows = (
-        AgentJob.objects.filter(key_source="server", finished_at__gte=month_start, cost_usd__gt=0)
-        .values("owner_id", "owner__username")
-        .annotate(month=Sum("cost_usd"), calls=Count("id"))
-        .order_by("-month")
-    )
-    today = dict(
-        AgentJob.objects.filter(key_source="server", finished_at__gte=day_start, cost_usd__gt=0)
-        .values("owner_id")
-        .annotate(day=Sum("cost_usd"))
-        .values_list("owner_id", "day")
+    users = spend.spend_by_user_annotate(
+        get_user_model().objects.all(),
+        day_start=period_bounds(now, "day")[0],
+        month_start=period_bounds(now, "month")[0],
     )
     out = []
-    for row in rows:
-        limits = user_limits(row["owner_id"])
+    for user in users.filter(month_usd__gt=0).order_by("-month_usd", "username"):
+        limits = user_limits(user.pk)
         out.append(
             {
-                "user": {"id": row["owner_id"], "username": row["owner__username"]},
-                "day_spent_usd": float(today.get(row["owner_id"]) or Decimal(0)),
-                "month_spent_usd": float(row["month"]),
-                "month_calls": row["calls"],
+                "user": {"id": user.pk, "username": user.get_username()},
+                "day_spent_usd": float(user.day_usd),
+                "month_spent_usd": float(user.month_usd),
+                "month_calls": user.month_calls,
                 "day_limit_usd": limits["day"],
                 "month_limit_usd": limits["month"],
             }

@@ -27,7 +27,7 @@ from agent.errors import ImproperlyConfigured
 from agent.llm_factory import build_llm_runnable
 from agent.types import AgentOptions, AgentResult
 from apps.agent.models import AgentJob, Batch, JobStatus
-from apps.agent.services import budgets, fairness, job_execution, key_vault
+from apps.agent.services import budgets, fairness, job_execution, key_vault, spend
 from apps.agent.services.rate_limit import provider_limiter
 from apps.core import publish
 from core.errors import Conflict, IdempotencyMismatch, ServiceUnavailable, ValidationFailed
@@ -301,9 +301,10 @@ def jobs_sweep() -> dict[str, int]:
 def agent_run_sync(
     *, query: str, options: AgentOptions, byo_api_key: str | None, owner=None
 ) -> tuple[AgentResult, CostDecision]:
-    """Run the pipeline within the request, bounded by the same job timeout. Stores nothing.
+    """Run the pipeline within the request, bounded by the same job timeout. Stores no job.
 
-    With an `owner`, a paid call is held to their budgets like a job's (`BudgetExceeded` when spent)."""
+    With an `owner`, a paid call is held to their budgets like a job's (`BudgetExceeded` when spent), and
+    what it cost the server's key is recorded (`SyncCall`), as a job's row records it."""
     decision = cost_decision_resolve(byo_api_key=byo_api_key)
     llm = build_llm_runnable(
         byo_api_key=byo_api_key if decision.key_source == "user" else None,
@@ -318,4 +319,6 @@ def agent_run_sync(
     result = pipeline.run(
         query, options, llm, runtime.retriever(), deadline, exact_search=runtime.exact_search
     )
+    if owner is not None:
+        spend.sync_call_record(owner_id=owner.pk, decision=decision, result=result)
     return result, decision

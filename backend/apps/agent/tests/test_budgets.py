@@ -16,7 +16,7 @@ import pytest
 from agent.budget import BudgetSettings, Refusal, Reservation
 from agent.llm_factory import StubLLM
 from agent.types import AgentOptions
-from apps.agent.models import AgentJob, JobStatus, UserBudget
+from apps.agent.models import AgentJob, JobStatus, SyncCall, UserBudget
 from apps.agent.services import budgets, job_execution, jobs, key_vault
 from apps.agent.tests.wiring import wire_runtime
 
@@ -369,3 +369,64 @@ def test_a_cancel_during_the_paid_call_keeps_its_cost_on_the_row(paid, user, led
     assert job_execution.job_run(job_id=job.id) == JobStatus.CANCELLED
     job.refresh_from_db()
     assert job.cost_usd == Decimal("0.002") and job.prompt_tokens > 0
+
+
+# --- the synchronous endpoint's spend is durable -------------------------------------------------------
+
+
+@pytest.fixture
+def paid_sync(monkeypatch, store):
+    """POST /api/agent/ answers through PaidStub (its runnable is built per request, not per job)."""
+    PaidStub.calls = 0
+    monkeypatch.setattr(jobs, "build_llm_runnable", lambda **kwargs: PaidStub(model=kwargs["settings"].model))
+    return PaidStub
+
+
+def test_a_synchronous_paid_call_is_recorded_and_a_rebuild_counts_it(
+    paid, user, other_user, api, ledger, paid_sync, client, django_user_model
+):
+    UserBudget.objects.create(user=user, daily_usd=Decimal("10"))
+
+    response = api.post("/api/agent/", {"query": "whales", "top_k": 1}, format="json")
+
+    assert response.status_code == 200 and paid_sync.calls == 1
+    call = SyncCall.objects.get()
+    assert (call.owner_id, call.model, call.cost_usd) == (user.pk, "m", Decimal("0.002"))
+    assert call.prompt_tokens > 0 and call.provider == "openai_compatible"
+
+    ledger.flushall()  # Redis lost its data: the counters are rebuilt from the database
+    day = api.get("/api/agent/usage").json()["periods"]["day"]
+    assert (day["spent_usd"], day["reserved_usd"], day["tracked"]) == (0.002, 0.0, True)
+    assert day["by_model"] == [{"model": "m", "spent_usd": 0.002, "reserved_usd": 0.0, "calls": 1}]
+    refusal = budgets.RedisLedger(budgets.budget_caps(owner_id=user.pk)).reserve(
+        amount_usd=9.999, model="m", lease_sec=30
+    )
+    assert isinstance(refusal, Refusal) and refusal.details["spent_usd"] == 0.002
+
+    # Staff's list and the admin's spend list count it too, beside a job's spend.
+    spend(user, "0.001")
+    other_user.is_staff = True
+    other_user.save()
+    from rest_framework.test import APIClient
+
+    staff = APIClient()
+    staff.force_authenticate(other_user)
+    rows = staff.get("/api/agent/usage/users").json()
+    assert [(r["user"]["username"], r["day_spent_usd"], r["month_calls"]) for r in rows] == [
+        ("alice", 0.003, 2)
+    ]
+    admin = django_user_model.objects.create_superuser(username="root", password="pw-root")
+    client.force_login(admin)
+    assert "0.003000" in client.get("/admin/agent/spendbyuser/").content.decode()
+
+
+def test_a_synchronous_call_with_the_users_own_key_records_nothing(paid, user, api, ledger, paid_sync):
+    paid.LLM = dataclasses.replace(paid.LLM, cost_mode=type(paid.LLM.cost_mode)("hybrid"))
+    paid.BUDGETS = BudgetSettings(user_daily_usd=1.0)
+
+    response = api.post(
+        "/api/agent/", {"query": "whales"}, format="json", headers={"X-LLM-API-Key": "sk-mine"}
+    )
+
+    assert response.status_code == 200 and paid_sync.calls == 1
+    assert not SyncCall.objects.exists()
