@@ -292,6 +292,7 @@ def jobs_sweep() -> dict[str, int]:
         elif job_execution.job_release(job_id=job.id, attempt=job.attempts):
             counts["recovered"] += 1
             job_enqueue(job=job)
+    counts["holds_renewed"] = budgets.batch_holds_renew()  # running batches keep their spending hold
     return counts
 
 
