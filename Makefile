@@ -38,7 +38,9 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
-test: lint
+# The suite includes the tests through llama.cpp's server (tests/e2e/test_local_llm_e2e.py), hence the
+# `local-llm` extra: compiled once per machine, then served by pip's wheel cache (docs/llm.md).
+test: lint $(LOCAL_LLM_STAMP)
 	$(PY) backend/manage.py spectacular --validate --fail-on-warn --file /dev/null
 	PYTHONPATH=backend $(VENV)/bin/lint-imports
 	$(VENV)/bin/pytest -n $(TEST_WORKERS) --dist loadgroup
