@@ -106,7 +106,9 @@ def test_a_job_answered_by_a_real_model_server_records_its_usage_and_cost(local_
     assert job["usage"]["estimated"] is False
     prompt, completion = job["usage"]["prompt_tokens"], job["usage"]["completion_tokens"]
     latency = llm["outputs"]["latency_ms"]
-    print(f"llama.cpp: {prompt} prompt + {completion} completion tokens in {latency:.0f} ms; {job['message']!r}")
+    print(
+        f"llama.cpp: {prompt} prompt + {completion} completion tokens in {latency:.0f} ms; {job['message']!r}"
+    )
     assert prompt > 50 and 0 < completion <= 96
     expected = (prompt * PRICE_IN + completion * PRICE_OUT) / 1_000_000
     assert job["cost_usd"] == pytest.approx(expected, rel=1e-6)
