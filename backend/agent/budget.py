@@ -17,7 +17,7 @@ from typing import Any, Protocol
 
 from agent.config import PROVIDER_OPENAI_COMPATIBLE, CostMode, LLMSettings
 from agent.language import detect_language
-from agent.llm_factory import to_messages
+from agent.llm_factory import stream_llm, to_messages
 from agent.prompts import SYNOPSIS_MAX_CHARS, build_grounded_prompt
 from core.env import Env, env_error, parse_float
 from core.errors import ImproperlyConfigured
@@ -180,6 +180,22 @@ class BudgetedLLM:
             return self._refused(outcome)
         try:
             result = self._inner.invoke(prompt, deadline=deadline)
+        except BaseException:
+            self._ledger.settle(outcome, cost_usd=0.0, model=self._inner.model, charged=False)
+            raise
+        self._settle(outcome, result)
+        return result
+
+    def stream(self, prompt: Any, *, on_delta: Any, deadline: float | None = None) -> dict[str, Any]:
+        """`invoke`, streamed (`llm_factory.stream_llm`): the same reservation before and settlement after.
+
+        A stream stopped by `on_delta` (a cancelled job) settles as not charged, like any call that raised.
+        """
+        outcome = self._reserve(prompt, deadline)
+        if isinstance(outcome, Refusal):
+            return self._refused(outcome)
+        try:
+            result = stream_llm(self._inner, prompt, on_delta=on_delta, deadline=deadline)
         except BaseException:
             self._ledger.settle(outcome, cost_usd=0.0, model=self._inner.model, charged=False)
             raise

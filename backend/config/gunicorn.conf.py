@@ -10,8 +10,11 @@ from __future__ import annotations
 import json
 
 workers = 2
-threads = 8
+# ASGI: uvicorn workers, so that open waits and event streams cost a coroutine, not a thread (live jobs).
+worker_class = "uvicorn_worker.UvicornWorker"
 timeout = 120
+# Open event streams end with their job; a restart does not wait for them longer than this.
+graceful_timeout = 5
 # Not gunicorn's shared ~/.gunicorn/gunicorn.ctl: several stacks (make up, tests, benchmarks) run side by side.
 control_socket_disable = True
 
