@@ -57,8 +57,8 @@ MIDDLEWARE = [
     "apps.core.http_errors.ApiErrorShapeMiddleware",
     "django.middleware.security.SecurityMiddleware",
     # Static files (admin, Swagger UI, ReDoc) served by the API process itself, compressed and with
-    # content-hashed names cached for a year: gunicorn serves nothing else (`collectstatic` fills STATIC_ROOT).
-    "whitenoise.middleware.WhiteNoiseMiddleware",
+    # content-hashed names cached for a year (WhiteNoise; `collectstatic` fills STATIC_ROOT). Sync and async.
+    "apps.core.static_files.StaticFilesMiddleware",
     # Oversized bodies get 413 in the API's error shape before anything reads them.
     "apps.core.http_errors.RequestSizeLimitMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",

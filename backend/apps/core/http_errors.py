@@ -156,13 +156,30 @@ class ApiErrorShapeMiddleware:
 
     DRF's views already answer in it (exception_handler); this catches what Django answers by itself.
     The status and an `Allow` header are kept; the page's body (HTML) is dropped.
+
+    Sync and async, like `RequestSizeLimitMiddleware`: a sync-only outermost middleware would hold a thread
+    for every open wait under the ASGI server.
     """
+
+    sync_capable = True
+    async_capable = True
 
     def __init__(self, get_response):
         self.get_response = get_response
+        self.async_mode = iscoroutinefunction(get_response)
+        if self.async_mode:
+            markcoroutinefunction(self)
 
     def __call__(self, request):
-        response = self.get_response(request)
+        if self.async_mode:
+            return self._acall(request)
+        return self._shaped(request, self.get_response(request))
+
+    async def _acall(self, request):
+        return self._shaped(request, await self.get_response(request))
+
+    @staticmethod
+    def _shaped(request, response):
         if (
             response.status_code >= 400
             and request.path.startswith("/api/")
