@@ -91,6 +91,7 @@ async def _held(stack: Stack, n: int, hold_sec: float) -> dict:
         ids, _, _ = await client.submit(http, n, in_flight=16)
         n_streams = n // 2
         memory_before, cpu_before = client.group_memory(api.pid), client.cpu_seconds(api.pid)
+        threads_before = client.group_threads(api.pid)
         opened = asyncio.Event()
         first_events = 0
         outcome = {"streams": 0, "waits": 0, "errors": 0}
@@ -136,6 +137,7 @@ async def _held(stack: Stack, n: int, hold_sec: float) -> dict:
         await asyncio.sleep(hold_sec)
         cpu_held = client.cpu_seconds(api.pid) - cpu_held_start
         memory_held = client.group_memory(api.pid)
+        threads_held = client.group_threads(api.pid)
         log(f"live: {n_streams} streams and {n - n_streams} waits held; starting the worker ...")
         pool, concurrency = shipped_worker()
         stack.start_worker(pool=pool, concurrency=concurrency)
@@ -153,6 +155,8 @@ async def _held(stack: Stack, n: int, hold_sec: float) -> dict:
         "cpu_open": cpu_held_start - cpu_before,
         "memory_before": memory_before,
         "memory_held": memory_held,
+        "threads_before": threads_before,
+        "threads_held": threads_held,
         "drained_sec": drained_sec,
     }
 
@@ -198,6 +202,7 @@ def run(template: Template, *, smoke: bool) -> Section:
             "API, idle (jobs queued, nothing open)",
             f"{mem_before['rss']:.0f}",
             f"{mem_before['pss']:.0f}",
+            str(held["threads_before"]),
             "",
             "",
         ],
@@ -205,6 +210,7 @@ def run(template: Template, *, smoke: bool) -> Section:
             f"API holding {held['streams_held']} streams + {held['waits_held']} waits",
             f"{mem_held['rss']:.0f}",
             f"{mem_held['pss']:.0f}",
+            str(held["threads_held"]),
             f"{held['cpu_open']:.2f} s to open them ({held['opened_sec']:.1f} s)",
             f"{held['cpu_held'] / held['hold_sec'] * 100:.1f}% of a core while held",
         ],
@@ -214,7 +220,14 @@ def run(template: Template, *, smoke: bool) -> Section:
             table(["path", "n", "p50 (ms)", "p95 (ms)", "p99 (ms)", "mean (ms)"], rows),
             "",
             table(
-                ["API (gunicorn master + 2 uvicorn workers)", "RSS (MiB)", "PSS (MiB)", "CPU", "idle"],
+                [
+                    "API (gunicorn master + 2 uvicorn workers)",
+                    "RSS (MiB)",
+                    "PSS (MiB)",
+                    "threads",
+                    "CPU",
+                    "idle",
+                ],
                 held_rows,
             ),
             "",

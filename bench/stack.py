@@ -403,7 +403,7 @@ class Stack:
         """The API under gunicorn: `asgi` (uvicorn workers, as shipped) or `wsgi` (threads, as before)."""
         port = free_port()
         if server == "asgi":
-            app = ["config.asgi:application", "--worker-class", "uvicorn_worker.UvicornWorker"]
+            app = ["config.asgi:application", "--worker-class", "config.asgi_server.ApiWorker"]
         else:
             app = ["config.wsgi", "--threads", str(threads)]
         proc = self._spawn(

@@ -31,8 +31,8 @@ def refusal_bytes(status: int) -> bytes:
     """A complete HTTP/1.1 response in the API's error shape, for a request refused before the app."""
     body = REFUSAL_BODIES.get(status) or json.dumps({"error": {"code": "bad_request"}}).encode()
     head = (
-        f"HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\ncontent-type: application/json\r\n"
-        f"content-length: {len(body)}\r\nconnection: close\r\n\r\n"
+        f"HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
     )
     return head.encode("latin1") + body
 

@@ -173,7 +173,7 @@ def test_cancel_a_job_while_its_answer_is_being_written(streaming_stack, browser
 def test_another_users_job_in_the_url_is_not_shown(streaming_stack, browser, console_user):
     from django.contrib.auth import get_user_model
 
-    from apps.webhooks.tests.factories import job_make
+    from apps.agent.tests.factories import job_make
 
     user, password, _ = console_user
     stranger = get_user_model().objects.create_user(username=f"other-{uuid.uuid4().hex[:6]}")

@@ -13,6 +13,7 @@ import uuid
 from pathlib import Path
 
 from bench.brokers import PrivateRedis  # noqa: F401 - the run's Redis (root conftest), fault tests
+from scripts import dev_up
 
 REPO = Path(__file__).resolve().parents[2]
 BACKEND = REPO / "backend"
@@ -248,7 +249,8 @@ class Flower:
 
 
 class ApiServer:
-    """The API as `make up` serves it (ASGI, uvicorn) in a subprocess on a free loopback port.
+    """The API as `make up` serves it (`dev_up.api_command`: gunicorn, uvicorn workers) in a subprocess on a
+    free loopback port.
 
     Django's `live_server` is a WSGI server, which buffers a streamed response whole: event streams and
     waits are tested against this one. `url` is its base URL; `stop()` ends it."""
@@ -260,16 +262,7 @@ class ApiServer:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "uvicorn",
-                    "config.asgi:application",
-                    "--host=127.0.0.1",
-                    f"--port={port}",
-                    "--no-access-log",
-                    "--log-level=warning",
-                ],
+                dev_up.api_command(port),
                 cwd=BACKEND,
                 env=env,
                 stdout=log,
