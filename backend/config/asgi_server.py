@@ -79,8 +79,12 @@ class ApiWorker(UvicornWorker):
 
     def load_wsgi(self) -> None:
         super().load_wsgi()
-        # gunicorn imports this class before the app: the error shape's module (DRF) can only be imported
-        # once the app has set Django up.
+        self.refusal_bodies_load()
+
+    @staticmethod
+    def refusal_bodies_load() -> None:
+        """Fill `REFUSAL_BODIES`. gunicorn imports this class before the app: the error shape's module
+        (DRF) can only be imported once the app has set Django up."""
         from apps.core.http_errors import status_error_body
 
         for status in (
