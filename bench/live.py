@@ -124,8 +124,9 @@ async def _held(stack: Stack, n: int, hold_sec: float) -> dict:
                     if job["status"] in client.TERMINAL:
                         outcome["waits"] += job["status"] == "succeeded"
                         return
-            except (TimeoutError, aiohttp.ClientError):
+            except (TimeoutError, aiohttp.ClientError) as exc:
                 outcome["errors"] += 1
+                log(f"live: a wait failed: {exc!r}")
 
         tasks = [asyncio.create_task(stream(job_id)) for job_id in ids[:n_streams]]
         tasks += [asyncio.create_task(wait(job_id)) for job_id in ids[n_streams:]]

@@ -372,6 +372,9 @@ AGENT_RUNNING_GRACE_SEC = env.float("AGENT_RUNNING_GRACE_SEC", 15.0, minimum=0.0
 AGENT_EVENTS_REDIS_URL = env.str("AGENT_EVENTS_REDIS_URL", "") or REDIS_URL
 AGENT_EVENTS_RETENTION_SEC = env.int("AGENT_EVENTS_RETENTION_SEC", 86400, minimum=1)
 AGENT_EVENTS_MAXLEN = env.int("AGENT_EVENTS_MAXLEN", 10000, minimum=100)
+# Threads per API process for sync code under the ASGI server (every sync view; config/asgi.py): as many
+# requests of one process run sync code at once. Open waits and event streams hold none.
+API_SYNC_THREADS = env.int("API_SYNC_THREADS", 8, minimum=1)
 # A comment line (": ping") on an idle event stream this often, so that proxies keep it open.
 AGENT_EVENTS_HEARTBEAT_SEC = env.float("AGENT_EVENTS_HEARTBEAT_SEC", 15.0, minimum=0.1)
 # Answer text produced within this many milliseconds of the last written delta is written with the next
