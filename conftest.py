@@ -21,7 +21,18 @@ PROCESS_FIXTURES = {"stack", "redis_server", "live_server", "gunicorn", "gunicor
 def pytest_collection_modifyitems(config, items):
     """Under pytest-xdist (`--dist loadgroup`), every test that runs real processes goes to one group, so
     one xdist worker runs them one after another, as a serial run would (their timing bounds assume a
-    machine not loaded by a second such test), while the other workers take the in-process tests."""
+    machine not loaded by a second such test), while the other workers take the in-process tests.
+
+    Tests of one database backend's own code (`sqlite_only`: config/sqlite3's write lock) are deselected,
+    not skipped, on the other backend: they do not apply there, and CI runs them in its SQLite pass.
+    """
+    from django.conf import settings
+
+    if settings.DATABASES["default"]["ENGINE"] != "config.sqlite3":
+        other = [item for item in items if item.get_closest_marker("sqlite_only") is not None]
+        if other:
+            config.hook.pytest_deselected(items=other)
+            items[:] = [item for item in items if item.get_closest_marker("sqlite_only") is None]
     for item in items:
         if PROCESS_MARKERS & {mark.name for mark in item.iter_markers()} or PROCESS_FIXTURES & set(
             item.fixturenames

@@ -54,6 +54,13 @@ WORKERS = {
     "hooks": ("webhooks", "50", []),
 }
 TERMINAL = ("succeeded", "failed", "cancelled")
+#: How long after the last job ended every webhook must have arrived (docs/reliability.md, "Webhooks"):
+#: a delivery whose message was lost is re-sent by the sweep within WEBHOOK_SWEEP_OVERDUE_SEC +
+#: WEBHOOK_SWEEP_INTERVAL_SEC of being due, one whose attempt died with its worker once its lease
+#: (WEBHOOK_ATTEMPT_DEADLINE_SEC 15 + 30 s) has expired, and an attempt lasts WEBHOOK_ATTEMPT_DEADLINE_SEC
+#: at most: 45 + 5 + 15 = 65 s once the broker and the workers are back. A worker that the broker restart
+#: ended must first be restarted by the supervisor and boot (up to a minute on a loaded machine): 180 s.
+WEBHOOKS_BOUND_SEC = 180
 
 
 def _request(method: str, url: str, token: str, body: dict | None = None) -> dict:
@@ -106,10 +113,12 @@ class Cluster:
         self.workers[name] = proc
 
     def supervise(self) -> None:
-        """Restart a worker that exited, as a process supervisor (compose `restart:`, systemd) would."""
+        """Restart a worker that exited, as a process supervisor (compose `restart:`, systemd) would: what
+        is left of it (its embedded beat outlives it) is stopped first, as a container's restart does."""
         for name, proc in list(self.workers.items()):
             if not proc.alive():
                 tail = [line for line in proc.log_tail(20000).splitlines() if "Unrecoverable error" in line]
+                proc.stop()
                 self.unplanned_exits += 1
                 self.note(
                     f"worker {name} exited by itself ({proc.popen.returncode}): {tail[-1:] or 'see its log'}"
@@ -216,9 +225,40 @@ def _run(cluster: Cluster, token: str, receiver, jobs: int, broker_kind: str) ->
             break
         time.sleep(0.5)
     elapsed = time.monotonic() - started
-    receiver.wait_for(jobs, timeout=120)
+    _wait_for_webhooks(cluster, ids, receiver)
     time.sleep(3)  # would a duplicate webhook arrive late?
     return _report(cluster, ids, receiver, jobs, elapsed, broker_kind)
+
+
+def _wait_for_webhooks(cluster: Cluster, ids: list[str], receiver) -> None:
+    """Wait until every job's webhook arrived and no delivery is pending, for WEBHOOKS_BOUND_SEC at most.
+
+    Still supervising: a worker that the broker restart ends after the last job finished (kombu's Redis
+    transport does that to a worker holding unacknowledged messages) carries deliveries, or the beat that
+    sweeps them; a deployment's supervisor restarts it whenever it exits, so this one does too.
+    """
+    import psycopg
+
+    started = time.monotonic()
+    with psycopg.connect(cluster.stack.database_url, autocommit=True) as conn:
+        while True:
+            cluster.supervise()
+            arrived = {json.loads(r.body)["data"]["job_id"] for r in list(receiver.requests)}
+            waiting = sum(1 for job_id in ids if job_id not in arrived)
+            pending = conn.execute(
+                "SELECT count(*) FROM webhooks_delivery WHERE status = 'pending'"
+            ).fetchone()[0]
+            waited = time.monotonic() - started
+            if not waiting and not pending:
+                cluster.note(f"every webhook arrived {waited:.1f} s after the last job ended")
+                return
+            if waited > WEBHOOKS_BOUND_SEC:
+                cluster.note(
+                    f"gave up waiting for webhooks after {waited:.0f} s: {waiting} jobs without one,"
+                    f" {pending} deliveries pending"
+                )
+                return
+            time.sleep(0.5)
 
 
 def _report(cluster: Cluster, ids: list[str], receiver, jobs: int, elapsed: float, broker_kind: str) -> int:
@@ -236,6 +276,21 @@ def _report(cluster: Cluster, ids: list[str], receiver, jobs: int, elapsed: floa
             ).fetchall()
         )
         results = conn.execute("SELECT count(*) FROM agent_agentjob WHERE result IS NOT NULL").fetchone()[0]
+        errors = dict(
+            conn.execute(
+                "SELECT error->>'code', count(*) FROM agent_agentjob WHERE status <> 'succeeded' GROUP BY 1"
+            ).fetchall()
+        )
+        deliveries = dict(
+            conn.execute("SELECT status, count(*) FROM webhooks_delivery GROUP BY status").fetchall()
+        )
+        delivery_rows = {
+            job_id: row
+            for job_id, *row in conn.execute(
+                "SELECT job_id::text, status, attempts, last_error, next_attempt_at, locked_until"
+                " FROM webhooks_delivery WHERE job_id IS NOT NULL"
+            ).fetchall()
+        }
     succeeded = statuses.get("succeeded", 0)
     lost = jobs - succeeded
     duplicated = sum(1 for n in answers.values() if n > 1) + (len(ids) - len(set(ids)))
@@ -254,11 +309,17 @@ def _report(cluster: Cluster, ids: list[str], receiver, jobs: int, elapsed: floa
     )
     print(f"statuses {statuses}; attempts {dict(sorted(attempts.items()))}; results stored {results}")
     print(f"lost {lost}, duplicated {duplicated}, without an answer {no_answer}")
+    if errors:
+        print(f"jobs that did not succeed, by error code: {errors}")
     print(f"workers that exited by themselves and were restarted: {cluster.unplanned_exits}")
     print(
         f"webhooks received {len(receiver.requests)}: missing {hooks_missing}, duplicated {hooks_duplicated}"
         f" (same webhook-id twice: {redelivered_same_id})"
     )
+    print(f"deliveries {deliveries}")
+    # A missing webhook's row says why: never recorded, still pending (and until when), or failed.
+    for job_id in [job_id for job_id in ids if hook_jobs[job_id] == 0][:10]:
+        print(f"  missing {job_id}: delivery {delivery_rows.get(job_id, 'none')}")
     print("OK" if ok else "FAILED")
     return 0 if ok else 1
 

@@ -239,12 +239,14 @@ class Proc:
     def stop(self, timeout: float = 15.0) -> None:
         if self.popen.poll() is None:
             self.terminate()
-            try:
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 self.popen.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(self.popen.pid, signal.SIGKILL)
-                self.popen.wait(timeout=10)
+        # The whole group, also when its leader is gone: a worker that exited by itself (an "Unrecoverable
+        # error") leaves its embedded beat behind, which would go on publishing to whatever broker listens
+        # on that port later. The group id stays reserved while any member lives.
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.popen.pid, signal.SIGKILL)
+        self.popen.wait(timeout=10)
 
 
 class Template:

@@ -182,6 +182,16 @@ CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 # One message reserved per pool slot: a slow job never hides queued ones from idle workers.
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+# After a broker reconnect, Celery lowers the prefetch count by the tasks still running and raises it
+# again as tasks are acknowledged. With the threads pool that raise runs in the pool thread that finishes
+# the task: a synchronous `basic.qos` on the consumer's AMQP connection while the worker's main thread
+# reads the same socket (py-amqp is not thread-safe). Each thread can take the other's reply, and both
+# then wait on the socket for ever: the worker stays connected and consumes nothing again, not even the
+# sweep (docs/reliability.md, "RabbitMQ restarted during processing"). Off, the new consumer starts at
+# the full prefetch count and only the event loop's thread talks to the broker; the cost is that, right
+# after a reconnect, the worker may reserve up to WORKER_CONCURRENCY messages more than it has free
+# slots until the running tasks end (they wait unacked, re-queued if the worker dies).
+CELERY_WORKER_ENABLE_PREFETCH_COUNT_REDUCTION = False
 CELERY_TASK_TRACK_STARTED = True
 # Task events (received, started, succeeded...) are what Flower shows live. Off by default: Flower
 # switches them on in every worker it sees (an `enable_events` broadcast every 5 s), so they are paid for

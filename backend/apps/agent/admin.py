@@ -2,10 +2,10 @@ import json
 from datetime import UTC, datetime
 
 from django.contrib import admin
-from django.db.models import Count, Q, Sum
 from django.utils.html import format_html, format_html_join
 
-from .models import AgentJob, Batch, SpendByUser, TraceStep, UserBudget
+from .models import AgentJob, Batch, SpendByUser, TraceStep, UserBudget, UserFairShare
+from .services import spend
 from .services.budgets import period_bounds, user_limits
 
 
@@ -87,28 +87,29 @@ class UserBudgetAdmin(admin.ModelAdmin):
     autocomplete_fields = ("user",)
 
 
+@admin.register(UserFairShare)
+class UserFairShareAdmin(admin.ModelAdmin):
+    """Per-user overrides of AGENT_MAX_RUNNING_PER_USER / AGENT_MAX_RUNNING_PER_USER_BATCH (docs/limits.md)."""
+
+    list_display = ("user", "max_running", "max_running_batch", "unlimited", "note", "updated_at")
+    search_fields = ("user__username", "note")
+    autocomplete_fields = ("user",)
+
+
 @admin.register(SpendByUser)
 class SpendByUserAdmin(admin.ModelAdmin):
-    """Server-key spend of each user this UTC day and month (from the job rows), largest first."""
+    """Server-key spend of each user this UTC day and month (jobs and synchronous calls), largest first."""
 
     list_display = ("username", "spent_today", "spent_this_month", "paid_calls_this_month", "limits")
     search_fields = ("username",)
 
     def get_queryset(self, request):
         now = datetime.now(UTC)
-        paid = Q(agent_jobs__key_source="server", agent_jobs__cost_usd__gt=0)
-        month = paid & Q(agent_jobs__finished_at__gte=period_bounds(now, "month")[0])
-        day = paid & Q(agent_jobs__finished_at__gte=period_bounds(now, "day")[0])
-        return (
-            super()
-            .get_queryset(request)
-            .annotate(
-                month_usd=Sum("agent_jobs__cost_usd", filter=month),
-                day_usd=Sum("agent_jobs__cost_usd", filter=day),
-                month_calls=Count("agent_jobs", filter=month),
-            )
-            .order_by("-month_usd", "username")
-        )
+        return spend.spend_by_user_annotate(
+            super().get_queryset(request),
+            day_start=period_bounds(now, "day")[0],
+            month_start=period_bounds(now, "month")[0],
+        ).order_by("-month_usd", "username")
 
     @admin.display(description="Today (USD)", ordering="day_usd")
     def spent_today(self, user) -> str:

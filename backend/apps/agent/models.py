@@ -7,6 +7,7 @@ from typing import Any
 
 from django.conf import settings
 from django.contrib.auth.models import User
+from django.core.validators import MinValueValidator
 from django.db import models
 
 from agent import types
@@ -200,6 +201,64 @@ class UserBudget(models.Model):
 
     def __str__(self) -> str:
         return f"Budget of {self.user}"
+
+
+class UserFairShare(models.Model):
+    """An operator's override of the fair-share caps (AGENT_MAX_RUNNING_PER_USER[_BATCH]) for one user.
+
+    A model of its own rather than fields on `UserBudget`: a budget is money per period, this is jobs in
+    flight, and each has its own "unlimited". An empty cap means "the default"; `unlimited` lifts both of
+    the user's caps. Read at each admission, so a change applies to the user's next job (docs/limits.md).
+    """
+
+    user = models.OneToOneField(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="agent_fair_share"
+    )
+    max_running = models.PositiveIntegerField(
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(1)],
+        help_text="Most jobs (batch jobs apart) in flight at once. Empty: AGENT_MAX_RUNNING_PER_USER.",
+    )
+    max_running_batch = models.PositiveIntegerField(
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(1)],
+        help_text="Most batch jobs in flight at once. Empty: AGENT_MAX_RUNNING_PER_USER_BATCH.",
+    )
+    unlimited = models.BooleanField(default=False, help_text="No per-user cap on jobs in flight.")
+    note = models.CharField(max_length=200, blank=True, default="")
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        verbose_name = "user fair share"
+
+    def __str__(self) -> str:
+        return f"Fair share of {self.user}"
+
+
+class SyncCall(models.Model):
+    """The spend of one synchronous call (POST /api/agent/) paid with the server's key.
+
+    A job keeps its spend on its row (`AgentJob.cost_usd`); a synchronous call has no row of its own, so it
+    gets this one: budgets are rebuilt from both, and usage and the admin's spend list read both.
+    """
+
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="agent_sync_calls"
+    )
+    finished_at = models.DateTimeField()
+    provider = models.CharField(max_length=32)
+    model = models.CharField(max_length=200)
+    prompt_tokens = models.PositiveIntegerField(default=0)
+    completion_tokens = models.PositiveIntegerField(default=0)
+    cost_usd = models.DecimalField(max_digits=12, decimal_places=6)
+
+    class Meta:
+        indexes = [models.Index(fields=["owner", "finished_at"]), models.Index(fields=["finished_at"])]
+
+    def __str__(self) -> str:
+        return f"Synchronous call of {self.owner_id} at {self.finished_at} (${self.cost_usd})"
 
 
 class SpendByUser(User):

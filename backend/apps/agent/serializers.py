@@ -464,9 +464,22 @@ class SpendPeriodsSerializer(serializers.Serializer):
     month = SpendPeriodSerializer()
 
 
+class FairShareSerializer(serializers.Serializer):
+    max_running = serializers.IntegerField(
+        allow_null=True,
+        help_text="Most of your jobs (batch jobs apart) in flight at once; null: unlimited (docs/limits.md).",
+    )
+    max_running_batch = serializers.IntegerField(
+        allow_null=True, help_text="Most of your batch jobs in flight at once; null: unlimited."
+    )
+
+
 class SpendSerializer(serializers.Serializer):
     user = SpendUserSerializer()
     periods = SpendPeriodsSerializer()
+    fair_share = FairShareSerializer(
+        help_text="Your effective fair-share caps: an operator's override of yours, else the defaults."
+    )
 
 
 class SpendRowSerializer(serializers.Serializer):

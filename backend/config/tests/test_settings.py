@@ -205,3 +205,25 @@ def test_a_retention_schedules_the_purge_at_its_interval():
         AGENT_PURGE_INTERVAL_SEC="600",
     )
     assert shown == "(30.0, {'task': 'agent.jobs_purge', 'schedule': 600.0})"
+
+
+def test_a_reconnected_worker_never_sets_its_prefetch_count_from_a_pool_thread():
+    """Celery's prefetch restoration after a reconnect is off: with the threads pool it ran `basic.qos`
+    from the pool thread that acknowledged a task, racing the event loop on one AMQP socket; the worker
+    then hung, connected and consuming nothing (docs/reliability.md, fault 3b)."""
+    import threading
+    from types import SimpleNamespace
+    from unittest import mock
+
+    from celery.worker.consumer.consumer import Consumer
+
+    from config.celery_app import app
+
+    assert app.conf.worker_enable_prefetch_count_reduction is False
+    assert show("s.CELERY_WORKER_ENABLE_PREFETCH_COUNT_REDUCTION", CELERY_BROKER_URL=AMQP) == "False"
+    # Given a consumer that reconnected while tasks ran (its maximum not restored yet), when a task
+    # received since is acknowledged (Celery calls this in the acknowledging thread), then no `basic.qos`.
+    qos = mock.Mock(value=1, _mutex=threading.Lock())
+    consumer = SimpleNamespace(app=app, qos=qos, _maximum_prefetch_restored=False)
+    Consumer._restore_prefetch_count_after_connection_restart(consumer, None)
+    qos.set.assert_not_called()

@@ -12,7 +12,7 @@ from config.sqlite3.base import _lock_for
 
 pytestmark = [
     pytest.mark.django_db(transaction=True),
-    pytest.mark.skipif(connection.vendor != "sqlite", reason="the SQLite backend only"),
+    pytest.mark.sqlite_only,
 ]
 
 

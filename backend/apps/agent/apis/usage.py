@@ -1,4 +1,5 @@
-"""Spending budgets seen from the API: what a user spent and holds reserved, and (staff) everyone's spend."""
+"""Spending budgets seen from the API: what a user spent and holds reserved (with their fair-share caps), and
+(staff) everyone's spend."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from rest_framework.views import APIView
 from apps.agent.apis.common import ERRORS
 from apps.agent.serializers import SpendRowSerializer, SpendSerializer
 from apps.agent.services import budgets as budget_services
+from apps.agent.services import fairness
 from apps.core.serializers import ErrorResponseSerializer
 from core.errors import NotFound
 
@@ -22,6 +24,7 @@ class UsageApi(APIView):
         summary="What you spent and hold reserved this day and month, per model, against your budgets",
         description=(
             "Only calls paid with the server's key count (docs/costs.md). Periods are UTC days and months. "
+            "`fair_share` gives your caps on jobs in flight (docs/limits.md). "
             "Staff may pass `?user=<username>` to see another user's."
         ),
         parameters=[OpenApiParameter("user", OpenApiTypes.STR, description="Staff only: a username.")],
@@ -36,7 +39,9 @@ class UsageApi(APIView):
             if other is None:
                 raise NotFound("No such user.")
             user = other
-        return Response(SpendSerializer(budget_services.budget_usage_get(user=user)).data)
+        usage = budget_services.budget_usage_get(user=user)
+        usage["fair_share"] = fairness.user_caps(owner_id=user.pk)
+        return Response(SpendSerializer(usage).data)
 
 
 class UsageListApi(APIView):

@@ -120,15 +120,18 @@ def batch_create(
         selection["matched"] = len(items)
 
     llm_overrides = {k: overrides[k] for k in LLM_OVERRIDES if k in overrides}
-    # The batch is admitted whole: its worst case must fit in what is left of every budget (429 if not).
+    # The batch is admitted whole: its worst case must fit in what is left of every budget (429 if not),
+    # and is held there, so that what was accepted can run; its jobs reserve from the hold.
     decision = job_services.cost_decision_resolve(byo_api_key=None, overrides=llm_overrides)
     estimate = budgets.batch_worst_case(
         decision=decision, items=[(item.query, item.options.top_k) for item in items]
     )
-    budgets.budget_admit(owner=owner, decision=decision, amount_usd=estimate)
+    batch_id = uuid.uuid4()
+    held = budgets.batch_hold(owner=owner, decision=decision, batch_id=batch_id, amount_usd=estimate)
     try:
         with transaction.atomic():
             batch = Batch.objects.create(
+                id=batch_id,
                 owner=owner,
                 source=source,
                 selection=selection,
@@ -154,7 +157,11 @@ def batch_create(
                 for item in items
             ]
             transaction.on_commit(lambda: job_services.jobs_enqueue(jobs=created))
-    except IntegrityError:
+    except BaseException as exc:
+        if held:  # nothing was created: nothing may stay held
+            budgets.batch_hold_release(batch_id=batch_id)
+        if not isinstance(exc, IntegrityError):
+            raise
         # A concurrent request with the same idempotency key won the insert.
         if idempotency_key:
             existing = Batch.objects.filter(owner=owner, idempotency_key=idempotency_key).first()
@@ -292,8 +299,12 @@ def batch_cancel(*, batch: Batch) -> Batch:
         # effects of the jobs cancelled above are the batch's completion and, under a per-user cap, the
         # admission of the owner's other waiting batch jobs into the slots they held.
         batch_completion_check(batch_id=batch.id)
-        if settings.AGENT_MAX_RUNNING_PER_USER_BATCH is not None:
-            owner_id = batch.owner_id
+        # Its jobs that will not run release their share of the batch's hold now; the running ones hold
+        # their own reservations until they settle.
+        batch_id = batch.id
+        transaction.on_commit(lambda: budgets.batch_hold_release(batch_id=batch_id))
+        owner_id = batch.owner_id
+        if fairness.user_cap(owner_id=owner_id, batch=True) is not None:
             transaction.on_commit(lambda: fairness.admit_and_publish(owner_id=owner_id, batch=True))
     batch.refresh_from_db()
     if batch.cancelled_at is None:  # it completed between our read and our update

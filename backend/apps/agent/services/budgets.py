@@ -11,7 +11,8 @@ The ledger keeps, per scope (user or global) and period (day or month), three Re
     ...:amt                                  hash: reservation id -> "<nano-USD>|<model>"
 One Lua script checks every applicable cap and reserves in all of them at once (atomic across every
 worker process); it first drops reservations whose lease ended (a worker killed mid-call). A key that is
-not `ready` (new period, Redis lost its data) is rebuilt from the jobs' recorded costs before use.
+not `ready` (new period, Redis lost its data) is rebuilt from the recorded spend (services/spend.py: job rows
+and synchronous calls' rows) before use.
 See docs/costs.md.
 """
 
@@ -27,7 +28,7 @@ from decimal import Decimal
 from typing import Any
 
 from django.conf import settings
-from django.db.models import Count, Sum
+from django.contrib.auth import get_user_model
 
 from agent.budget import (
     TOKENS_REPLY_PRIMER,
@@ -38,7 +39,8 @@ from agent.budget import (
     worst_case_cost,
 )
 from agent.cost_policy import CostDecision
-from apps.agent.models import AgentJob, UserBudget
+from apps.agent.models import AgentJob, Batch, UserBudget
+from apps.agent.services import spend
 from apps.agent.throttling import _redis_client
 from core.errors import TooManyRequests, ValidationFailed
 
@@ -68,30 +70,52 @@ local function clean(h, z, a, now)
 end
 """
 
-# ARGV: now, lease expiry, reservation id, amount, model, then per group: limit (-1: none), key TTL.
-# Returns {'ok'}, {'init', group} (rebuild that key first) or {'refused', group, spent, reserved}.
+# ARGV: now, lease expiry, reservation id, amount, model, hold id ('' for none), the hold's new lease
+# expiry, then per group: limit (-1: none), key TTL. A reservation with a hold (a batch job's) takes what it
+# can from that hold, which accepted work had already counted as reserved, and only the rest from the free
+# budget; it also renews the hold's lease. Returns {'ok'}, {'init', group} (rebuild that key first) or
+# {'refused', group, spent, reserved}.
 _RESERVE = (
     _CLEAN
     + """
 local now, expiry, rid, amount, model = tonumber(ARGV[1]), ARGV[2], ARGV[3], tonumber(ARGV[4]), ARGV[5]
+local hold, hold_expiry = ARGV[6], tonumber(ARGV[7])
+local function held(a)
+  if hold == '' then return 0, nil end
+  local v = redis.call('HGET', a, hold)
+  if not v then return 0, nil end
+  local sep = string.find(v, '|', 1, true)
+  return tonumber(string.sub(v, 1, sep - 1)), string.sub(v, sep + 1)
+end
 local n = #KEYS / 3
 for i = 1, n do
   local h = KEYS[3 * i - 2]
   clean(h, KEYS[3 * i - 1], KEYS[3 * i], now)
   if redis.call('HEXISTS', h, 'ready') == 0 then return {'init', i} end
-  local limit = tonumber(ARGV[4 + 2 * i])
+  local limit = tonumber(ARGV[6 + 2 * i])
   local spent = tonumber(redis.call('HGET', h, 'spent') or '0')
   local reserved = tonumber(redis.call('HGET', h, 'reserved') or '0')
-  if limit >= 0 and spent + reserved + amount > limit then
+  local take = math.min(amount, (held(KEYS[3 * i])))
+  if limit >= 0 and spent + reserved - take + amount > limit then
     return {'refused', i, spent, reserved}
   end
 end
 for i = 1, n do
   local h, z, a = KEYS[3 * i - 2], KEYS[3 * i - 1], KEYS[3 * i]
-  local ttl = tonumber(ARGV[5 + 2 * i])
+  local ttl = tonumber(ARGV[7 + 2 * i])
+  local have, hold_model = held(a)
+  if hold_model then
+    local take = math.min(amount, have)
+    redis.call('HINCRBY', h, 'reserved', -take)
+    redis.call('HINCRBY', h, 'reserved:' .. hold_model, -take)
+    redis.call('HSET', a, hold, string.format('%d', have - take) .. '|' .. hold_model)
+    if tonumber(redis.call('ZSCORE', z, hold) or '0') < hold_expiry then
+      redis.call('ZADD', z, hold_expiry, hold)
+    end
+  end
   redis.call('HINCRBY', h, 'reserved', amount)
   redis.call('HINCRBY', h, 'reserved:' .. model, amount)
-  redis.call('HSET', a, rid, amount .. '|' .. model)
+  redis.call('HSET', a, rid, ARGV[4] .. '|' .. model)
   redis.call('ZADD', z, expiry, rid)
   redis.call('EXPIRE', h, ttl)
   redis.call('EXPIRE', z, ttl)
@@ -103,15 +127,17 @@ return {'ok'}
 
 # ARGV: reservation id, cost, model, charged (1/0). Drops the reservation (if its lease has not ended
 # already) and adds the cost to keys that are ready (a key rebuilt later reads the job rows instead).
+# Releasing a batch's hold is settling it uncharged.
 _SETTLE = """
 local rid, cost, model, charged = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4] == '1'
 for i = 1, #KEYS / 3 do
   local h, z, a = KEYS[3 * i - 2], KEYS[3 * i - 1], KEYS[3 * i]
   local v = redis.call('HGET', a, rid)
   if v then
-    local amt = tonumber(string.sub(v, 1, string.find(v, '|', 1, true) - 1))
+    local sep = string.find(v, '|', 1, true)
+    local amt = tonumber(string.sub(v, 1, sep - 1))
     redis.call('HINCRBY', h, 'reserved', -amt)
-    redis.call('HINCRBY', h, 'reserved:' .. model, -amt)
+    redis.call('HINCRBY', h, 'reserved:' .. string.sub(v, sep + 1), -amt)
     redis.call('HDEL', a, rid)
     redis.call('ZREM', z, rid)
   end
@@ -119,6 +145,20 @@ for i = 1, #KEYS / 3 do
     redis.call('HINCRBY', h, 'spent', cost)
     redis.call('HINCRBY', h, 'spent:' .. model, cost)
     redis.call('HINCRBY', h, 'calls:' .. model, 1)
+  end
+end
+return 1
+"""
+
+# ARGV: reservation id, new lease expiry. Extends the lease of a reservation (a batch's hold) wherever it is
+# still held; one whose lease already ended is not brought back.
+_RENEW = """
+for i = 1, #KEYS / 3 do
+  local z, a = KEYS[3 * i - 1], KEYS[3 * i]
+  if redis.call('HEXISTS', a, ARGV[1]) == 1 then
+    if tonumber(redis.call('ZSCORE', z, ARGV[1]) or '0') < tonumber(ARGV[2]) then
+      redis.call('ZADD', z, ARGV[2], ARGV[1])
+    end
   end
 end
 return 1
@@ -240,6 +280,7 @@ class _Scripts:
         self.reserve = client.register_script(_RESERVE)
         self.settle = client.register_script(_SETTLE)
         self.init = client.register_script(_INIT)
+        self.renew = client.register_script(_RENEW)
         self.read = client.register_script(_READ)
 
 
@@ -270,53 +311,44 @@ def _usd(nano: int | float) -> float:
 
 
 def _ensure_ready(client: Any, cap: Cap, now: datetime) -> None:
-    """Rebuild `cap`'s counters from the jobs' recorded costs (durable) unless Redis has them."""
+    """Rebuild `cap`'s counters from the recorded spend (jobs and synchronous calls, durable) unless Redis
+    has them."""
     if client.hexists(cap.key, "ready"):
         return
-    rows = AgentJob.objects.filter(
-        key_source="server", finished_at__gte=cap.start, finished_at__lt=cap.resets_at, cost_usd__gt=0
-    )
-    if cap.scope == "user":
-        rows = rows.filter(owner_id=cap.owner_id)
     values: list[Any] = []
     total = 0
-    for row in rows.values("model").annotate(spent=Sum("cost_usd"), calls=Count("id")):
-        spent = _nano(float(row["spent"]))
+    for model, (spent_usd, calls) in _recorded(cap).items():
+        spent = _nano(float(spent_usd))
         total += spent
-        values += [f"spent:{row['model']}", spent, f"calls:{row['model']}", row["calls"]]
+        values += [f"spent:{model}", spent, f"calls:{model}", calls]
     _scripts_for(client).init(keys=[cap.key], args=[cap.ttl(now), "spent", total, *values])
 
 
-class RedisLedger:
-    """The `agent.budget.SpendLedger` of one job's calls: every cap of its owner, in Redis."""
+def _recorded(cap: Cap) -> dict[str, tuple[Decimal, int]]:
+    owner_id = cap.owner_id if cap.scope == "user" else None
+    return spend.spend_by_model(start=cap.start, end=cap.resets_at, owner_id=owner_id)
 
-    def __init__(self, caps: list[Cap]):
+
+class RedisLedger:
+    """The `agent.budget.SpendLedger` of one job's calls: every cap of its owner, in Redis.
+
+    `hold` names the hold of the job's batch (`batch_hold`): the job's reservations are taken from it first.
+    """
+
+    def __init__(self, caps: list[Cap], *, hold: str = ""):
         self._caps = caps
         self._keys = [key for cap in caps for key in cap.keys]
+        self._hold = hold
 
     def reserve(self, *, amount_usd: float, model: str, lease_sec: float) -> Reservation | Refusal:
         amount = _nano(amount_usd)
-        rid = uuid.uuid4().hex
         try:
-            client = _client()
-            scripts = _scripts_for(client)
-            for _ in range(len(self._caps) + 1):
-                now = datetime.now(UTC)
-                clock = time.time()
-                args: list[Any] = [clock, clock + lease_sec, rid, amount, model]
-                for cap in self._caps:
-                    args += [-1 if cap.limit_usd is None else _nano(cap.limit_usd), cap.ttl(now)]
-                answer = scripts.reserve(keys=self._keys, args=args)
-                status = answer[0].decode() if isinstance(answer[0], bytes) else answer[0]
-                if status == "init":
-                    _ensure_ready(client, self._caps[int(answer[1]) - 1], now)
-                    continue
-                if status == "refused":
-                    cap = self._caps[int(answer[1]) - 1]
-                    return _refusal(
-                        cap, spent=int(answer[2]), reserved=int(answer[3]), needed=amount, now=now
-                    )
-                return Reservation(id=rid, amount_usd=amount_usd)
+            outcome = self.try_reserve(rid=uuid.uuid4().hex, amount=amount, model=model, lease_sec=lease_sec)
+            if isinstance(outcome, Reservation):
+                return outcome
+            if outcome is not None:
+                cap, spent, reserved, now = outcome
+                return _refusal(cap, spent=spent, reserved=reserved, needed=amount, now=now)
             reason = "counters keep disappearing"  # flushed while we rebuilt them, every time
         except Exception as exc:  # Redis down or misconfigured: fail closed, a paid call needs a ledger
             reason = type(exc).__name__
@@ -326,6 +358,38 @@ class RedisLedger:
             "The spending ledger is unavailable, so the paid call was not made.",
             {"reason": reason},
         )
+
+    def try_reserve(
+        self, *, rid: str, amount: int, model: str, lease_sec: float
+    ) -> Reservation | tuple[Cap, int, int, datetime] | None:
+        """Reserve `amount` nano-USD under `rid` in every cap at once: the reservation, or (the cap that
+        refused, its spent, its reserved, now), or None when the counters vanished at every try. Raises
+        when Redis does."""
+        client = _client()
+        scripts = _scripts_for(client)
+        for _ in range(len(self._caps) + 1):
+            now = datetime.now(UTC)
+            clock = time.time()
+            args: list[Any] = [
+                clock,
+                clock + lease_sec,
+                rid,
+                amount,
+                model,
+                self._hold,
+                clock + hold_lease_sec(),
+            ]
+            for cap in self._caps:
+                args += [-1 if cap.limit_usd is None else _nano(cap.limit_usd), cap.ttl(now)]
+            answer = scripts.reserve(keys=self._keys, args=args)
+            status = _text(answer[0])
+            if status == "init":
+                _ensure_ready(client, self._caps[int(answer[1]) - 1], now)
+                continue
+            if status == "refused":
+                return self._caps[int(answer[1]) - 1], int(answer[2]), int(answer[3]), now
+            return Reservation(id=rid, amount_usd=_usd(amount))
+        return None
 
     def settle(self, reservation: Reservation, *, cost_usd: float, model: str, charged: bool) -> None:
         try:
@@ -377,9 +441,10 @@ def budget_guard(runnable: Any, *, owner_id: int, decision: CostDecision | Agent
     caps = budget_caps(owner_id=owner_id)
     if not _applies(caps):
         return runnable
+    batch_id = decision.batch_id if isinstance(decision, AgentJob) else None
     return BudgetedLLM(
         runnable,
-        RedisLedger(caps),
+        RedisLedger(caps, hold=_hold_id(batch_id) if batch_id else ""),
         price=settings.LLM.price_of(decision.model),
         max_tokens=settings.LLM.max_tokens,
         lease_margin_sec=settings.AGENT_RUNNING_GRACE_SEC,
@@ -389,18 +454,15 @@ def budget_guard(runnable: Any, *, owner_id: int, decision: CostDecision | Agent
 # --- admission (POST) --------------------------------------------------------------------------------
 
 
-def budget_admit(*, owner, decision: CostDecision, amount_usd: float | None = None) -> None:
-    """Refuse a submission that cannot fit: 429 `budget_exceeded` (details: the cap's period, spent,
-    reset time; header Retry-After), or 400 `budget_unpriced_model` when a cap applies to a model
-    without a price. `amount_usd` is the batch's worst case; None means one call of an empty prompt.
-
-    Fails open when Redis is unreachable: the worker's reservation (which fails closed) still guards.
-    """
+def _admission_caps(*, owner, decision: CostDecision) -> tuple[list[Cap], tuple[float, float]] | None:
+    """The caps a submission by `owner` is admitted against and the model's price; None when no cap
+    applies (not paid with the server's key, the stub, or no cap set). Raises `ValidationFailed`
+    (`budget_unpriced_model`) when a cap applies to a model without a price."""
     if not _is_server_paid(decision) or decision.provider == "stub":
-        return
+        return None
     caps = budget_caps(owner_id=owner.pk)
     if not _applies(caps):
-        return
+        return None
     price = settings.LLM.price_of(decision.model)
     if price is None:
         raise ValidationFailed(
@@ -409,9 +471,31 @@ def budget_admit(*, owner, decision: CostDecision, amount_usd: float | None = No
             code="budget_unpriced_model",
             details={"model": decision.model},
         )
-    if amount_usd is None:
-        amount_usd = worst_case_cost(TOKENS_REPLY_PRIMER, settings.LLM.max_tokens, price)
-    needed = _nano(amount_usd)
+    return caps, price
+
+
+def _exceeded(cap: Cap, *, spent: int, reserved: int, needed: int, now: datetime) -> BudgetExceeded:
+    details = _exceeded_details(cap, spent=spent, reserved=reserved, needed=needed, now=now)
+    return BudgetExceeded(
+        _exceeded_message(cap, details),
+        details=details,
+        headers={"Retry-After": str(details["retry_after_sec"])},
+    )
+
+
+def budget_admit(*, owner, decision: CostDecision) -> None:
+    """Refuse a job (or a synchronous call) that cannot fit: 429 `budget_exceeded` when the cheapest
+    possible call (an empty prompt) does not fit in what is left of a cap (details: the cap's period, spent,
+    reset time; header Retry-After), or 400 `budget_unpriced_model` when a cap applies to a model without a
+    price. Holds nothing: the worker reserves the call's worst case when it runs.
+
+    Fails open when Redis is unreachable: the worker's reservation (which fails closed) still guards.
+    """
+    admission = _admission_caps(owner=owner, decision=decision)
+    if admission is None:
+        return
+    caps, price = admission
+    needed = _nano(worst_case_cost(TOKENS_REPLY_PRIMER, settings.LLM.max_tokens, price))
     now = datetime.now(UTC)
     try:
         states = _read(caps, now)
@@ -423,12 +507,109 @@ def budget_admit(*, owner, decision: CostDecision, amount_usd: float | None = No
             continue
         spent, reserved = state.get("spent", 0), state.get("reserved", 0)
         if spent + reserved + needed > _nano(cap.limit_usd):
-            details = _exceeded_details(cap, spent=spent, reserved=reserved, needed=needed, now=now)
-            raise BudgetExceeded(
-                _exceeded_message(cap, details),
-                details=details,
-                headers={"Retry-After": str(details["retry_after_sec"])},
-            )
+            raise _exceeded(cap, spent=spent, reserved=reserved, needed=needed, now=now)
+
+
+# --- a batch's hold ----------------------------------------------------------------------------------
+
+
+def hold_lease_sec() -> float:
+    """How long a batch's hold outlives its last sign of life (its creation, a job of it reserving, the
+    sweep's renewal while the batch runs): a hold whose batch was never committed (its process died) or
+    stopped showing life is dropped after this, like a crashed call's reservation."""
+    return settings.AGENT_BATCH_QUEUED_STALE_SEC
+
+
+def _hold_id(batch_id: Any) -> str:
+    return f"hold:batch:{batch_id}"
+
+
+def _hold_record(batch_id: Any) -> str:
+    """Where a hold's counter keys are kept: the periods it was placed in, whatever the clock says later."""
+    return f"{_PREFIX}:holds:{batch_id}"
+
+
+def batch_hold(*, owner, decision: CostDecision, batch_id: Any, amount_usd: float | None) -> bool:
+    """Admit a batch whole: hold its worst case `amount_usd` in every cap of `owner` at once (atomically,
+    across processes), so that a batch accepted is a batch that fits. Its jobs' reservations are then
+    taken from the hold (`RedisLedger`), and `batch_hold_release` frees what is left.
+
+    Returns whether a hold was placed: False when no cap applies, or when Redis is unreachable (admitted
+    without a hold, logged: the worker's reservations, which fail closed, still guard). Raises
+    `BudgetExceeded` (429, `details.needed_usd` = the estimate) when it does not fit, `ValidationFailed`
+    (`budget_unpriced_model`) for a capped model without a price.
+    """
+    admission = _admission_caps(owner=owner, decision=decision)
+    if admission is None or amount_usd is None:
+        return False
+    caps, _ = admission
+    needed = _nano(amount_usd)
+    ledger = RedisLedger(caps)
+    try:
+        outcome = ledger.try_reserve(
+            rid=_hold_id(batch_id), amount=needed, model=decision.model, lease_sec=hold_lease_sec()
+        )
+        if isinstance(outcome, Reservation):
+            now = datetime.now(UTC)
+            ttl = max(cap.ttl(now) for cap in caps)
+            _client().set(_hold_record(batch_id), " ".join(cap.key for cap in caps), ex=ttl)
+            return True
+    except Exception as exc:
+        logger.warning("budget ledger unavailable for a batch's hold (%s); admitting", type(exc).__name__)
+        return False
+    if outcome is None:
+        logger.warning("budget counters keep disappearing; batch %s admitted without a hold", batch_id)
+        return False
+    cap, spent, reserved, now = outcome
+    raise _exceeded(cap, spent=spent, reserved=reserved, needed=needed, now=now)
+
+
+def _hold_keys(client: Any, batch_id: Any) -> list[str]:
+    record = client.get(_hold_record(batch_id))
+    if not record:
+        return []
+    return [key + suffix for key in _text(record).split() for suffix in ("", ":res", ":amt")]
+
+
+def batch_hold_release(*, batch_id: Any) -> None:
+    """Free what is left of a batch's hold (it completed, was cancelled, or was never created). Idempotent;
+    a Redis error is logged and the hold's lease frees it later."""
+    try:
+        client = _client()
+    except RuntimeError:  # the cache is not Redis: budgets are off, nothing was held
+        return
+    try:
+        keys = _hold_keys(client, batch_id)
+        if keys:
+            _scripts_for(client).settle(keys=keys, args=[_hold_id(batch_id), 0, "", "0"])
+        client.delete(_hold_record(batch_id))
+    except Exception as exc:
+        logger.warning("could not release the hold of batch %s (%s)", batch_id, type(exc).__name__)
+
+
+def batch_holds_renew() -> int:
+    """Extend the lease of the holds of the batches still running (the sweep calls it, so a batch waiting
+    long at low priority keeps its hold). Returns how many holds it found; a Redis error is logged (the
+    holds live on until their lease ends)."""
+    running = Batch.objects.filter(completed_at__isnull=True, estimated_cost_usd__isnull=False)
+    batch_ids = list(running.order_by().values_list("id", flat=True)[:1000])
+    if not batch_ids:
+        return 0
+    renewed = 0
+    try:
+        client = _client()
+    except RuntimeError:  # the cache is not Redis: budgets are off, nothing was held
+        return renewed
+    try:
+        expiry = time.time() + hold_lease_sec()
+        for batch_id in batch_ids:
+            keys = _hold_keys(client, batch_id)
+            if keys:
+                _scripts_for(client).renew(keys=keys, args=[_hold_id(batch_id), expiry])
+                renewed += 1
+    except Exception as exc:
+        logger.warning("could not renew batch holds (%s)", type(exc).__name__)
+    return renewed
 
 
 def batch_worst_case(*, decision: CostDecision, items: list[tuple[str, int]]) -> float | None:
@@ -485,19 +666,12 @@ def budget_usage_get(*, user) -> dict[str, Any]:
 
 
 def _db_state(cap: Cap) -> dict[str, int]:
-    rows = AgentJob.objects.filter(
-        owner_id=cap.owner_id,
-        key_source="server",
-        finished_at__gte=cap.start,
-        finished_at__lt=cap.resets_at,
-        cost_usd__gt=0,
-    )
     state = {"spent": 0}
-    for row in rows.values("model").annotate(spent=Sum("cost_usd"), calls=Count("id")):
-        spent = _nano(float(row["spent"]))
+    for model, (spent_usd, calls) in _recorded(cap).items():
+        spent = _nano(float(spent_usd))
         state["spent"] += spent
-        state[f"spent:{row['model']}"] = spent
-        state[f"calls:{row['model']}"] = row["calls"]
+        state[f"spent:{model}"] = spent
+        state[f"calls:{model}"] = calls
     return state
 
 
@@ -527,32 +701,23 @@ def _period_view(cap: Cap, state: dict[str, int], *, tracked: bool) -> dict[str,
 
 
 def budget_usage_list() -> list[dict[str, Any]]:
-    """Every user's server-key spend this UTC day and month (from the job rows), largest first, with
-    their caps: what staff see at GET /api/agent/usage?all=true and the admin lists."""
+    """Every user's server-key spend this UTC day and month (jobs and synchronous calls, from the database),
+    largest first, with their caps: what staff see at GET /api/agent/usage/users and the admin lists."""
     now = datetime.now(UTC)
-    day_start, _ = period_bounds(now, "day")
-    month_start, _ = period_bounds(now, "month")
-    rows = (
-        AgentJob.objects.filter(key_source="server", finished_at__gte=month_start, cost_usd__gt=0)
-        .values("owner_id", "owner__username")
-        .annotate(month=Sum("cost_usd"), calls=Count("id"))
-        .order_by("-month")
-    )
-    today = dict(
-        AgentJob.objects.filter(key_source="server", finished_at__gte=day_start, cost_usd__gt=0)
-        .values("owner_id")
-        .annotate(day=Sum("cost_usd"))
-        .values_list("owner_id", "day")
+    users = spend.spend_by_user_annotate(
+        get_user_model().objects.all(),
+        day_start=period_bounds(now, "day")[0],
+        month_start=period_bounds(now, "month")[0],
     )
     out = []
-    for row in rows:
-        limits = user_limits(row["owner_id"])
+    for user in users.filter(month_usd__gt=0).order_by("-month_usd", "username"):
+        limits = user_limits(user.pk)
         out.append(
             {
-                "user": {"id": row["owner_id"], "username": row["owner__username"]},
-                "day_spent_usd": float(today.get(row["owner_id"]) or Decimal(0)),
-                "month_spent_usd": float(row["month"]),
-                "month_calls": row["calls"],
+                "user": {"id": user.pk, "username": user.get_username()},
+                "day_spent_usd": float(user.day_usd),
+                "month_spent_usd": float(user.month_usd),
+                "month_calls": user.month_calls,
                 "day_limit_usd": limits["day"],
                 "month_limit_usd": limits["month"],
             }

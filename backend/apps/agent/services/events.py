@@ -14,6 +14,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from apps.agent.models import TERMINAL_STATUSES, AgentJob, Batch
+from apps.agent.services import budgets
 from apps.agent.services.event_payloads import batch_event_payload, job_event_payload
 from apps.webhooks.models import EVENT_TYPE_BY_JOB_STATUS, Delivery, EventType
 from apps.webhooks.services import delivery_redeliver, event_enqueue
@@ -94,6 +95,8 @@ def batch_completion_check(*, batch_id: uuid.UUID) -> bool:
             return False
         batch.completed_at = timezone.now()
         batch.save(update_fields=["completed_at"])
+        # What its jobs did not take of the batch's spending hold is free again (services/budgets.py).
+        transaction.on_commit(lambda: budgets.batch_hold_release(batch_id=batch_id))
         if batch.webhook_url:
             batch_event_enqueue(batch=batch)
     return True

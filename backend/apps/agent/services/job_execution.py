@@ -83,7 +83,7 @@ def job_claim(*, job_id: uuid.UUID | str) -> AgentJob | None:
         id=job_id, status=JobStatus.QUEUED, attempts__lt=settings.AGENT_MAX_ATTEMPTS
     ).update(status=JobStatus.RUNNING, attempts=F("attempts") + 1, heartbeat_at=now, started_at=now)
     if claimed:
-        return AgentJob.objects.get(id=job_id)
+        return AgentJob.objects.select_related(fairness.OWNER_CAPS).get(id=job_id)
     job = AgentJob.objects.filter(id=job_id).only("id", "status", "attempts", "timeout_sec").first()
     if job is None or job.is_terminal:
         return None
@@ -99,7 +99,7 @@ def job_claim(*, job_id: uuid.UUID | str) -> AgentJob | None:
     )
     if not changed:
         return None
-    return AgentJob.objects.get(id=job_id)
+    return AgentJob.objects.select_related(fairness.OWNER_CAPS).get(id=job_id)
 
 
 def job_run(*, job_id: uuid.UUID | str) -> str | None:

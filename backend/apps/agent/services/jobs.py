@@ -27,7 +27,7 @@ from agent.errors import ImproperlyConfigured
 from agent.llm_factory import build_llm_runnable
 from agent.types import AgentOptions, AgentResult
 from apps.agent.models import AgentJob, Batch, JobStatus
-from apps.agent.services import budgets, fairness, job_events, job_execution, key_vault
+from apps.agent.services import budgets, fairness, job_events, job_execution, key_vault, spend
 from apps.agent.services.rate_limit import provider_limiter
 from apps.core import publish
 from core.errors import Conflict, IdempotencyMismatch, ServiceUnavailable, ValidationFailed
@@ -105,7 +105,7 @@ def job_create(
         return _idempotent_repeat(existing, fingerprint), False
     job_id = uuid.uuid4()
     # Over a per-user cap, the job waits in its owner's line unpublished (services/fairness.py).
-    admit = enqueue and fairness.user_cap(batch=batch is not None) is not None
+    admit = enqueue and fairness.user_cap(owner_id=owner.pk, batch=batch is not None) is not None
     if decision.key_source == "user":
         # Stored before the row exists: if Redis is down we refuse the job rather than lose the key.
         try:
@@ -207,7 +207,7 @@ def jobs_enqueue(*, jobs: Sequence[AgentJob]) -> int:
     job_events.jobs_queued(job_ids=[job.id for job in jobs])
     admitted = 0
     capped = {(job.owner_id, job.batch_id is not None) for job in jobs}
-    capped = {kind for kind in capped if fairness.user_cap(batch=kind[1]) is not None}
+    capped = {kind for kind in capped if fairness.user_cap(owner_id=kind[0], batch=kind[1]) is not None}
     if capped:  # over a per-user cap, jobs wait in their owners' lines: admit what fits
         admitted = sum(
             fairness.admit_and_publish(owner_id=owner_id, batch=batch)
@@ -265,9 +265,10 @@ def jobs_sweep() -> dict[str, int]:
     stale_batch_queue = now - timedelta(seconds=settings.AGENT_BATCH_QUEUED_STALE_SEC)
     counts = {"enqueued": 0, "recovered": 0, "failed": 0}
     never_published = Q(enqueued_at__isnull=True, created_at__lt=now - timedelta(seconds=2))
-    # A kind under a per-user cap: its unpublished jobs wait for admission, not for a blind publish.
+    # A kind under a per-user cap (of anyone's): its unpublished jobs wait for admission, not for a blind
+    # publish; admission publishes an uncapped owner's whole line.
     for batch in (False, True):
-        if fairness.user_cap(batch=batch) is not None:
+        if fairness.kind_capped(batch=batch):
             never_published &= Q(batch__isnull=batch)
             for owner_id in fairness.waiting_owners(batch=batch, created_before=now - timedelta(seconds=2)):
                 counts["enqueued"] += fairness.admit_and_publish(owner_id=owner_id, batch=batch)
@@ -294,6 +295,7 @@ def jobs_sweep() -> dict[str, int]:
         elif job_execution.job_release(job_id=job.id, attempt=job.attempts):
             counts["recovered"] += 1
             job_enqueue(job=job)
+    counts["holds_renewed"] = budgets.batch_holds_renew()  # running batches keep their spending hold
     return counts
 
 
@@ -303,9 +305,10 @@ def jobs_sweep() -> dict[str, int]:
 def agent_run_sync(
     *, query: str, options: AgentOptions, byo_api_key: str | None, owner=None
 ) -> tuple[AgentResult, CostDecision]:
-    """Run the pipeline within the request, bounded by the same job timeout. Stores nothing.
+    """Run the pipeline within the request, bounded by the same job timeout. Stores no job.
 
-    With an `owner`, a paid call is held to their budgets like a job's (`BudgetExceeded` when spent)."""
+    With an `owner`, a paid call is held to their budgets like a job's (`BudgetExceeded` when spent), and
+    what it cost the server's key is recorded (`SyncCall`), as a job's row records it."""
     decision = cost_decision_resolve(byo_api_key=byo_api_key)
     llm = build_llm_runnable(
         byo_api_key=byo_api_key if decision.key_source == "user" else None,
@@ -320,4 +323,6 @@ def agent_run_sync(
     result = pipeline.run(
         query, options, llm, runtime.retriever(), deadline, exact_search=runtime.exact_search
     )
+    if owner is not None:
+        spend.sync_call_record(owner_id=owner.pk, decision=decision, result=result)
     return result, decision

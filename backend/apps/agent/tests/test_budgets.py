@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import threading
 import time
+import uuid
 from datetime import UTC, datetime
 from decimal import Decimal
 
@@ -16,7 +17,7 @@ import pytest
 from agent.budget import BudgetSettings, Refusal, Reservation
 from agent.llm_factory import StubLLM
 from agent.types import AgentOptions
-from apps.agent.models import AgentJob, JobStatus, UserBudget
+from apps.agent.models import AgentJob, JobStatus, SyncCall, UserBudget
 from apps.agent.services import budgets, job_execution, jobs, key_vault
 from apps.agent.tests.wiring import wire_runtime
 
@@ -34,6 +35,14 @@ def ledger(monkeypatch):
     monkeypatch.setattr(budgets, "_client", lambda: client)
     monkeypatch.setattr(budgets, "_scripts", {})
     return client
+
+
+@pytest.fixture(autouse=True)
+def _fresh_throttle_counters():
+    """The throttle counts in the cache, which outlives a test: every test starts from zero."""
+    from django.core.cache import cache
+
+    cache.clear()
 
 
 @pytest.fixture
@@ -369,3 +378,169 @@ def test_a_cancel_during_the_paid_call_keeps_its_cost_on_the_row(paid, user, led
     assert job_execution.job_run(job_id=job.id) == JobStatus.CANCELLED
     job.refresh_from_db()
     assert job.cost_usd == Decimal("0.002") and job.prompt_tokens > 0
+
+
+# --- the synchronous endpoint's spend is durable -------------------------------------------------------
+
+
+@pytest.fixture
+def paid_sync(monkeypatch, store):
+    """POST /api/agent/ answers through PaidStub (its runnable is built per request, not per job)."""
+    PaidStub.calls = 0
+    monkeypatch.setattr(jobs, "build_llm_runnable", lambda **kwargs: PaidStub(model=kwargs["settings"].model))
+    return PaidStub
+
+
+def test_a_synchronous_paid_call_is_recorded_and_a_rebuild_counts_it(
+    paid, user, other_user, api, ledger, paid_sync, client, django_user_model
+):
+    UserBudget.objects.create(user=user, daily_usd=Decimal("10"))
+
+    response = api.post("/api/agent/", {"query": "whales", "top_k": 1}, format="json")
+
+    assert response.status_code == 200 and paid_sync.calls == 1
+    call = SyncCall.objects.get()
+    assert (call.owner_id, call.model, call.cost_usd) == (user.pk, "m", Decimal("0.002"))
+    assert call.prompt_tokens > 0 and call.provider == "openai_compatible"
+
+    ledger.flushall()  # Redis lost its data: the counters are rebuilt from the database
+    day = api.get("/api/agent/usage").json()["periods"]["day"]
+    assert (day["spent_usd"], day["reserved_usd"], day["tracked"]) == (0.002, 0.0, True)
+    assert day["by_model"] == [{"model": "m", "spent_usd": 0.002, "reserved_usd": 0.0, "calls": 1}]
+    refusal = budgets.RedisLedger(budgets.budget_caps(owner_id=user.pk)).reserve(
+        amount_usd=9.999, model="m", lease_sec=30
+    )
+    assert isinstance(refusal, Refusal) and refusal.details["spent_usd"] == 0.002
+
+    # Staff's list and the admin's spend list count it too, beside a job's spend.
+    spend(user, "0.001")
+    other_user.is_staff = True
+    other_user.save()
+    from rest_framework.test import APIClient
+
+    staff = APIClient()
+    staff.force_authenticate(other_user)
+    rows = staff.get("/api/agent/usage/users").json()
+    assert [(r["user"]["username"], r["day_spent_usd"], r["month_calls"]) for r in rows] == [
+        ("alice", 0.003, 2)
+    ]
+    admin = django_user_model.objects.create_superuser(username="root", password="pw-root")
+    client.force_login(admin)
+    assert "0.003000" in client.get("/admin/agent/spendbyuser/").content.decode()
+
+
+def test_a_synchronous_call_with_the_users_own_key_records_nothing(paid, user, api, ledger, paid_sync):
+    paid.LLM = dataclasses.replace(paid.LLM, cost_mode=type(paid.LLM.cost_mode)("hybrid"))
+    paid.BUDGETS = BudgetSettings(user_daily_usd=1.0)
+
+    response = api.post(
+        "/api/agent/", {"query": "whales"}, format="json", headers={"X-LLM-API-Key": "sk-mine"}
+    )
+
+    assert response.status_code == 200 and paid_sync.calls == 1
+    assert not SyncCall.objects.exists()
+
+
+# --- a batch holds its worst case ----------------------------------------------------------------------
+
+
+BATCH = {"queries": ["whales", "dragons"], "overrides": {"top_k": 1}}
+
+
+def batch_estimate(paid, api) -> float:
+    """The worst case of BATCH, measured by creating it once under a generous cap (then forgotten)."""
+    paid.BUDGETS = BudgetSettings(user_daily_usd=1000.0)
+    response = api.post("/api/agent/batches", BATCH, format="json")
+    assert response.status_code == 202
+    budgets.batch_hold_release(batch_id=response.json()["id"])
+    AgentJob.objects.all().delete()
+    return response.json()["estimated_cost_usd"]
+
+
+def reserved_today(user) -> float:
+    return budgets.budget_usage_get(user=user)["periods"]["day"]["reserved_usd"]
+
+
+def test_two_batches_that_fit_alone_but_not_together_the_second_is_refused(paid, user, api, ledger, store):
+    estimate = batch_estimate(paid, api)
+    paid.BUDGETS = BudgetSettings(user_daily_usd=round(estimate * 1.5, 6))
+
+    first = api.post("/api/agent/batches", BATCH, format="json")
+    second = api.post("/api/agent/batches", BATCH, format="json")
+
+    assert first.status_code == 202
+    assert reserved_today(user) == pytest.approx(estimate, abs=1e-6)  # held by the first batch
+    assert second.status_code == 429 and 0 < int(second["Retry-After"]) <= 86400
+    error = second.json()["error"]
+    assert error["code"] == "budget_exceeded"
+    assert error["details"]["reserved_usd"] == pytest.approx(estimate, abs=1e-6)
+    assert error["details"]["needed_usd"] == pytest.approx(estimate, abs=1e-6)
+    assert error["details"]["spent_usd"] == 0
+    assert AgentJob.objects.count() == 2  # the first batch's jobs only
+
+
+def test_a_batchs_jobs_reserve_from_its_hold_and_all_get_their_paid_call(
+    paid, user, api, ledger, store, paid_llm, django_capture_on_commit_callbacks
+):
+    estimate = batch_estimate(paid, api)
+    paid.BUDGETS = BudgetSettings(user_daily_usd=round(estimate, 6))  # exactly the batch's worst case
+    accepted = api.post("/api/agent/batches", BATCH, format="json")
+    assert accepted.status_code == 202
+    # All of the cap is held for the batch: other work cannot take it meanwhile.
+    assert api.post("/api/agent/jobs", {"query": "whales"}, format="json").status_code == 429
+
+    batch_jobs = list(AgentJob.objects.filter(batch_id=accepted.json()["id"]).order_by("created_at"))
+    assert job_execution.job_run(job_id=batch_jobs[0].id) == JobStatus.SUCCEEDED
+    # The first job's call took its worst case from the hold and settled: the hold shrank by that much.
+    assert 0 < reserved_today(user) < estimate
+    with django_capture_on_commit_callbacks(execute=True):  # the last job completes the batch
+        assert job_execution.job_run(job_id=batch_jobs[1].id) == JobStatus.SUCCEEDED
+
+    for job in batch_jobs:
+        job.refresh_from_db()
+        assert job.degraded is False and job.cost_usd == Decimal("0.002")
+    assert paid_llm.calls == 2
+    day = budgets.budget_usage_get(user=user)["periods"]["day"]
+    assert day["spent_usd"] == 0.004 and day["reserved_usd"] == 0.0  # the rest of the hold was released
+
+
+def test_a_cancelled_batch_releases_its_hold(
+    paid, user, api, ledger, store, django_capture_on_commit_callbacks
+):
+    estimate = batch_estimate(paid, api)
+    paid.BUDGETS = BudgetSettings(user_daily_usd=estimate * 3)
+    batch_id = api.post("/api/agent/batches", BATCH, format="json").json()["id"]
+    assert reserved_today(user) == pytest.approx(estimate, abs=1e-6)
+
+    with django_capture_on_commit_callbacks(execute=True):
+        assert api.post(f"/api/agent/batches/{batch_id}/cancel").status_code == 202
+
+    assert reserved_today(user) == 0.0
+    budgets.batch_hold_release(batch_id=batch_id)  # idempotent
+    assert reserved_today(user) == 0.0
+
+
+def test_a_hold_whose_batch_never_showed_life_ends_with_its_lease(paid, user, ledger, settings):
+    """The API process died between the hold and the batch's commit: the hold does not leak for ever."""
+    paid.BUDGETS = BudgetSettings(user_daily_usd=1.0)
+    settings.AGENT_BATCH_QUEUED_STALE_SEC = 0.05
+    decision = jobs.cost_decision_resolve(byo_api_key=None)
+    assert budgets.batch_hold(owner=user, decision=decision, batch_id=uuid.uuid4(), amount_usd=0.9)
+    assert reserved_today(user) == 0.9
+
+    time.sleep(0.1)
+
+    assert reserved_today(user) == 0.0
+
+
+def test_the_sweep_renews_the_hold_of_a_running_batch(paid, user, api, ledger, store, settings):
+    paid.BUDGETS = BudgetSettings(user_daily_usd=1000.0)
+    batch_id = api.post("/api/agent/batches", BATCH, format="json").json()["id"]
+    day_key = budgets.budget_caps(owner_id=user.pk)[0].key
+    hold = f"hold:batch:{batch_id}"
+    leased_until = ledger.zscore(day_key + ":res", hold)
+    settings.AGENT_BATCH_QUEUED_STALE_SEC = 7200.0
+
+    assert jobs.jobs_sweep()["holds_renewed"] == 1
+
+    assert ledger.zscore(day_key + ":res", hold) > leased_until + 3600

@@ -9,7 +9,7 @@ from datetime import timedelta
 import pytest
 
 from agent.types import AgentOptions
-from apps.agent.models import AgentJob, Batch, JobStatus
+from apps.agent.models import AgentJob, Batch, JobStatus, UserFairShare
 from apps.agent.services import fairness, job_execution, jobs
 
 pytestmark = pytest.mark.django_db
@@ -159,3 +159,132 @@ def test_admission_waits_for_the_sweep_when_the_lock_is_unavailable(user, capped
     assert fairness.admit_and_publish(owner_id=user.id, batch=False) == 0
     assert "could not admit jobs of user" in caplog.text
     assert not AgentJob.objects.filter(enqueued_at__isnull=False).exists()
+
+
+# --- per-user overrides (UserFairShare, set in the admin) ---------------------------------------------
+
+
+def test_a_users_override_is_the_cap_used_at_their_admission(
+    user, other_user, capped, published, django_capture_on_commit_callbacks
+):
+    UserFairShare.objects.create(user=user, max_running=1)
+    with django_capture_on_commit_callbacks(execute=True):
+        mine = submit(user, 3)
+        theirs = submit(other_user, 3)
+
+    # alice is held to her override (1), bob to the default (2).
+    assert [job_id for job_id, _ in published] == ids(mine[:1]) + ids(theirs[:2])
+    assert fairness.user_caps(owner_id=user.pk) == {"max_running": 1, "max_running_batch": None}
+    assert fairness.user_caps(owner_id=other_user.pk) == {"max_running": 2, "max_running_batch": None}
+
+
+def test_an_override_caps_a_user_when_the_default_is_unlimited(
+    user, other_user, settings, published, store, django_capture_on_commit_callbacks
+):
+    settings.AGENT_MAX_RUNNING_PER_USER = None
+    settings.AGENT_MAX_RUNNING_PER_USER_BATCH = None
+    UserFairShare.objects.create(user=user, max_running=1)
+    with django_capture_on_commit_callbacks(execute=True):
+        mine = submit(user, 3)
+        theirs = submit(other_user, 2)
+    assert [job_id for job_id, _ in published] == ids(mine[:1]) + ids(theirs)
+
+    # Her slot frees when her job ends: the next one in her line goes, and only that one.
+    with django_capture_on_commit_callbacks(execute=True):
+        assert job_execution.job_run(job_id=mine[0].id) == JobStatus.SUCCEEDED
+    assert [job_id for job_id, _ in published][-1] == str(mine[1].id)
+    assert AgentJob.objects.filter(owner=user, enqueued_at__isnull=True).count() == 1
+
+
+def test_an_override_of_the_batch_cap_holds_her_batch_jobs_apart(
+    user, settings, published, django_capture_on_commit_callbacks
+):
+    settings.AGENT_MAX_RUNNING_PER_USER = None
+    settings.AGENT_MAX_RUNNING_PER_USER_BATCH = 4
+    UserFairShare.objects.create(user=user, max_running_batch=2)
+    batch = Batch.objects.create(owner=user, source="queries")
+    with django_capture_on_commit_callbacks(execute=True):
+        interactive = submit(user, 2)
+        batch_jobs = submit(user, 5, batch=batch)
+
+    assert published == [(job_id, False) for job_id in ids(interactive)] + [
+        (job_id, True) for job_id in ids(batch_jobs[:2])
+    ]
+
+
+def test_an_unlimited_override_lifts_the_default_cap(
+    user, capped, published, django_capture_on_commit_callbacks
+):
+    UserFairShare.objects.create(user=user, max_running=1, unlimited=True)
+    with django_capture_on_commit_callbacks(execute=True):
+        created = submit(user, 4)
+
+    assert [job_id for job_id, _ in published] == ids(created)
+    assert fairness.user_caps(owner_id=user.pk) == {"max_running": None, "max_running_batch": None}
+
+
+def test_the_sweep_publishes_a_line_whose_cap_was_lifted(
+    user, settings, published, django_capture_on_commit_callbacks
+):
+    settings.AGENT_MAX_RUNNING_PER_USER = None
+    settings.AGENT_MAX_RUNNING_PER_USER_BATCH = None
+    override = UserFairShare.objects.create(user=user, max_running=1)
+    with django_capture_on_commit_callbacks(execute=True):
+        created = submit(user, 3)
+    assert len(published) == 1
+    AgentJob.objects.update(created_at=created[0].created_at - timedelta(minutes=1))
+    assert jobs.jobs_sweep()["enqueued"] == 0  # still capped: nothing is published blindly
+
+    override.unlimited = True  # the operator lifts her cap while two jobs wait
+    override.save()
+    assert jobs.jobs_sweep()["enqueued"] == 2
+
+    assert sorted(job_id for job_id, _ in published[1:]) == sorted(ids(created[1:]))
+    assert not AgentJob.objects.filter(enqueued_at__isnull=True).exists()
+
+
+def test_the_sweep_publishes_an_uncapped_users_failed_publish_under_a_default_cap(
+    user, capped, published, django_capture_on_commit_callbacks
+):
+    """Her jobs were published at creation (unlimited override); one publish failed and waits unmarked."""
+    UserFairShare.objects.create(user=user, unlimited=True)
+    (job,) = submit(user, 1, enqueue=False)
+    AgentJob.objects.filter(id=job.id).update(
+        enqueued_at=None, created_at=job.created_at - timedelta(minutes=1)
+    )
+    published.clear()
+
+    assert jobs.jobs_sweep()["enqueued"] == 1
+    assert published == [(str(job.id), False)]
+
+
+def test_usage_shows_the_effective_caps(user, api, capped):
+    assert api.get("/api/agent/usage").json()["fair_share"] == {"max_running": 2, "max_running_batch": None}
+
+    UserFairShare.objects.create(user=user, max_running_batch=3)
+    assert api.get("/api/agent/usage").json()["fair_share"] == {"max_running": 2, "max_running_batch": 3}
+
+
+def test_the_admin_edits_a_users_fair_share(user, client, django_user_model):
+    admin = django_user_model.objects.create_superuser(username="root", password="pw-root")
+    client.force_login(admin)
+    assert client.get("/admin/agent/userfairshare/add/").status_code == 200
+
+    added = client.post(
+        "/admin/agent/userfairshare/add/",
+        {"user": user.pk, "max_running": "3", "max_running_batch": "", "note": "a team of three"},
+    )
+    assert added.status_code == 302
+    override = UserFairShare.objects.get(user=user)
+    assert (override.max_running, override.max_running_batch, override.unlimited) == (3, None, False)
+
+    change = f"/admin/agent/userfairshare/{override.pk}/change/"
+    page = client.get(change)
+    assert page.status_code == 200 and "AGENT_MAX_RUNNING_PER_USER_BATCH" in page.content.decode()
+    refused = client.post(change, {"user": user.pk, "max_running": "0", "max_running_batch": "1"})
+    assert refused.status_code == 200  # the form again, with the error
+    assert "Ensure this value is greater than or equal to 1." in refused.content.decode()
+    changed = client.post(change, {"user": user.pk, "max_running": "", "max_running_batch": "1"})
+    assert changed.status_code == 302
+    assert fairness.user_caps(owner_id=user.pk)["max_running_batch"] == 1
+    assert client.get("/admin/agent/userfairshare/").status_code == 200
