@@ -499,6 +499,7 @@ class OpenAITestServer:
                 return response
             await response.write(b"data: [DONE]\n\n")
             await response.write_eof()
+            self._count_usage(request, payload)  # billed as a whole answer once it was all sent
         except ConnectionError:
             pass  # the client went away (e.g. it cancelled the job)
         return response
