@@ -107,3 +107,28 @@ def catalogue_vector_settings(tmp_path_factory):
         directory = tmp_path_factory.mktemp("vector") / "store"
         shutil.copytree(cache, directory)
     return dataclasses.replace(vector, dir=directory, manifest_path=directory / "manifest.json")
+
+
+@pytest.fixture(autouse=True)
+def _fake_job_event_store(request, monkeypatch):
+    """Job events go to an in-memory Redis (fakeredis), except in tests on the real `stack`."""
+    if "stack" in request.fixturenames:
+        yield None
+        return
+    import fakeredis
+    import fakeredis.aioredis
+
+    from apps.agent.services import job_events
+
+    server = fakeredis.FakeServer()
+    monkeypatch.setattr(
+        job_events, "_new_sync_client", lambda url: fakeredis.FakeRedis(server=server, decode_responses=True)
+    )
+    monkeypatch.setattr(
+        job_events,
+        "_new_async_client",
+        lambda url: fakeredis.aioredis.FakeRedis(server=server, decode_responses=True),
+    )
+    monkeypatch.setattr(job_events, "_sync_clients", {})
+    monkeypatch.setattr(job_events, "_async_clients", {})
+    yield server

@@ -208,6 +208,11 @@ def cpu_seconds(pgid: int) -> float:
     return total / os.sysconf("SC_CLK_TCK")
 
 
+def group_threads(pgid: int) -> int:
+    """Threads of the live processes of a process group, summed."""
+    return sum(threads_of(pid) for pid, _ in _group_members(pgid))
+
+
 def threads_of(pid: int) -> int:
     try:
         with open(f"/proc/{pid}/status") as f:

@@ -1,7 +1,8 @@
 """Polling: GET /api/agent/jobs/<id> under 50 concurrent pollers, against a trivial view in the same server.
 
 The job is terminal (its full payload: result, 4 trace rows), which is the heaviest answer a poller gets.
-The baseline is GET /api/ping (no authentication, no database) in the same gunicorn, right after. Each
+The baseline is GET /api/ping (no authentication, no database) in the same server, right after; the
+ASGI server (shipped) and the WSGI server it replaced are measured one after the other. Each
 poller sends its next request as soon as the previous one is answered, for a fixed duration.
 """
 
@@ -12,7 +13,7 @@ import time
 
 from bench import client
 from bench.report import Section, ms, ratio, table
-from bench.stack import Stack, Template, log, shipped_worker
+from bench.stack import API_SERVERS, Stack, Template, log, shipped_worker
 
 POLLERS = 50
 
@@ -56,41 +57,51 @@ async def _one_job(stack: Stack) -> str:
 def run(template: Template, *, smoke: bool) -> Section:
     seconds = 1.0 if smoke else 10.0
     pool, concurrency = shipped_worker()
+    results: dict[str, dict[str, dict]] = {}
     with Stack(template, "polling") as stack:
-        _, worker = stack.start(worker=(pool, concurrency))
+        api, worker = stack.start(worker=(pool, concurrency))
         job_id = asyncio.run(_one_job(stack))
         worker.stop()  # nothing else runs while the API is measured
-        log(f"polling: {POLLERS} pollers on a terminal job for {seconds:.0f} s ...")
-        job = asyncio.run(_load(stack, f"/api/agent/jobs/{job_id}", seconds))
-        log(f"polling: {POLLERS} pollers on /api/ping for {seconds:.0f} s ...")
-        ping = asyncio.run(_load(stack, "/api/ping", seconds))
+        for server in API_SERVERS:
+            if server != "asgi":  # the shipped server is running; the one it replaced is measured after
+                api.stop()
+                api = stack.start_api(server=server)
+            log(f"polling ({server}): {POLLERS} pollers on a terminal job for {seconds:.0f} s ...")
+            job = asyncio.run(_load(stack, f"/api/agent/jobs/{job_id}", seconds))
+            log(f"polling ({server}): {POLLERS} pollers on /api/ping for {seconds:.0f} s ...")
+            ping = asyncio.run(_load(stack, "/api/ping", seconds))
+            results[server] = {"job": job, "ping": ping}
 
     def row(label: str, r: dict) -> list:
         return [label, f"{r['rps']:,.0f}", ms(r["p50"]), ms(r["p95"]), ms(r["p99"]), r["errors"]]
 
-    rows = [
-        row("GET /api/agent/jobs/<id> (token auth, job + trace rows)", job),
-        row("**baseline**: GET /api/ping (no auth, no I/O)", ping),
-        [
-            "ratio job / ping",
-            f"{job['rps'] / ping['rps']:.2f}",
-            ratio(job["p50"] / ping["p50"]),
-            ratio(job["p95"] / ping["p95"]),
-            ratio(job["p99"] / ping["p99"]),
-            "",
-        ],
-    ]
+    rows = []
+    for server, label in (("asgi", "ASGI, shipped"), ("wsgi", "WSGI, before")):
+        job, ping = results[server]["job"], results[server]["ping"]
+        rows += [
+            row(f"{label}: GET /api/agent/jobs/<id> (token auth, job + trace rows)", job),
+            row(f"{label}: **baseline** GET /api/ping (no auth, no I/O)", ping),
+            [
+                f"{label}: ratio job / ping",
+                f"{job['rps'] / ping['rps']:.2f}",
+                ratio(job["p50"] / ping["p50"]),
+                ratio(job["p95"] / ping["p95"]),
+                ratio(job["p99"] / ping["p99"]),
+                "",
+            ],
+        ]
     body = "\n".join(
         [
             table(["endpoint", "requests/s", "p50 (ms)", "p95 (ms)", "p99 (ms)", "errors"], rows),
             "",
             f"{POLLERS} concurrent pollers (one aiohttp client process on the same machine, keep-alive), "
-            f"{seconds:.0f} s each; API: gunicorn 2 processes × 8 threads, as shipped; the worker is stopped.",
+            f"{seconds:.0f} s each; API: gunicorn with 2 processes, uvicorn workers (ASGI, shipped) and, "
+            "after it, 2 processes × 8 threads (WSGI, before); the worker is stopped.",
         ]
     )
     return Section(
         "polling",
         f"Polling: {POLLERS} concurrent pollers against a trivial view",
         body,
-        {"job": job, "ping": ping},
+        {server: results[server] for server in results},
     )

@@ -42,8 +42,11 @@ REDIS_DB = REDIS_DB_CANDIDATES[0]
 VECTOR_DIR = Path(os.environ.get("BENCH_VECTOR_DIR") or REPO / "var" / "bench_vector_db")
 API_KEY = "sk-bench"
 USERNAME = "bench"
-#: What compose.yaml and scripts/dev_up.py run: 2 gunicorn processes of 8 threads (BENCH_API=2x8 changes it).
+#: What compose.yaml and scripts/dev_up.py run: 2 gunicorn processes with uvicorn workers (ASGI). The
+#: WSGI server it replaced (2 processes of 8 threads) is measured beside it where the change matters.
+#: BENCH_API=2x8 changes the processes (x threads, for WSGI).
 API_WORKERS, API_THREADS = (int(n) for n in os.environ.get("BENCH_API", "2x8").split("x"))
+API_SERVERS = ("asgi", "wsgi")
 
 # Queries the benchmarks cycle through. The worker's query-embedding cache (agent.embeddings, LRU) holds
 # each one after its first use, as it holds the questions users repeat; the embedding itself is
@@ -391,25 +394,35 @@ class Stack:
             proc.wait_ready()
         return proc
 
-    def start_api(self, *, workers: int = API_WORKERS, threads: int = API_THREADS, wait: bool = True) -> Proc:
+    def start_api(
+        self,
+        *,
+        server: str = "asgi",
+        workers: int = API_WORKERS,
+        threads: int = API_THREADS,
+        wait: bool = True,
+    ) -> Proc:
+        """The API under gunicorn: `asgi` (uvicorn workers, as shipped) or `wsgi` (threads, as before)."""
         port = free_port()
+        if server == "asgi":
+            app = ["config.asgi:application", "--worker-class", "config.asgi_server.ApiWorker"]
+        else:
+            app = ["config.wsgi", "--threads", str(threads)]
         proc = self._spawn(
-            "api",
+            f"api-{server}",
             [
                 PY,
                 "-m",
                 "gunicorn",
-                "config.wsgi",
+                *app,
                 "-b",
                 f"127.0.0.1:{port}",
                 "--workers",
                 str(workers),
-                "--threads",
-                str(threads),
                 "--timeout",
                 "120",
                 "--backlog",
-                "2048",
+                "4096",
             ],
         )
         self.api_url = f"http://127.0.0.1:{port}"

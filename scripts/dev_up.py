@@ -1,7 +1,7 @@
 """`make up`: set everything up and run the stack in the foreground, then answer one real query.
 
 Steps: migrate, load the catalogue, build the vector store if missing, find or start a Redis, start the
-API (gunicorn), a worker (with beat) and Flower, wait for /api/health, submit a query through the HTTP
+API (gunicorn with uvicorn workers, ASGI), a worker (with beat) and Flower, wait for /api/health, submit a query through the HTTP
 API, poll it, print the answer, and keep running until Ctrl-C, which stops only what it started.
 """
 
@@ -75,8 +75,18 @@ def choose_port(name: str, default: int, env: dict[str, str]) -> int:
 
 
 def api_command(port: int, host: str = "127.0.0.1") -> list[str]:
-    """gunicorn as every shipped server runs it (config/gunicorn.conf.py), to be run in backend/."""
-    return [PY, "-m", "gunicorn", "-c", "config/gunicorn.conf.py", "config.wsgi", "-b", f"{host}:{port}"]
+    """gunicorn with uvicorn workers (ASGI) as every shipped server runs it (config/gunicorn.conf.py), to be
+    run in backend/."""
+    return [
+        PY,
+        "-m",
+        "gunicorn",
+        "-c",
+        "config/gunicorn.conf.py",
+        "config.asgi:application",
+        "-b",
+        f"{host}:{port}",
+    ]
 
 
 def redis_answers(url: str) -> bool:

@@ -53,7 +53,8 @@ def test_bench_smoke_prints_each_figure_beside_its_baseline(redis_server):
     assert len(job) == 4 and len(bare) == 4 and len(ratios) == 4  # p50, p95, p99, mean
     assert all(value > 0 for value in job + bare + ratios)
     assert "{'succeeded': 30}" in out  # every smoke job ended well
-    polled = row(out, "GET /api/agent/jobs/<id>")
-    ping = row(out, "**baseline**: GET /api/ping")
-    assert polled[0] > 0 and ping[0] > 0
+    for server in ("ASGI, shipped", "WSGI, before"):
+        polled = row(out, f"{server}: GET /api/agent/jobs/<id>")
+        ping = row(out, f"{server}: **baseline** GET /api/ping")
+        assert polled[0] > 0 and ping[0] > 0
     assert "Machine:" in out and "Versions:" in out

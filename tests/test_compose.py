@@ -79,4 +79,4 @@ def test_web_collects_static_files_and_runs_gunicorn_as_make_up_does():
     command = load()["services"]["web"]["command"]
     assert "collectstatic --noinput" in command
     assert command.index("collectstatic") < command.index("gunicorn")
-    assert "gunicorn -c config/gunicorn.conf.py config.wsgi" in command
+    assert "gunicorn -c config/gunicorn.conf.py config.asgi:application" in command

@@ -17,7 +17,7 @@ from typing import Any, Protocol
 
 from agent.config import PROVIDER_OPENAI_COMPATIBLE, CostMode, LLMSettings
 from agent.language import detect_language
-from agent.llm_factory import to_messages
+from agent.llm_factory import estimate_prompt_tokens, estimate_tokens, stream_llm, to_messages
 from agent.prompts import SYNOPSIS_MAX_CHARS, build_grounded_prompt
 from core.env import Env, env_error, parse_float
 from core.errors import ImproperlyConfigured
@@ -185,6 +185,42 @@ class BudgetedLLM:
             raise
         self._settle(outcome, result)
         return result
+
+    def stream(self, prompt: Any, *, on_delta: Any, deadline: float | None = None) -> dict[str, Any]:
+        """`invoke`, streamed (`llm_factory.stream_llm`): the same reservation before and settlement after.
+
+        A stream stopped by `on_delta` (a cancelled job) was paid for up to that point: the prompt and the
+        text streamed so far are charged at their estimated tokens (a call that raised before any text
+        settles as not charged, like `invoke`).
+        """
+        outcome = self._reserve(prompt, deadline)
+        if isinstance(outcome, Refusal):
+            return self._refused(outcome)
+        streamed: list[str] = []
+
+        def counted(text: str) -> None:
+            streamed.append(text)
+            on_delta(text)
+
+        try:
+            result = stream_llm(self._inner, prompt, on_delta=counted, deadline=deadline)
+        except BaseException:
+            self._ledger.settle(
+                outcome,
+                cost_usd=self._spent(prompt, streamed),
+                model=self._inner.model,
+                charged=bool(streamed),
+            )
+            raise
+        self._settle(outcome, result)
+        return result
+
+    def _spent(self, prompt: Any, streamed: list[str]) -> float:
+        """Estimated USD of a call stopped after `streamed` text (0 when none was streamed)."""
+        if not streamed or self._price is None:
+            return 0.0
+        prompt_tokens = estimate_prompt_tokens(to_messages(prompt))
+        return worst_case_cost(prompt_tokens, estimate_tokens("".join(streamed)), self._price)
 
     async def ainvoke(self, prompt: Any, *, deadline: float | None = None) -> dict[str, Any]:
         outcome = self._reserve(prompt, deadline)

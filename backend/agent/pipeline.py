@@ -16,6 +16,7 @@ from typing import Any, Protocol
 
 from .errors import Cancelled, InvalidQuery, VectorStoreUnavailable
 from .language import choose_language
+from .llm_factory import stream_llm
 from .prompts import PROMPT_VERSION, build_grounded_prompt
 from .types import AgentOptions, AgentResult, Filters, Hit, TraceStep
 
@@ -36,6 +37,8 @@ class Runnable(Protocol):
 
 
 ExactSearch = Callable[[str, int, Filters], list[Hit]]
+#: Receives the run's live events as (name, data): retrieval, llm.delta, llm.done, degraded (docs/api.md).
+OnEvent = Callable[[str, dict[str, Any]], None]
 
 
 class _Clock:
@@ -58,12 +61,17 @@ def run(
     *,
     exact_search: ExactSearch,
     is_cancelled: Callable[[], bool] = lambda: False,
+    on_event: OnEvent | None = None,
 ) -> AgentResult:
     """Answer `query` from the catalogue.
 
     `deadline` is an absolute `time.monotonic()` value for the whole run. Returns an `AgentResult`;
     `result.error` is set only for invalid input or when both the vector store and the LLM failed.
     Raises `Cancelled` when `is_cancelled()` turns true at a step boundary.
+
+    With `on_event`, the run reports its progress as it goes and the LLM answer is streamed
+    (`llm_factory.stream_llm`): each piece of text is an `llm.delta` event, after which `is_cancelled()` is
+    asked again (a cancel stops the stream). The result is the same as without `on_event`.
     """
     trace: list[TraceStep] = []
     try:
@@ -79,6 +87,10 @@ def run(
     _check_cancel(is_cancelled)
     hits, store_error, source = _retrieve(query, options, store, exact_search, trace)
     degraded = store_error is not None
+    if on_event is not None:
+        on_event("retrieval", {"source": source, "books": [_book(hit) for hit in hits]})
+        if store_error:
+            on_event("degraded", {"why": "vector_store_unavailable", "error": store_error})
 
     # 2. Grounded prompt: only the retrieved books, with the instruction to refuse to invent any.
     _check_cancel(is_cancelled)
@@ -97,8 +109,20 @@ def run(
     # 3. LLM, bounded by what is left of the deadline.
     _check_cancel(is_cancelled)
     clock = _Clock()
-    answer = llm.invoke(messages, deadline=deadline - time.monotonic())
+    if on_event is None:
+        answer = llm.invoke(messages, deadline=deadline - time.monotonic())
+    else:
+
+        def on_delta(text: str) -> None:
+            on_event("llm.delta", {"text": text})
+            _check_cancel(is_cancelled)
+
+        answer = stream_llm(llm, messages, on_delta=on_delta, deadline=deadline - time.monotonic())
     llm_error = answer.get("error")
+    if on_event is not None:
+        on_event("llm.done", llm_done_data(answer))
+        if llm_error:
+            on_event("degraded", {"why": "llm_failed", "error": llm_error})
     trace.append(
         TraceStep(
             name="llm",
@@ -160,6 +184,29 @@ def run(
         completion_tokens=int(answer.get("completion_tokens") or 0),
         cost_usd=float(answer.get("cost_usd") or 0.0),
     )
+
+
+def llm_done_data(answer: dict[str, Any]) -> dict[str, Any]:
+    """The `llm.done` event's data from an LLM result dict: usage, cost and error."""
+    return {
+        "usage": {
+            "prompt_tokens": int(answer.get("prompt_tokens") or 0),
+            "completion_tokens": int(answer.get("completion_tokens") or 0),
+            "estimated": bool(answer.get("usage_estimated")),
+        },
+        "cost_usd": float(answer.get("cost_usd") or 0.0),
+        "error": answer.get("error"),
+    }
+
+
+def _book(hit: Hit) -> dict[str, Any]:
+    return {
+        "id": hit.id,
+        "title": hit.title,
+        "author": hit.author,
+        "year": hit.year,
+        "score": round(float(hit.score), 6),
+    }
 
 
 def validate_query(query: str, options: AgentOptions) -> str:

@@ -1,34 +1,19 @@
-"""gunicorn as the shipped servers run it (`make up`, compose): `gunicorn -c config/gunicorn.conf.py config.wsgi`.
+"""gunicorn as the shipped servers run it (`make up`, compose):
+`gunicorn -c config/gunicorn.conf.py config.asgi:application`.
 
-The bind address is given on the command line (-b). Requests that gunicorn refuses before Django sees them
-(a request line over 8190 bytes: 414; a header too large or too many: 431; a malformed request: 400) get the
-API's one error shape instead of gunicorn's HTML page.
+The bind address is given on the command line (-b). The workers are uvicorn's (ASGI,
+`config.asgi_server.ApiWorker`): an open wait or event stream is a coroutine, not a thread. That worker
+keeps gunicorn's request limits and answers what it refuses before Django sees it (a request line over
+8190 bytes: 414; a header too large or too many: 431; a malformed request: 400) in the API's one error
+shape (docs/operations.md, "The API server").
 """
 
 from __future__ import annotations
 
-import json
-
 workers = 2
-threads = 8
+worker_class = "config.asgi_server.ApiWorker"
 timeout = 120
+# Open event streams end with their job; a restart does not wait for them longer than this.
+graceful_timeout = 5
 # Not gunicorn's shared ~/.gunicorn/gunicorn.ctl: several stacks (make up, tests, benchmarks) run side by side.
 control_socket_disable = True
-
-
-def post_worker_init(worker):
-    """gunicorn writes its own error responses through `gunicorn.util.write_error` (it has no hook for
-    them); the worker's copy is replaced once the app (Django) is loaded."""
-    from gunicorn import util
-
-    from apps.core.http_errors import status_error_body
-
-    def write_error(sock, status_int, reason, mesg):
-        body = json.dumps(status_error_body(status_int)).encode()
-        head = (
-            f"HTTP/1.1 {status_int} {reason}\r\nConnection: close\r\n"
-            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
-        )
-        util.write_nonblock(sock, head.encode("latin1") + body)
-
-    util.write_error = write_error

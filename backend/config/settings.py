@@ -48,6 +48,7 @@ INSTALLED_APPS = [
     "apps.libros",
     "apps.agent",
     "apps.webhooks",
+    "apps.console",
 ]
 
 MIDDLEWARE = [
@@ -56,8 +57,8 @@ MIDDLEWARE = [
     "apps.core.http_errors.ApiErrorShapeMiddleware",
     "django.middleware.security.SecurityMiddleware",
     # Static files (admin, Swagger UI, ReDoc) served by the API process itself, compressed and with
-    # content-hashed names cached for a year: gunicorn serves nothing else (`collectstatic` fills STATIC_ROOT).
-    "whitenoise.middleware.WhiteNoiseMiddleware",
+    # content-hashed names cached for a year (WhiteNoise; `collectstatic` fills STATIC_ROOT). Sync and async.
+    "apps.core.static_files.StaticFilesMiddleware",
     # Oversized bodies get 413 in the API's error shape before anything reads them.
     "apps.core.http_errors.RequestSizeLimitMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -70,6 +71,7 @@ MIDDLEWARE = [
 
 ROOT_URLCONF = "config.urls"
 WSGI_APPLICATION = "config.wsgi.application"
+ASGI_APPLICATION = "config.asgi.application"
 TEMPLATES = [
     {
         "BACKEND": "django.template.backends.django.DjangoTemplates",
@@ -270,6 +272,20 @@ if AGENT_JOB_TIMEOUT_SEC >= CELERY_TASK_TIME_LIMIT:
 CELERY_BEAT_SCHEDULE = {
     "agent-sweep": {"task": "agent.jobs_sweep", "schedule": AGENT_SWEEP_INTERVAL_SEC},
 }
+# Retention (docs/operations.md, "Retention"): finished jobs older than this many days are purged with
+# their trace steps, events and webhook deliveries. Empty keeps them for ever (and schedules no purge).
+AGENT_JOB_RETENTION_DAYS = (
+    env.float("AGENT_JOB_RETENTION_DAYS", 0.0) if env.raw("AGENT_JOB_RETENTION_DAYS") else None
+)
+if AGENT_JOB_RETENTION_DAYS is not None and not AGENT_JOB_RETENTION_DAYS > 0:
+    raise env_error(
+        "AGENT_JOB_RETENTION_DAYS", AGENT_JOB_RETENTION_DAYS, "a number of days > 0 (empty: keep for ever)"
+    )
+# Jobs deleted per transaction, with their rows: ~70 ms per 50 jobs on a busy SQLite (docs/operations.md).
+AGENT_PURGE_CHUNK_SIZE = env.int("AGENT_PURGE_CHUNK_SIZE", 100, minimum=1)
+AGENT_PURGE_INTERVAL_SEC = env.float("AGENT_PURGE_INTERVAL_SEC", 3600.0, minimum=1.0)
+if AGENT_JOB_RETENTION_DAYS is not None:
+    CELERY_BEAT_SCHEDULE["agent-purge"] = {"task": "agent.jobs_purge", "schedule": AGENT_PURGE_INTERVAL_SEC}
 HEALTH_WORKER_TIMEOUT_SEC = env.float("HEALTH_WORKER_TIMEOUT_SEC", 1.0, minimum=0.1)
 
 # --- REST framework -----------------------------------------------------------------------------
@@ -359,6 +375,21 @@ LOGGING = {
 BYO_KEY_TTL_SEC = env.int("BYO_KEY_TTL_SEC", 900, minimum=10)
 # A running attempt whose deadline passed this long ago is presumed lost (its worker died).
 AGENT_RUNNING_GRACE_SEC = env.float("AGENT_RUNNING_GRACE_SEC", 15.0, minimum=0.0)
+
+# --- Live job events (apps/agent/services/job_events.py, docs/api.md "Waiting and streaming") ---------
+# Each job's events are a Redis Stream, kept this long after its last event; afterwards the history of an
+# ended job is rebuilt from its row and trace. At most AGENT_EVENTS_MAXLEN entries per job (approximate).
+AGENT_EVENTS_REDIS_URL = env.str("AGENT_EVENTS_REDIS_URL", "") or REDIS_URL
+AGENT_EVENTS_RETENTION_SEC = env.int("AGENT_EVENTS_RETENTION_SEC", 86400, minimum=1)
+AGENT_EVENTS_MAXLEN = env.int("AGENT_EVENTS_MAXLEN", 10000, minimum=100)
+# Threads per API process for sync code under the ASGI server (every sync view; config/asgi.py): as many
+# requests of one process run sync code at once. Open waits and event streams hold none.
+API_SYNC_THREADS = env.int("API_SYNC_THREADS", 8, minimum=1)
+# A comment line (": ping") on an idle event stream this often, so that proxies keep it open.
+AGENT_EVENTS_HEARTBEAT_SEC = env.float("AGENT_EVENTS_HEARTBEAT_SEC", 15.0, minimum=0.1)
+# Answer text produced within this many milliseconds of the last written delta is written with the next
+# one (one Redis write per burst instead of per token); 0 writes every delta at once.
+AGENT_EVENTS_DELTA_FLUSH_MS = env.float("AGENT_EVENTS_DELTA_FLUSH_MS", 25.0, minimum=0.0)
 CELERY_TASK_PUBLISH_RETRY_POLICY = {
     "max_retries": 2,
     "interval_start": 0,

@@ -60,6 +60,7 @@ FAULTS = (
     "empty_choices",
     "no_content",
     "insufficient_quota",
+    "stream_cut",
 )
 DEFAULT_MODELS = ("llama-3-8b-instruct", "gpt-4o-mini", "test-embedding")
 
@@ -87,6 +88,12 @@ class ServerOptions:
                     prompt's tokens (this server's word count) plus the request's `max_tokens`
     rate_burst_sec  how many seconds of the rate a burst may use at once (the buckets' capacity); a real
                     provider enforces "600 RPM" as about 10 requests per second, i.e. 1 s
+    stream_delay_ms pause before each chunk of a streamed answer (`"stream": true`)
+
+    A streamed answer is sent as server-sent events, one chunk per word, then (with `stream_options`
+    `include_usage` and `usage` on) a last chunk with the usage, then `data: [DONE]`. The fault
+    `stream_cut` closes the connection after half the chunks of a streamed answer (a provider that fails
+    mid-stream); a non-streamed answer then gets malformed JSON.
     """
 
     latency_ms: float = 0.0
@@ -102,6 +109,7 @@ class ServerOptions:
     rate_rpm: float | None = None
     rate_tpm: float | None = None
     rate_burst_sec: float = 1.0
+    stream_delay_ms: float = 0.0
 
     def __post_init__(self) -> None:
         if self.fault not in FAULTS:
@@ -246,8 +254,6 @@ class OpenAITestServer:
         body = await self._record(request)
         if not isinstance(body, dict) or not isinstance(body.get("messages"), list):
             return _error(400, "invalid_request_error", "'messages' must be a list.")
-        if body.get("stream"):
-            return _error(400, "invalid_request_error", "This test server does not stream.")
         content = self.options.content if self.options.content is not None else answer_for(body["messages"])
         prompt_tokens = sum(_count_tokens(m.get("content")) for m in body["messages"] if isinstance(m, dict))
         max_tokens = body.get("max_tokens")
@@ -285,6 +291,9 @@ class OpenAITestServer:
                 "completion_tokens": completion_tokens,
                 "total_tokens": prompt_tokens + completion_tokens,
             }
+        if body.get("stream"):
+            include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+            return await self._respond(request, payload, stream_usage=include_usage)
         return await self._respond(request, payload)
 
     async def embeddings(self, request: web.Request) -> web.StreamResponse:
@@ -395,7 +404,11 @@ class OpenAITestServer:
         self.faults_served += 1
         return options.fault
 
-    async def _respond(self, request: web.Request, payload: dict[str, Any]) -> web.StreamResponse:
+    async def _respond(
+        self, request: web.Request, payload: dict[str, Any], *, stream_usage: bool | None = None
+    ) -> web.StreamResponse:
+        """The answer, or the fault being served. `stream_usage` is None for a non-streamed request,
+        else whether the streamed answer ends with a usage chunk."""
         options = self.options
         fault = self._take_fault()
         if options.latency_ms > 0:
@@ -403,6 +416,8 @@ class OpenAITestServer:
         retry_headers = (
             {"Retry-After": _format_seconds(options.retry_after)} if options.retry_after is not None else {}
         )
+        if stream_usage is not None and fault in ("none", "stream_cut"):
+            return await self._stream(request, payload, usage=stream_usage, cut=fault == "stream_cut")
         if fault == "none":
             self._count_usage(request, payload)
             return web.json_response(payload)
@@ -426,7 +441,7 @@ class OpenAITestServer:
             )
         if fault == "403":
             return _error(403, "permission_denied", "You are not allowed to use this model.")
-        if fault == "malformed":
+        if fault in ("malformed", "stream_cut"):
             return web.Response(
                 status=200, text='{"id": "chatcmpl-broken", "choices": [', content_type="application/json"
             )
@@ -451,6 +466,43 @@ class OpenAITestServer:
         totals["calls"] += 1
         totals["prompt_tokens"] += usage["prompt_tokens"]
         totals["completion_tokens"] += usage["completion_tokens"]
+
+    async def _stream(
+        self, request: web.Request, payload: dict[str, Any], *, usage: bool, cut: bool
+    ) -> web.StreamResponse:
+        """The answer as chat.completion.chunk events, one word each (see `ServerOptions`)."""
+        response = web.StreamResponse(
+            status=200, headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+        )
+        await response.prepare(request)
+        content = payload["choices"][0]["message"]["content"]
+        words = re.findall(r"\s*\S+\s*|\s+", content)
+        base = {k: payload[k] for k in ("id", "created", "model")} | {"object": "chat.completion.chunk"}
+        chunks: list[dict[str, Any]] = [
+            {**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}}]}
+        ]
+        chunks += [{**base, "choices": [{"index": 0, "delta": {"content": w}}]} for w in words]
+        chunks.append({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
+        if usage and "usage" in payload:
+            chunks.append({**base, "choices": [], "usage": payload["usage"]})
+        if cut:
+            chunks = chunks[: max(2, len(chunks) // 2)]
+        try:
+            for chunk in chunks:
+                if self.options.stream_delay_ms > 0:
+                    await asyncio.sleep(self.options.stream_delay_ms / 1000)
+                await response.write(f"data: {json.dumps(chunk)}\n\n".encode())
+            if cut:
+                # A provider that dies mid-answer: the connection ends without the final chunk.
+                if request.transport is not None:
+                    request.transport.close()
+                return response
+            await response.write(b"data: [DONE]\n\n")
+            await response.write_eof()
+            self._count_usage(request, payload)  # billed as a whole answer once it was all sent
+        except ConnectionError:
+            pass  # the client went away (e.g. it cancelled the job)
+        return response
 
     async def _drip(self, request: web.Request, payload: dict[str, Any]) -> web.StreamResponse:
         """Send a valid answer one byte at a time: each read is quick, the whole answer is not."""

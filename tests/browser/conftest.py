@@ -1,9 +1,11 @@
 """The stack as `make up` runs it, for a real browser: `collectstatic`, gunicorn with the shipped config
 (scripts/dev_up.api_command: WhiteNoise serves the static files), a real Celery worker and Redis, on the
-test database; and one headless Chromium for the whole session."""
+test database; and one headless Chromium for the whole session. `shipped_stack` answers with the stub LLM;
+`streaming_stack` with the LLM test server, whose streamed answers can be slowed down."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import subprocess
@@ -15,7 +17,12 @@ import pytest
 
 from scripts import dev_up
 from tests.browser.harness import Browser, missing
-from tests.e2e.conftest import _database_url, e2e_vector_settings  # noqa: F401 - a fixture
+from tests.e2e.conftest import (  # noqa: F401 - fixtures
+    API_KEY,
+    _database_url,
+    e2e_vector_settings,
+    llm_server,
+)
 from tests.e2e.harness import BACKEND, REPO, Worker, free_port, point_celery_at, wait_for
 from tests.security.conftest import start_process, stop_process, wait_http
 
@@ -28,20 +35,20 @@ class ShippedStack:
     env: dict[str, str]
     api_log: object
     worker: Worker
+    llm: object = None  # the LLM test server, when the stack uses it
 
     def api(self, token: str) -> httpx.Client:
         return httpx.Client(base_url=self.base_url, headers={"Authorization": f"Token {token}"}, timeout=10)
 
 
-@pytest.fixture(scope="session")
-def shipped_stack(django_db_setup, redis_server, e2e_vector_settings, tmp_path_factory):  # noqa: F811
-    """Kept for the session; its worker consumes database 3 of this run's Redis, so it never takes the
-    tasks of the e2e tests' own workers (database 0)."""
+@contextlib.contextmanager
+def _shipped(*, redis_url: str, vector, llm_env: dict[str, str], name: str, var_dir):
+    """collectstatic, the API (dev_up.api_command) and one worker on `redis_url` (a Redis database of its
+    own, flushed before and after); stopped on exit."""
     import redis as redis_lib
 
     from config.celery_app import app
 
-    redis_url = f"{redis_server.base_url}/3"
     redis_lib.Redis.from_url(redis_url).flushdb()
 
     env = {k: v for k, v in os.environ.items() if not k.startswith(("LLM_", "AGENT_", "VECTOR_", "CELERY_"))}
@@ -51,13 +58,13 @@ def shipped_stack(django_db_setup, redis_server, e2e_vector_settings, tmp_path_f
         DATABASE_URL=_database_url(),
         REDIS_URL=redis_url,
         CACHE_URL=redis_url,
-        LLM_PROVIDER="stub",
-        VECTOR_DB_DIR=str(e2e_vector_settings.dir),
-        VECTOR_DB_MANIFEST=str(e2e_vector_settings.manifest_path),
+        VECTOR_DB_DIR=str(vector.dir),
+        VECTOR_DB_MANIFEST=str(vector.manifest_path),
         PYTHONUNBUFFERED="1",
         HF_HUB_OFFLINE="1",
-        # A VAR_DIR (so a STATIC_ROOT) of this run's own: collectstatic never races another run's files.
-        VAR_DIR=str(tmp_path_factory.mktemp("browser-var")),
+        # A VAR_DIR (so a STATIC_ROOT) of this stack's own: collectstatic never races another run's files.
+        VAR_DIR=str(var_dir),
+        **llm_env,
     )
     subprocess.run(
         [sys.executable, "manage.py", "collectstatic", "--noinput", "-v", "0"],
@@ -66,14 +73,14 @@ def shipped_stack(django_db_setup, redis_server, e2e_vector_settings, tmp_path_f
         check=True,
     )
     port = free_port()
-    log = REPO / "var" / f"browser-api-{port}.log"
+    log = REPO / "var" / f"{name}-api-{port}.log"
     api = start_process(dev_up.api_command(port), env=env, log_path=log)
     worker = None
     try:
         base = f"http://127.0.0.1:{port}"
         wait_http(f"{base}/api/ping", timeout=60, process=api)
         worker = Worker(
-            env, name=f"browser-{uuid.uuid4().hex[:6]}", log_path=REPO / "var" / "browser-worker.log"
+            env, name=f"{name}-{uuid.uuid4().hex[:6]}", log_path=REPO / "var" / f"{name}-worker.log"
         )
         with pytest.MonkeyPatch.context() as mp:  # this process pings the worker on its broker only here
             point_celery_at(app, redis_url, mp)
@@ -84,6 +91,42 @@ def shipped_stack(django_db_setup, redis_server, e2e_vector_settings, tmp_path_f
             worker.stop()
         stop_process(api)
         redis_lib.Redis.from_url(redis_url).flushdb()
+
+
+@pytest.fixture(scope="session")
+def shipped_stack(django_db_setup, redis_server, e2e_vector_settings, tmp_path_factory):  # noqa: F811
+    """Kept for the session; its worker consumes database 3 of this run's Redis, so it never takes the
+    tasks of the e2e tests' own workers (database 0)."""
+    with _shipped(
+        redis_url=f"{redis_server.base_url}/3",
+        var_dir=tmp_path_factory.mktemp("browser-var"),
+        vector=e2e_vector_settings,
+        llm_env={"LLM_PROVIDER": "stub"},
+        name="browser",
+    ) as stack:
+        yield stack
+
+
+@pytest.fixture(scope="session")
+def streaming_stack(django_db_setup, redis_server, e2e_vector_settings, llm_server, tmp_path_factory):  # noqa: F811
+    """The shipped stack with the project's OpenAI-compatible test server as the provider, which streams
+    its answers word by word (`llm_server.control(stream_delay_ms=...)` paces them). Its own Redis
+    database (4): its worker never takes the jobs of `shipped_stack`, nor its events."""
+    llm_env = {
+        "LLM_PROVIDER": "openai_compatible",
+        "LLM_BASE_URL": llm_server.base_url,
+        "LLM_API_KEY": API_KEY,
+        "LLM_MODEL": "test-model",
+    }
+    with _shipped(
+        redis_url=f"{redis_server.base_url}/4",
+        var_dir=tmp_path_factory.mktemp("streaming-var"),
+        vector=e2e_vector_settings,
+        llm_env=llm_env,
+        name="streaming",
+    ) as stack:
+        stack.llm = llm_server
+        yield stack
 
 
 @pytest.fixture

@@ -62,7 +62,7 @@ class Browser:
         options.binary_location = str(CHROMIUM)
         for flag in [*FLAGS, f"--user-data-dir={self.profile}"]:
             options.add_argument(flag)
-        options.set_capability("goog:loggingPrefs", {"performance": "ALL"})
+        options.set_capability("goog:loggingPrefs", {"performance": "ALL", "browser": "ALL"})
         self.driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
         self.wait_sec = wait_sec
         self._requests: dict[str, str] = {}
@@ -72,6 +72,7 @@ class Browser:
         self.collect_requests()
         self._requests.clear()
         self._blocked.clear()
+        self.driver.get_log("browser")  # errors of earlier pages are not this page's
         self.driver.get(url)
 
     def wait_for(self, css: str, *, timeout: float | None = None, visible: bool = True):
@@ -122,6 +123,11 @@ class Browser:
             for url in self.collect_requests()
             if urlsplit(url).scheme in ("http", "https", "ws", "wss") and urlsplit(url).hostname != host
         ]
+
+    def console_errors(self) -> list[str]:
+        """The messages the pages logged at SEVERE level (uncaught errors, console.error, failed loads)
+        since the last `open`."""
+        return [entry["message"] for entry in self.driver.get_log("browser") if entry["level"] == "SEVERE"]
 
     def settle(self, seconds: float = 0.5) -> None:
         """Let late requests (fonts, lazy scripts) start before checking what was requested."""

@@ -1,6 +1,6 @@
-"""The API server as `make up` and compose run it (gunicorn with config/gunicorn.conf.py), over HTTP: every
-answer under /api/ is the one error shape, even what gunicorn refuses before Django; static files are
-served compressed with content-hashed names."""
+"""The API server as `make up` and compose run it (gunicorn with config/gunicorn.conf.py: uvicorn workers,
+config/asgi_server.py), over HTTP: every answer under /api/ is the one error shape, even what the server
+refuses before Django (gunicorn's limits kept); static files are served compressed with content-hashed names."""
 
 from __future__ import annotations
 
@@ -35,12 +35,19 @@ def raw_request(base_url: str, request: bytes) -> tuple[int, dict[str, str], byt
             431,
             "request_header_fields_too_large",
         ),
+        (
+            b"GET /api/ping HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            + b"".join(b"X-%d: 1\r\n" % i for i in range(101))
+            + b"\r\n",
+            431,
+            "request_header_fields_too_large",
+        ),
         (b"GET /api/" + b"a" * 9000 + b" HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n", 414, "uri_too_long"),
         (b"GET /api/ping HTTP/1.1\r\nHost: 127.0.0.1\r\nBad Header: x\r\n\r\n", 400, "bad_request"),
     ],
-    ids=["431", "414", "400"],
+    ids=["431-size", "431-count", "414", "400"],
 )
-def test_what_gunicorn_refuses_is_in_the_error_shape(shipped_stack, request_bytes, status, code):
+def test_what_the_server_refuses_is_in_the_error_shape(shipped_stack, request_bytes, status, code):
     got, headers, body = raw_request(shipped_stack.base_url, request_bytes)
 
     assert got == status

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import redis as redis_lib
 
-from tests.e2e.harness import REPO, RabbitVhost, Worker, point_celery_at
+from tests.e2e.harness import REPO, ApiServer, RabbitVhost, Worker, point_celery_at
 
 API_KEY = "sk-server-e2e"
 
@@ -102,6 +102,14 @@ class Stack:
         worker.wait_ready(app)
         return worker
 
+    def start_api(self) -> ApiServer:
+        """Serve the API from the ASGI server (a subprocess with the stack's environment); stopped with
+        the stack. Returns it (`.url`)."""
+        server = ApiServer(self.env)
+        self.workers.append(server)
+        server.wait_ready()
+        return server
+
 
 @pytest.fixture
 def stack(
@@ -151,6 +159,7 @@ def stack(
     )
     settings.VECTOR = e2e_vector_settings
     settings.CELERY_BROKER_URL = broker_url
+    settings.AGENT_EVENTS_REDIS_URL = redis_url
     settings.CACHES = {
         "default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": redis_url}
     }

@@ -13,6 +13,7 @@ import uuid
 from pathlib import Path
 
 from bench.brokers import PrivateRedis  # noqa: F401 - the run's Redis (root conftest), fault tests
+from scripts import dev_up
 
 REPO = Path(__file__).resolve().parents[2]
 BACKEND = REPO / "backend"
@@ -245,3 +246,50 @@ class Flower:
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait(timeout=5)
+
+
+class ApiServer:
+    """The API as `make up` serves it (`dev_up.api_command`: gunicorn, uvicorn workers) in a subprocess on a
+    free loopback port.
+
+    Django's `live_server` is a WSGI server, which buffers a streamed response whole: event streams and
+    waits are tested against this one. `url` is its base URL; `stop()` ends it."""
+
+    def __init__(self, env: dict[str, str], *, log_name: str = "e2e-api"):
+        port = free_port()
+        self.url = f"http://127.0.0.1:{port}"
+        self.log_path = REPO / "var" / f"{log_name}-{port}.log"
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(
+                dev_up.api_command(port),
+                cwd=BACKEND,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                preexec_fn=_die_with_parent,
+            )
+
+    def wait_ready(self, timeout: float = 60.0) -> None:
+        import httpx
+
+        def answers():
+            if self.process.poll() is not None:
+                log = self.log_path.read_text()[-2000:]
+                raise RuntimeError(f"the API server exited with {self.process.returncode}: {log}")
+            try:
+                return httpx.get(f"{self.url}/api/ping", timeout=1).status_code == 200
+            except httpx.TransportError:
+                return False
+
+        wait_for(answers, timeout=timeout, interval=0.1, message="the API server to answer")
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait(timeout=10)

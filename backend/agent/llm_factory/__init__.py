@@ -14,7 +14,8 @@ timeouts, connection errors, 429 and 5xx at most `LLM_MAX_RETRIES` times, within
 
 Modules: `factory` (build_llm_runnable), `stub` (StubLLM), `openai_client` (OpenAICompatibleLLM),
 `retries` (the wait before the next attempt), `transport` (deadline-bounded HTTP, the client cache),
-`results` (the result dict, tokens, cost), `scrub` (secrets out of messages). `from agent.llm_factory
+`results` (the result dict, tokens, cost), `scrub` (secrets out of messages), `streaming` (`stream_llm`:
+the same call with the answer passed to `on_delta` as it arrives). `from agent.llm_factory
 import build_llm_runnable, StubLLM, OpenAICompatibleLLM` is the seed's import path and stays.
 """
 
@@ -29,6 +30,7 @@ from agent.llm_factory.results import (
     to_messages,
 )
 from agent.llm_factory.scrub import scrub_secrets
+from agent.llm_factory.streaming import stream as stream_llm
 from agent.llm_factory.stub import StubLLM, stub_answer
 from agent.llm_factory.transport import CLIENT_CACHE_SIZE, POOL_SHARD_SIZE
 
@@ -47,6 +49,7 @@ __all__ = [
     "estimate_prompt_tokens",
     "estimate_tokens",
     "scrub_secrets",
+    "stream_llm",
     "stub_answer",
     "to_messages",
 ]

@@ -17,8 +17,9 @@ from agent.budget import (
     worst_case_prompt_tokens,
 )
 from agent.config import LLMSettings
-from agent.errors import ImproperlyConfigured
-from agent.llm_factory import StubLLM
+from agent.errors import Cancelled, ImproperlyConfigured
+from agent.llm_factory import StubLLM, estimate_prompt_tokens, estimate_tokens
+from agent.llm_factory.streaming import split_words
 
 PRICE = (1000.0, 2000.0)  # USD per million tokens: 0.001 in, 0.002 out per token
 
@@ -119,6 +120,37 @@ def test_an_exception_in_the_call_releases_the_reservation_and_propagates():
     with pytest.raises(KeyboardInterrupt):
         BudgetedLLM(Crashing(model="m"), ledger, price=PRICE, max_tokens=10).invoke(MESSAGES, deadline=1)
     assert ledger.reserved == {} and ledger.calls[-1] == ("settle", "r1", 0.0, False)
+
+
+def test_a_streamed_call_reserves_and_settles_exactly_as_an_invoked_one():
+    invoked, streamed = DictLedger(limit=1.0), DictLedger(limit=1.0)
+    BudgetedLLM(PricedStub(model="m"), invoked, price=PRICE, max_tokens=10).invoke(MESSAGES, deadline=20)
+    deltas: list[str] = []
+
+    result = BudgetedLLM(PricedStub(model="m"), streamed, price=PRICE, max_tokens=10).stream(
+        MESSAGES, on_delta=deltas.append, deadline=20
+    )
+
+    assert streamed.calls == invoked.calls
+    assert "".join(deltas) == result["content"] and len(deltas) > 1
+
+
+def test_a_stream_stopped_by_a_cancel_charges_what_was_streamed_so_far():
+    ledger = DictLedger(limit=1.0)
+
+    def cancel_after_two(text, seen=[]):  # noqa: B006 - the deltas seen so far
+        seen.append(text)
+        if len(seen) == 2:
+            raise Cancelled("The job was cancelled.")
+
+    llm = BudgetedLLM(PricedStub(model="m"), ledger, price=PRICE, max_tokens=10)
+    with pytest.raises(Cancelled):
+        llm.stream(MESSAGES, on_delta=cancel_after_two, deadline=20)
+
+    words = split_words(PricedStub(model="m").invoke(MESSAGES)["content"])[:2]
+    spent = worst_case_cost(estimate_prompt_tokens(MESSAGES), estimate_tokens("".join(words)), PRICE)
+    assert ledger.calls[-1] == ("settle", "r1", round(spent, 9), True)
+    assert spent > 0 and ledger.spent == pytest.approx(spent) and ledger.reserved == {}
 
 
 def test_an_unpriced_model_is_refused_without_asking_the_ledger():

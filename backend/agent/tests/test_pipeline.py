@@ -182,3 +182,56 @@ def test_deterministic():
     first, second = run(llm=StubLLM()), run(llm=StubLLM())
     assert first.message == second.message
     assert first.results == second.results
+
+
+# --- live events (on_event) -------------------------------------------------------------------------------
+
+
+def _without_timings(result):
+    data = result.to_dict()
+    for step in data["trace"]:
+        step.pop("started_at"), step.pop("duration_ms")
+        step["outputs"].pop("latency_ms", None)
+    return data
+
+
+def test_on_event_reports_the_run_and_streams_the_stub_answer():
+    events = []
+    streamed = run(llm=StubLLM(), on_event=lambda name, data: events.append((name, data)))
+    plain = run(llm=StubLLM())
+
+    assert _without_timings(streamed) == _without_timings(plain)  # the same result with or without
+    names = [name for name, _ in events]
+    assert names[0] == "retrieval" and names[-1] == "llm.done"
+    assert set(names[1:-1]) == {"llm.delta"} and len(names) > 4
+    assert "".join(data["text"] for name, data in events if name == "llm.delta") == streamed.message
+    assert events[0][1]["source"] == "vector"
+    assert [book["id"] for book in events[0][1]["books"]] == ["1", "2"]
+    assert events[-1][1]["usage"]["prompt_tokens"] == streamed.prompt_tokens
+    assert events[-1][1]["error"] is None
+
+
+def test_on_event_says_why_the_answer_is_degraded():
+    events = []
+    run(
+        store=FakeStore(fail=True),
+        llm=FakeLLM(error={"code": "timeout", "message": "slow"}),
+        on_event=lambda name, data: events.append((name, data)),
+    )
+    degraded = [data for name, data in events if name == "degraded"]
+    assert [d["why"] for d in degraded] == ["vector_store_unavailable", "llm_failed"]
+    assert degraded[1]["error"]["code"] == "timeout"
+    assert "llm.delta" not in [name for name, _ in events]
+
+
+def test_a_cancel_between_deltas_stops_the_run():
+    events, asked = [], []
+
+    def is_cancelled():
+        asked.append(1)
+        return len([e for e in events if e[0] == "llm.delta"]) >= 2
+
+    with pytest.raises(Cancelled):
+        run(llm=StubLLM(), is_cancelled=is_cancelled, on_event=lambda name, data: events.append((name, data)))
+    assert [name for name, _ in events].count("llm.delta") == 2
+    assert "llm.done" not in [name for name, _ in events]

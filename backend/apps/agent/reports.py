@@ -19,6 +19,7 @@ CSV_COLUMNS = (
     "position",
     "job_id",
     "parent_id",
+    "parent_purged",
     "status",
     "degraded",
     "latency_ms",

@@ -102,7 +102,8 @@ def batch_view(*, batch: Batch) -> dict[str, Any]:
 
     Two queries whatever the size: the batch's jobs, then their parents. `comparison` is None while
     jobs are left to run and for batches of new queries (nothing to compare with); each item's
-    `comparison` likewise.
+    `comparison` likewise, and for a re-run whose original job was purged (retention): such an item has
+    `parent_purged` true and counts in `parents_purged`.
     """
     jobs = list(
         AgentJob.objects.filter(batch=batch)
@@ -119,6 +120,8 @@ def batch_view(*, batch: Batch) -> dict[str, Any]:
     complete = batch.completed_at is not None
     items: list[dict[str, Any]] = []
     pairs = []
+    # Every job of a re-run batch had a parent; purging the parent set `parent_id` to NULL.
+    reruns = batch.source == "jobs"
     for position, (job, rerun) in enumerate(zip(jobs, facts, strict=True), start=1):
         parent = parents.get(job.parent_id) if job.parent_id else None
         compared = None
@@ -130,6 +133,7 @@ def batch_view(*, batch: Batch) -> dict[str, Any]:
                 "position": position,
                 "job_id": job.id,
                 "parent_id": job.parent_id,
+                "parent_purged": reruns and parent is None,
                 "query": rerun.query,
                 "status": rerun.status,
                 "degraded": rerun.degraded,
@@ -144,5 +148,6 @@ def batch_view(*, batch: Batch) -> dict[str, Any]:
         "progress": state,
         "totals": comparison.totals(facts),
         "comparison": comparison.summary(pairs) if pairs else None,
+        "parents_purged": sum(1 for item in items if item["parent_purged"]),
         "items": items,
     }

@@ -346,6 +346,9 @@ class BatchItemSerializer(serializers.Serializer):
     position = serializers.IntegerField()
     job_id = serializers.UUIDField()
     parent_id = serializers.UUIDField(allow_null=True)
+    parent_purged = serializers.BooleanField(
+        help_text="A re-run whose original job was purged (AGENT_JOB_RETENTION_DAYS): nothing to compare."
+    )
     query = serializers.CharField()
     status = serializers.CharField()
     degraded = serializers.BooleanField()
@@ -423,6 +426,9 @@ class BatchSerializer(BatchSummarySerializer):
     totals = BatchTotalsSerializer()
     comparison = ComparisonSummarySerializer(
         allow_null=True, help_text="Once the batch is complete, for re-runs of past jobs."
+    )
+    parents_purged = serializers.IntegerField(
+        help_text="Items whose original job was purged since (retention); they are not compared."
     )
     items = BatchItemSerializer(many=True)
 

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import logging
+from datetime import timedelta
 
 from celery import shared_task
+from django.conf import settings
 from django.db import InterfaceError, OperationalError, close_old_connections, connection
 
 from apps.agent.models import AgentJob
-from apps.agent.services import job_execution, jobs
+from apps.agent.services import job_execution, jobs, retention
 from apps.core import publish
 
 logger = logging.getLogger(__name__)
@@ -58,6 +60,24 @@ def batch_job_run_task(self, job_id: str) -> str | None:
 def jobs_sweep_task() -> dict[str, int]:
     """Periodic (Celery beat): enqueue forgotten queued jobs, recover or fail abandoned running ones."""
     return jobs.jobs_sweep()
+
+
+@shared_task(name=publish.JOBS_PURGE, ignore_result=True)
+def jobs_purge_task() -> dict[str, object]:
+    """Periodic (Celery beat, when AGENT_JOB_RETENTION_DAYS is set): purge jobs past their retention.
+
+    Works for at most half the task's soft time limit and half the beat interval, so runs never overlap
+    and never hit the limit; what is left goes at the next run.
+    """
+    if settings.AGENT_JOB_RETENTION_DAYS is None:
+        return {"skipped": "AGENT_JOB_RETENTION_DAYS is empty: jobs are kept for ever"}
+    report = retention.jobs_purge(
+        older_than=timedelta(days=settings.AGENT_JOB_RETENTION_DAYS),
+        chunk_size=settings.AGENT_PURGE_CHUNK_SIZE,
+        time_budget_sec=min(settings.CELERY_TASK_SOFT_TIME_LIMIT, settings.AGENT_PURGE_INTERVAL_SEC) / 2,
+    )
+    logger.info("jobs purge: %s", report.as_dict())
+    return report.as_dict()
 
 
 @shared_task(name=publish.NOOP)

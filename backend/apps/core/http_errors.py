@@ -12,6 +12,7 @@ from __future__ import annotations
 from http import HTTPStatus
 from typing import Any
 
+from asgiref.sync import iscoroutinefunction, markcoroutinefunction
 from django.conf import settings
 from django.core.exceptions import PermissionDenied, RequestDataTooBig, SuspiciousOperation
 from django.http import Http404, JsonResponse
@@ -78,12 +79,30 @@ class RequestSizeLimitMiddleware:
     Django enforces the limit only when `request.body` or `request.POST` is read, and renders a bare 400;
     checking the declared Content-Length first refuses a flood before authentication, parsing or a view.
     A body without Content-Length (chunked) is not read by Django's WSGI handler at all.
+
+    Sync and async: under the ASGI server a sync-only middleware would put every request, open event
+    streams included, on a thread of its own.
     """
+
+    sync_capable = True
+    async_capable = True
 
     def __init__(self, get_response):
         self.get_response = get_response
+        self.async_mode = iscoroutinefunction(get_response)
+        if self.async_mode:
+            markcoroutinefunction(self)
 
     def __call__(self, request):
+        if self.async_mode:
+            return self._acall(request)
+        return self._refusal(request) or self.get_response(request)
+
+    async def _acall(self, request):
+        return self._refusal(request) or await self.get_response(request)
+
+    @staticmethod
+    def _refusal(request) -> JsonResponse | None:
         try:
             length = int(request.META.get("CONTENT_LENGTH") or 0)
         except ValueError:
@@ -92,7 +111,7 @@ class RequestSizeLimitMiddleware:
         if limit is not None and length > limit:
             exc = request_too_large()
             return JsonResponse(error_body(exc.code, exc.message, exc.details), status=exc.status_code)
-        return self.get_response(request)
+        return None
 
 
 # --- Everything under /api/ that DRF never rendered ------------------------------------------------------
@@ -137,13 +156,30 @@ class ApiErrorShapeMiddleware:
 
     DRF's views already answer in it (exception_handler); this catches what Django answers by itself.
     The status and an `Allow` header are kept; the page's body (HTML) is dropped.
+
+    Sync and async, like `RequestSizeLimitMiddleware`: a sync-only outermost middleware would hold a thread
+    for every open wait under the ASGI server.
     """
+
+    sync_capable = True
+    async_capable = True
 
     def __init__(self, get_response):
         self.get_response = get_response
+        self.async_mode = iscoroutinefunction(get_response)
+        if self.async_mode:
+            markcoroutinefunction(self)
 
     def __call__(self, request):
-        response = self.get_response(request)
+        if self.async_mode:
+            return self._acall(request)
+        return self._shaped(request, self.get_response(request))
+
+    async def _acall(self, request):
+        return self._shaped(request, await self.get_response(request))
+
+    @staticmethod
+    def _shaped(request, response):
         if (
             response.status_code >= 400
             and request.path.startswith("/api/")

@@ -18,6 +18,7 @@ from celery import current_app
 JOB_RUN = "agent.job_run"
 BATCH_JOB_RUN = "agent.batch_job_run"
 JOBS_SWEEP = "agent.jobs_sweep"
+JOBS_PURGE = "agent.jobs_purge"
 NOOP = "agent.noop"
 # apps/webhooks/tasks.py (the "agent." prefix predates the app; the names are part of the deployment)
 DELIVERY_SEND = "agent.delivery_send"

@@ -54,6 +54,9 @@ def test_defaults_start():
         ("API_TOKEN_CACHE_SEC", "-1"),
         ("CELERY_BROKER_URL", "kafka://127.0.0.1:9092"),
         ("AGENT_BATCH_QUEUE", "webhooks"),
+        ("AGENT_JOB_RETENTION_DAYS", "0"),
+        ("AGENT_JOB_RETENTION_DAYS", "a month"),
+        ("AGENT_PURGE_CHUNK_SIZE", "0"),
     ],
 )
 def test_bad_value_fails_naming_the_variable(variable, value):
@@ -189,6 +192,19 @@ def test_a_bad_broker_url_never_shows_its_password():
     assert result.returncode != 0
     assert "hunter2" not in result.stderr
     assert "CELERY_BROKER_URL='kafka://...'" in result.stderr.splitlines()[-1]
+
+
+def test_jobs_are_kept_for_ever_and_no_purge_is_scheduled_by_default():
+    assert show("s.AGENT_JOB_RETENTION_DAYS, s.CELERY_BEAT_SCHEDULE.get('agent-purge')") == "(None, None)"
+
+
+def test_a_retention_schedules_the_purge_at_its_interval():
+    shown = show(
+        "s.AGENT_JOB_RETENTION_DAYS, s.CELERY_BEAT_SCHEDULE.get('agent-purge')",
+        AGENT_JOB_RETENTION_DAYS="30",
+        AGENT_PURGE_INTERVAL_SEC="600",
+    )
+    assert shown == "(30.0, {'task': 'agent.jobs_purge', 'schedule': 600.0})"
 
 
 def test_a_reconnected_worker_never_sets_its_prefetch_count_from_a_pool_thread():

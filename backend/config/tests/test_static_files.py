@@ -42,7 +42,8 @@ def test_the_shipped_storage_is_whitenoise_manifest():
         shipped.STORAGES["staticfiles"]["BACKEND"]
         == "whitenoise.storage.CompressedManifestStaticFilesStorage"
     )
-    assert "whitenoise.middleware.WhiteNoiseMiddleware" in settings.MIDDLEWARE
+    # WhiteNoise's middleware, made async-capable (apps/core/static_files.py).
+    assert "apps.core.static_files.StaticFilesMiddleware" in settings.MIDDLEWARE
 
 
 @pytest.mark.parametrize("asset", ASSETS)

@@ -88,6 +88,21 @@ def test_requests_are_recorded_with_the_authorization_header(server, client):
     assert server.stats() == {"calls": 1, "faults_served": 0, "usage": usage, "rate_limited": 0}
 
 
+def test_a_streamed_answer_is_billed_once_it_was_all_sent(server, client):
+    stream = client.chat.completions.create(
+        model="m",
+        messages=[{"role": "user", "content": "hi"}],
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    chunks = list(stream)
+
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "Echo: hi"
+    assert chunks[-1].usage.completion_tokens == 2
+    usage = {KEY: {"calls": 1, "prompt_tokens": 1, "completion_tokens": 2}}
+    assert server.stats()["usage"] == usage
+
+
 def test_usage_can_be_switched_off(server, client):
     server.control(usage=False)
 

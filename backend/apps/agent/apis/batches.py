@@ -71,6 +71,7 @@ def batch_payload(batch: Batch) -> dict:
         "webhook_url": batch.webhook_url,
         "totals": view["totals"],
         "comparison": view["comparison"],
+        "parents_purged": view["parents_purged"],
         "items": view["items"],
     }
 

@@ -39,11 +39,13 @@ from apps.agent.serializers import (
     JobSummarySerializer,
 )
 from apps.agent.services import events as event_services
+from apps.agent.services import job_events
 from apps.agent.services import jobs as job_services
 from apps.agent.throttling import JobCreateThrottle
 from apps.core.serializers import ErrorResponseSerializer
 from apps.webhooks.selectors import delivery_state_for_job
 from apps.webhooks.serializers import DeliveryStateSerializer
+from core.errors import ValidationFailed
 
 
 def job_payload(job: AgentJob, request) -> dict:
@@ -181,13 +183,47 @@ class JobListCreateApi(APIView):
         return paginator.get_paginated_response([output(JobSummarySerializer, row) for row in rows])
 
 
+WAIT_MAX_SEC = job_events.WAIT_MAX_SEC
+
+
+def wait_seconds(request) -> float:
+    """The `wait` query parameter in seconds (0 when absent). Raises `ValidationFailed` when it is not a
+    number from 0 to WAIT_MAX_SEC."""
+    raw = request.GET.get("wait")
+    if raw is None or raw.strip() == "":
+        return 0.0
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value <= WAIT_MAX_SEC:  # also refuses nan and inf
+        raise ValidationFailed(
+            f"wait must be a number of seconds from 0 to {WAIT_MAX_SEC:g}.",
+            details={"wait": [f"A number from 0 to {WAIT_MAX_SEC:g}."]},
+        )
+    return value
+
+
+# Served through `apis.live.job_detail`, which does the waiting of `?wait=` without a thread.
 class JobDetailApi(APIView):
     @extend_schema(
         operation_id="agent_jobs_retrieve",
-        summary="Poll a job",
+        summary="Poll a job, or wait for it to end",
+        parameters=[
+            OpenApiParameter(
+                "wait",
+                OpenApiTypes.NUMBER,
+                description=(
+                    f"Seconds (0 to {WAIT_MAX_SEC:g}) to wait for the job to end before answering: the "
+                    "answer comes as soon as the job is terminal, or with its current state when the "
+                    "wait ends."
+                ),
+            )
+        ],
         responses={200: JobSerializer, **ERRORS},
     )
     def get(self, request, job_id):
+        wait_seconds(request)
         job = selectors.job_get(user=request.user, job_id=job_id)
         headers = {} if job.is_terminal else {"Retry-After": str(POLL_AFTER_SEC)}
         return Response(output(JobSerializer, job_payload(job, request)), headers=headers)

@@ -27,10 +27,10 @@ from django.utils import timezone
 from agent import pipeline
 from agent.config import LLMSettings
 from agent.errors import Cancelled
-from agent.llm_factory import build_llm_runnable
+from agent.llm_factory import build_llm_runnable, stream_llm
 from agent.types import AgentOptions, AgentResult
 from apps.agent.models import AgentJob, JobStatus, TraceStep
-from apps.agent.services import budgets, fairness, key_vault, retrieval
+from apps.agent.services import budgets, fairness, job_events, key_vault, retrieval
 from apps.agent.services.events import job_terminal_event
 from apps.agent.services.rate_limit import provider_limiter
 
@@ -113,6 +113,8 @@ def job_run(*, job_id: uuid.UUID | str) -> str | None:
         return None
     attempt = job.attempts
     deadline = time.monotonic() + job.timeout_sec
+    events = job_events.AttemptEvents(job_id=job.id, attempt=attempt)
+    events("started", {})
 
     byo_key = None
     if job.key_source == "user":
@@ -137,10 +139,12 @@ def job_run(*, job_id: uuid.UUID | str) -> str | None:
     # so usually never; a slow vector store still does not lead to a paid call for a cancelled job).
     # After the call nobody asks: the finish's conditional UPDATE requires `cancel_requested=False`, and a
     # cancel that arrived meanwhile turns the finish into a cancellation, with no query of its own.
+    # While the answer streams, the row is asked at the same pace between deltas: a cancel closes the
+    # provider's stream, which stops the paid generation.
     checked = {"at": time.monotonic(), "cancelled": job.cancel_requested}
 
     def is_cancelled() -> bool:
-        if checked["cancelled"] or llm.called:
+        if checked["cancelled"] or (llm.called and not llm.streaming):
             return checked["cancelled"]
         if time.monotonic() - checked["at"] >= CANCEL_CHECK_INTERVAL_SEC:
             checked["cancelled"] = AgentJob.objects.filter(id=job.id, cancel_requested=True).exists()
@@ -156,9 +160,12 @@ def job_run(*, job_id: uuid.UUID | str) -> str | None:
             deadline,
             exact_search=runtime.exact_search,
             is_cancelled=is_cancelled,
+            on_event=events,
         )
     except Cancelled:
+        events.flush()
         return _job_finish_cancelled(job, attempt)
+    events.flush()
     return _job_finish(job, attempt, result)
 
 
@@ -176,19 +183,32 @@ class JobLLM:
         self._inner = inner
         self._release_connection = release_connection
         self.called = False
+        self.streaming = False
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._inner, name)
 
     def invoke(self, prompt: Any, *, deadline: float | None = None) -> dict[str, Any]:
+        self._before_call()
+        return self._inner.invoke(prompt, deadline=deadline)
+
+    def stream(self, prompt: Any, *, on_delta: Any, deadline: float | None = None) -> dict[str, Any]:
+        self._before_call()
+        self.streaming = True
+        try:
+            return stream_llm(self._inner, prompt, on_delta=on_delta, deadline=deadline)
+        finally:
+            self.streaming = False
+
+    def _before_call(self) -> None:
         self.called = True
         if self._release_connection and not connection.in_atomic_block:  # eager tasks: caller's transaction
             connection.close()
-        return self._inner.invoke(prompt, deadline=deadline)
 
 
-def terminal_effects(*, job_id: uuid.UUID, job: AgentJob | None = None) -> None:
-    """Inside the terminal transaction: queue the webhook event; after commit, forget the BYO key.
+def terminal_effects(*, job_id: uuid.UUID, status: str, job: AgentJob | None = None) -> None:
+    """Inside the terminal transaction: queue the webhook event; after commit, write the final live event
+    (which wakes the clients waiting on the job) and forget the BYO key.
 
     Given the claimed `job` (its webhook URL, batch and key source never change), the effects that cannot
     apply are skipped: no event lookup without a webhook or a batch, no Redis call without a BYO key.
@@ -197,6 +217,7 @@ def terminal_effects(*, job_id: uuid.UUID, job: AgentJob | None = None) -> None:
         job_terminal_event(job_id=job_id)
     if job is None or job.key_source == "user":
         transaction.on_commit(lambda: key_vault.key_delete(job_id=job_id))
+    transaction.on_commit(lambda: job_events.job_ended(job_id=job_id, status=status))
     fairness.slot_freed(job_id=job_id, job=job)  # under a per-user cap: the owner's next job goes
 
 
@@ -224,7 +245,7 @@ def _job_finish(job: AgentJob, attempt: int, result: AgentResult) -> str | None:
         # Conditional: only the attempt that still owns the row, and only if no cancel arrived meanwhile.
         if _attempt_rows(job, attempt).filter(cancel_requested=False).update(**finish):
             TraceStep.objects.bulk_create(trace)
-            terminal_effects(job_id=job.id, job=job)
+            terminal_effects(job_id=job.id, status=status, job=job)
             return status
     # Nothing changed. A cancel arrived while the job ran (its answer is discarded), or another attempt
     # took over (we were presumed dead): only the first ends the job, as cancelled.
@@ -266,7 +287,7 @@ def job_end(
     with transaction.atomic():
         changed = rows.update(status=status, finished_at=timezone.now(), **fields)
         if changed:
-            terminal_effects(job_id=job.id if job is not None else job_id, job=job)
+            terminal_effects(job_id=job.id if job is not None else job_id, status=status, job=job)
     return bool(changed)
 
 

@@ -27,7 +27,7 @@ from agent.errors import ImproperlyConfigured
 from agent.llm_factory import build_llm_runnable
 from agent.types import AgentOptions, AgentResult
 from apps.agent.models import AgentJob, Batch, JobStatus
-from apps.agent.services import budgets, fairness, job_execution, key_vault, spend
+from apps.agent.services import budgets, fairness, job_events, job_execution, key_vault, spend
 from apps.agent.services.rate_limit import provider_limiter
 from apps.core import publish
 from core.errors import Conflict, IdempotencyMismatch, ServiceUnavailable, ValidationFailed
@@ -191,7 +191,9 @@ def _job_publish_created(job: AgentJob) -> None:
     """After the creating transaction: publish a job whose row already carries `enqueued_at`.
 
     When the broker refuses, the mark is cleared so that the sweep publishes the job on its next run.
+    The `queued` event is written first, so that it comes before anything a worker writes.
     """
+    job_events.jobs_queued(job_ids=[job.id])
     if not _job_publish(job):
         AgentJob.objects.filter(id=job.id, status=JobStatus.QUEUED).update(enqueued_at=None)
 
@@ -202,19 +204,20 @@ def jobs_enqueue(*, jobs: Sequence[AgentJob]) -> int:
     For batches (hundreds of jobs created together). Returns how many were published; when the broker
     fails, the jobs not published keep `enqueued_at` empty and the sweep publishes them.
     """
+    job_events.jobs_queued(job_ids=[job.id for job in jobs])
+    admitted = 0
     capped = {(job.owner_id, job.batch_id is not None) for job in jobs}
     capped = {kind for kind in capped if fairness.user_cap(owner_id=kind[0], batch=kind[1]) is not None}
     if capped:  # over a per-user cap, jobs wait in their owners' lines: admit what fits
-        published = sum(
+        admitted = sum(
             fairness.admit_and_publish(owner_id=owner_id, batch=batch)
             for owner_id, batch in sorted(capped, key=str)
         )
         jobs = [job for job in jobs if (job.owner_id, job.batch_id is not None) not in capped]
         if not jobs:
-            return published
-        return published + jobs_enqueue(jobs=jobs)
+            return admitted
     if publish.publishing_is_eager():  # tests and CELERY_TASK_ALWAYS_EAGER: nothing to publish
-        return sum(job_enqueue(job=job) for job in jobs)
+        return admitted + sum(job_enqueue(job=job) for job in jobs)
     published: list[uuid.UUID] = []
     try:
         with publish.producer_batch() as producer:
@@ -223,12 +226,12 @@ def jobs_enqueue(*, jobs: Sequence[AgentJob]) -> int:
                 published.append(job.id)
     except Exception as exc:  # broker down: a failed pipeline flush publishes none of the buffered jobs
         logger.warning("could not enqueue %d jobs (%s); the sweep will retry", len(jobs), type(exc).__name__)
-        return 0
+        return admitted
     now = timezone.now()
     for start in range(0, len(published), 500):  # stay under SQLite's bound-parameter limit
         chunk = published[start : start + 500]
         AgentJob.objects.filter(id__in=chunk, status=JobStatus.QUEUED).update(enqueued_at=now)
-    return len(published)
+    return admitted + len(published)
 
 
 # --- cancel, sweep ----------------------------------------------------------------------------------

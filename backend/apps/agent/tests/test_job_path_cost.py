@@ -47,12 +47,12 @@ def test_a_refused_publish_clears_the_mark_for_the_sweep(
 
 
 def test_a_job_without_webhook_costs_four_statements_and_two_savepoint_marks(
-    user, store, django_assert_num_queries, monkeypatch
+    user, store, monkeypatch, django_assert_num_queries
 ):
     job = job_submit(user)
-    # The steps take milliseconds, under the cancel check's interval; on a machine loaded enough to stretch
-    # them past 0.2 s a cancel SELECT would be due, which is not what this test counts.
-    monkeypatch.setattr(job_execution, "CANCEL_CHECK_INTERVAL_SEC", 60.0)
+    # The answer streams and its deltas ask the row once the interval has passed: on a loaded machine the
+    # steps before them can take that long. Pinned out of reach, as the figures below assume.
+    monkeypatch.setattr(job_execution, "CANCEL_CHECK_INTERVAL_SEC", 3600)
 
     # claim: UPDATE, SELECT; finish: SAVEPOINT, UPDATE, INSERT (trace rows), RELEASE SAVEPOINT. The
     # savepoint statements exist only because the test runs inside a transaction; no cancel query (the
@@ -71,10 +71,13 @@ def test_a_cancel_during_the_llm_call_is_seen_by_the_finish_without_a_query_of_i
     class SlowCancelledLLM(StubLLM):
         def invoke(self, prompt, *, deadline=None):
             AgentJob.objects.filter(id=job.id).update(cancel_requested=True)  # as POST .../cancel does
-            time.sleep(job_execution.CANCEL_CHECK_INTERVAL_SEC)
+            time.sleep(0.2)  # the default CANCEL_CHECK_INTERVAL_SEC
             return super().invoke(prompt, deadline=deadline)
 
     wire_runtime(monkeypatch, llm_for=lambda job, key: SlowCancelledLLM())
+    # The answer streams (live jobs), and between its deltas the row is asked once the interval has passed:
+    # with a long interval no delta asks, so the cancel is left to the finish (the streamed case below).
+    monkeypatch.setattr(job_execution, "CANCEL_CHECK_INTERVAL_SEC", 3600)
 
     # claim: UPDATE, SELECT; the cancel in the LLM: UPDATE; finish: SAVEPOINT, the UPDATE that requires
     # no cancel (changes nothing), RELEASE; then SAVEPOINT, the UPDATE to cancelled, RELEASE (the savepoint
@@ -87,6 +90,31 @@ def test_a_cancel_during_the_llm_call_is_seen_by_the_finish_without_a_query_of_i
     job.refresh_from_db()
     assert job.status == JobStatus.CANCELLED and job.result is None and job.finished_at is not None
     assert job.trace_steps.count() == 0  # the discarded answer leaves no trace rows
+
+
+def test_a_cancel_while_the_answer_streams_stops_the_stream_with_one_query(
+    user, store, monkeypatch, django_assert_num_queries
+):
+    job = job_submit(user)
+
+    class SlowCancelledLLM(StubLLM):
+        def invoke(self, prompt, *, deadline=None):
+            AgentJob.objects.filter(id=job.id).update(cancel_requested=True)  # as POST .../cancel does
+            time.sleep(job_execution.CANCEL_CHECK_INTERVAL_SEC)
+            return super().invoke(prompt, deadline=deadline)
+
+    wire_runtime(monkeypatch, llm_for=lambda job, key: SlowCancelledLLM())
+
+    # claim: UPDATE, SELECT; the cancel in the LLM: UPDATE; the first delta asks the row (the interval has
+    # passed): SELECT; the cancellation: SAVEPOINT, UPDATE, RELEASE. No finish with a result.
+    with django_assert_num_queries(7) as captured:
+        assert job_execution.job_run(job_id=job.id) == JobStatus.CANCELLED
+    selects = [q["sql"] for q in captured.captured_queries if q["sql"].startswith("SELECT")]
+    assert len(selects) == 2 and "cancel_requested" in selects[1].split("WHERE")[1]
+
+    job.refresh_from_db()
+    assert job.status == JobStatus.CANCELLED and job.result is None and job.finished_at is not None
+    assert job.trace_steps.count() == 0
 
 
 def record_llm_calls(monkeypatch) -> list[str]:

@@ -1,0 +1,156 @@
+"""Token streaming for the runnables of this package: the same call and the same result dict as
+`.invoke()`, with `on_delta(text)` called as the answer arrives.
+
+`stream(llm, prompt, deadline=..., on_delta=...)` is an extra entry point beside the seed's
+`.invoke()/.ainvoke()` contract, which it does not change:
+
+- `OpenAICompatibleLLM`: `/chat/completions` with `stream=True` and `stream_options.include_usage`, so
+  the provider reports the usage in its last chunk. Timeouts, the job deadline, the retry budget, the error
+  codes, the key scrubbing and the provider's shared rate limit (`limiter=`: a slot before each attempt, a
+  429's Retry-After held for every process) are those of `invoke` (the same helpers decide). One rule is added: an attempt
+  that fails after some text was streamed is not retried, since a retry would stream that text twice; the
+  call ends with the attempt's error (the pipeline then answers degraded, as for any LLM failure).
+- `StubLLM`: the stub's answer, streamed word by word.
+- Any other runnable (tests' fakes): `invoke`, then its whole content as one delta.
+
+`on_delta` may raise (e.g. `agent.errors.Cancelled` when the job was cancelled): the provider's response
+is closed at once, which stops the generation and the paid tokens, and the exception propagates.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable
+from typing import Any
+
+from agent.errors import Cancelled
+from agent.llm_factory.openai_client import (
+    OpenAICompatibleLLM,
+    _Failure,
+    _is_count,
+    _rate_limit_wait_failure,
+    _Success,
+)
+from agent.llm_factory.results import (
+    Prompt,
+    deadline_message,
+    estimate_prompt_tokens,
+    estimate_tokens,
+    to_messages,
+)
+from agent.llm_factory.stub import StubLLM
+from agent.llm_factory.transport import http_module
+
+OnDelta = Callable[[str], None]
+
+#: A word and the white space after it: the stub's unit of streaming (joined, they give the text back).
+_WORD = re.compile(r"\s*\S+\s*|\s+")
+
+
+def stream(llm: Any, prompt: Prompt, *, on_delta: OnDelta, deadline: float | None = None) -> dict[str, Any]:
+    """Call `llm` like `llm.invoke(prompt, deadline=deadline)`, passing the answer text to `on_delta` as
+    it is produced. Returns the same dict as `invoke` (the text of the deltas, joined, is its `content`
+    when the call succeeded). Raises only what `on_delta` raises (and TypeError for a bad prompt).
+    """
+    own = getattr(type(llm), "stream", None)
+    if own is not None:  # a wrapper (e.g. the job's) that adds its own bookkeeping
+        return llm.stream(prompt, on_delta=on_delta, deadline=deadline)
+    if isinstance(llm, OpenAICompatibleLLM):
+        return _stream_openai(llm, prompt, on_delta=on_delta, deadline=deadline)
+    if isinstance(llm, StubLLM):
+        result = llm.invoke(prompt, deadline=deadline)
+        if not result["error"]:
+            for word in split_words(result["content"]):
+                on_delta(word)
+        return result
+    result = llm.invoke(prompt, deadline=deadline)
+    if not result.get("error") and result.get("content"):
+        on_delta(result["content"])
+    return result
+
+
+def split_words(text: str) -> list[str]:
+    """`text` cut into words with their surrounding white space; `"".join()` gives `text` back."""
+    return _WORD.findall(text)
+
+
+def _stream_openai(
+    llm: OpenAICompatibleLLM, prompt: Prompt, *, on_delta: OnDelta, deadline: float | None
+) -> dict[str, Any]:
+    # The loop of OpenAICompatibleLLM.invoke, with a streamed attempt in place of `_complete`.
+    started = time.monotonic()
+    messages = to_messages(prompt)
+    end = None if deadline is None else started + deadline
+    attempts = 0
+    while True:
+        if not llm._rate_slot(messages, started, end):  # the provider's shared rate limit (`limiter=`)
+            return llm._finish(started, attempts, _rate_limit_wait_failure())
+        budget = llm._attempt_budget(end)
+        if budget is None:
+            return llm._finish(started, attempts, _Failure("timeout", deadline_message(attempts)))
+        attempts += 1
+        sent: list[str] = []
+        try:
+            outcome: _Success | _Failure = _stream_attempt(llm, messages, budget, on_delta, sent)
+        except Cancelled:
+            raise
+        except Exception as exc:
+            outcome = llm._classify(exc)
+        llm._rate_pause(outcome)
+        if isinstance(outcome, _Failure) and sent:
+            # Text already reached the client: a retry would send it again. Stop with this error.
+            failure = _Failure(outcome.code, f"{outcome.message} (after {len(sent)} streamed chunk(s))")
+            return llm._finish(started, attempts, failure)
+        wait = llm._retry_wait(outcome, attempts, end)
+        if wait is None:
+            return llm._finish(started, attempts, outcome)
+        time.sleep(wait)
+
+
+def _stream_attempt(
+    llm: OpenAICompatibleLLM,
+    messages: list[dict[str, str]],
+    budget: float,
+    on_delta: OnDelta,
+    sent: list[str],
+) -> _Success | _Failure:
+    """One streamed POST /chat/completions; appends each delivered piece of text to `sent`."""
+    kwargs = llm._request_kwargs(messages, budget)
+    kwargs["stream"] = True
+    kwargs["stream_options"] = {"include_usage": True}
+    # The SDK's own client: its sync transport bounds the whole response by the read timeout
+    # (transport.py's DeadlineTransport checks the clock between chunks), so a slow stream ends in time.
+    response = llm._sync_client().chat.completions.create(**kwargs)
+    usage = None
+    http = http_module()
+    try:
+        for chunk in response:
+            if getattr(chunk, "usage", None) is not None:
+                usage = chunk.usage
+            for choice in getattr(chunk, "choices", None) or []:
+                text = getattr(getattr(choice, "delta", None), "content", None)
+                if isinstance(text, str) and text:
+                    sent.append(text)
+                    on_delta(text)
+    except http.TimeoutException:
+        return _Failure("timeout", "The LLM call timed out while streaming.", retryable=True)
+    except http.TransportError as exc:  # the SDK wraps errors of the request, not of the body's reads
+        return _Failure(
+            "connection_error", f"The provider's stream broke off ({type(exc).__name__}).", retryable=True
+        )
+    finally:
+        close = getattr(response, "close", None)
+        if close is not None:
+            close()  # stops the generation (and its cost) when on_delta raised or the loop broke
+    content = "".join(sent)
+    if not content.strip():
+        return _Failure("bad_response", "The provider's response has no message content.")
+    prompt_tokens = getattr(usage, "prompt_tokens", None)
+    completion_tokens = getattr(usage, "completion_tokens", None)
+    estimated = not (_is_count(prompt_tokens) and _is_count(completion_tokens))
+    if not _is_count(prompt_tokens):
+        prompt_tokens = estimate_prompt_tokens(messages)
+    if not _is_count(completion_tokens):
+        completion_tokens = estimate_tokens(content)
+    return _Success(content, prompt_tokens, completion_tokens, estimated)

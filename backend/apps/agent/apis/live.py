@@ -1,0 +1,182 @@
+"""Live views of a job: `GET /api/agent/jobs/<id>?wait=` and `GET /api/agent/jobs/<id>/events` (SSE).
+
+Both are async (Django async views under the ASGI server): an open wait or stream is a coroutine blocked
+on a Redis read (`services/job_events.py`), not a thread. Authentication, owner isolation, validation and
+the error shape stay DRF's: each request first goes through the operation's DRF view (run in Django's
+thread for sync code, as any sync view under ASGI), and only a request that view accepts waits or streams.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from asgiref.sync import markcoroutinefunction, sync_to_async
+from django.http import HttpRequest, HttpResponseBase, StreamingHttpResponse
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
+from rest_framework.renderers import BaseRenderer, JSONRenderer
+from rest_framework.response import Response
+from rest_framework.utils.encoders import JSONEncoder
+from rest_framework.views import APIView
+
+from apps.agent import selectors
+from apps.agent.apis.common import ERRORS, output
+from apps.agent.apis.jobs import JobDetailApi, job_payload, wait_seconds
+from apps.agent.models import AgentJob
+from apps.agent.serializers import JobSerializer
+from apps.agent.services import job_events
+
+LAST_EVENT_ID_HEADER = "Last-Event-ID"
+LAST_EVENT_ID_PARAM = "last_event_id"
+
+View = Callable[..., Awaitable[HttpResponseBase]]
+
+
+def _async_view(view_class: type[APIView], handler: Callable[..., Awaitable[HttpResponseBase]]) -> View:
+    """An async view that calls `handler(request, drf_view, **kwargs)`, where `drf_view` is the class's
+    DRF view made awaitable. It carries the class (`cls`) so that the schema generator documents it."""
+    drf_view = view_class.as_view()
+    call = sync_to_async(drf_view)
+
+    async def view(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponseBase:
+        return await handler(request, call, *args, **kwargs)
+
+    view.cls = drf_view.cls  # type: ignore[attr-defined]
+    view.initkwargs = drf_view.initkwargs  # type: ignore[attr-defined]
+    view.csrf_exempt = True  # type: ignore[attr-defined]
+    return markcoroutinefunction(view)
+
+
+# --- ?wait= ---------------------------------------------------------------------------------------------
+
+
+async def _job_detail(request: HttpRequest, call: Callable, job_id: Any) -> HttpResponseBase:
+    if request.method != "GET" or request.GET.get("wait") is None:
+        return await call(request, job_id=job_id)
+    started = time.monotonic()
+    # The newest event id is read before the job: a final event written after the read is after it.
+    cursor = await job_events.last_id(job_id=job_id)
+    response = await call(request, job_id=job_id)
+    if response.status_code != 200 or response.data["status"] in job_events.TERMINAL_STATUSES:
+        return response
+    left = wait_seconds(request) - (time.monotonic() - started)
+    if cursor is None or left <= 0:  # Redis cannot be read (then no wait), or nothing to wait for
+        return response
+    await job_events.end_wait(job_id=job_id, after=cursor, timeout=left)
+    return await call(request, job_id=job_id)
+
+
+job_detail = _async_view(JobDetailApi, _job_detail)
+
+
+# --- /events --------------------------------------------------------------------------------------------
+
+
+class EventStreamRenderer(BaseRenderer):
+    """Lets DRF accept `Accept: text/event-stream` (what EventSource sends); the body is streamed by
+    `job_events_view`, never rendered here."""
+
+    media_type = "text/event-stream"
+    format = "sse"
+
+    def render(self, data, accepted_media_type=None, renderer_context=None):
+        return b""
+
+
+def last_event_id(request: HttpRequest) -> str | None:
+    """The client's last event id: the `Last-Event-ID` header (which EventSource updates when it
+    reconnects) or else the `last_event_id` query parameter. Raises `ValidationFailed` when malformed."""
+    header = request.headers.get(LAST_EVENT_ID_HEADER)
+    if header is not None and header.strip():
+        return job_events.event_id_parse(header)
+    return job_events.event_id_parse(request.GET.get(LAST_EVENT_ID_PARAM))
+
+
+class JobEventsApi(APIView):
+    """Checks a stream request (auth, owner, `Last-Event-ID`); `job_events_view` then streams."""
+
+    renderer_classes = [EventStreamRenderer, JSONRenderer]
+
+    def finalize_response(self, request, response, *args, **kwargs):
+        response = super().finalize_response(request, response, *args, **kwargs)
+        if response.status_code >= 400:  # errors keep the one JSON error shape
+            response.accepted_renderer = JSONRenderer()
+            response.accepted_media_type = JSONRenderer.media_type
+        return response
+
+    @extend_schema(
+        operation_id="agent_jobs_events",
+        summary="Stream a job's progress and answer as Server-Sent Events",
+        description=(
+            "Events `queued`, `started`, `retrieval`, `llm.delta`, `llm.done`, `degraded`, then a final "
+            "`job` (the GET payload), after which the stream closes. Resume with `Last-Event-ID`. "
+            "See docs/api.md."
+        ),
+        parameters=[
+            OpenApiParameter(
+                LAST_EVENT_ID_HEADER,
+                OpenApiTypes.STR,
+                OpenApiParameter.HEADER,
+                description="Resume: only the events after this id are sent.",
+            ),
+            OpenApiParameter(
+                LAST_EVENT_ID_PARAM,
+                OpenApiTypes.STR,
+                description=f"Like the {LAST_EVENT_ID_HEADER} header (which wins when both are given).",
+            ),
+        ],
+        responses={
+            (200, "text/event-stream"): OpenApiResponse(OpenApiTypes.STR, description="The event stream."),
+            (400, "application/json"): ERRORS[400],
+            (401, "application/json"): ERRORS[401],
+            (404, "application/json"): ERRORS[404],
+        },
+    )
+    def get(self, request, job_id):
+        last_event_id(request)
+        job = selectors.job_get(user=request.user, job_id=job_id)
+        return Response({"status": job.status})
+
+
+def _encode(data: Any) -> bytes:
+    return json.dumps(data, cls=JSONEncoder, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def _job_status(job_id: Any) -> str | None:
+    return AgentJob.objects.filter(id=job_id).values_list("status", flat=True).first()
+
+
+def _job_history(job_id: Any) -> list[job_events.Event]:
+    return job_events.history_rebuild(job=AgentJob.objects.get(id=job_id))
+
+
+def _final_payload(job_id: Any) -> dict[str, Any]:
+    return output(JobSerializer, job_payload(AgentJob.objects.get(id=job_id), None))
+
+
+async def _job_events(request: HttpRequest, call: Callable, job_id: Any) -> HttpResponseBase:
+    response = await call(request, job_id=job_id)
+    if response.status_code != 200:
+        return response
+    events = job_events.event_stream(
+        job_id=job_id,
+        after=last_event_id(request),
+        job_status=lambda: sync_to_async(_job_status)(job_id),
+        job_history=lambda: sync_to_async(_job_history)(job_id),
+        final_payload=lambda: sync_to_async(_final_payload)(job_id),
+    )
+
+    async def body():
+        async for event in events:
+            yield job_events.sse_format(event, encode=_encode)
+
+    stream = StreamingHttpResponse(body(), content_type="text/event-stream; charset=utf-8")
+    stream["Cache-Control"] = "no-cache"
+    stream["X-Accel-Buffering"] = "no"  # nginx: pass each event on at once
+    return stream
+
+
+job_events_view = _async_view(JobEventsApi, _job_events)

@@ -1,0 +1,72 @@
+"""The job event store (services/job_events.py) on fakeredis: ids, coalesced deltas, retention, failures."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+import redis
+
+from apps.agent.services import job_events
+from core.errors import ValidationFailed
+
+
+def entries(job_id):
+    return [
+        (fields["e"], fields["d"])
+        for _id, fields in job_events._client().xrange(job_events.stream_key(job_id))
+    ]
+
+
+def test_append_sets_the_retention_and_returns_ordered_ids(settings):
+    settings.AGENT_EVENTS_RETENTION_SEC = 120
+    job_id = uuid.uuid4()
+    first = job_events.event_append(job_id=job_id, name="queued", data={"status": "queued"})
+    second = job_events.event_append(job_id=job_id, name="job", data={"status": "cancelled"})
+    assert job_events._id_key(first) < job_events._id_key(second)
+    assert 0 < job_events._client().ttl(job_events.stream_key(job_id)) <= 120
+
+
+def test_deltas_within_the_flush_interval_are_written_together(settings):
+    settings.AGENT_EVENTS_DELTA_FLUSH_MS = 60_000
+    job_id = uuid.uuid4()
+    events = job_events.AttemptEvents(job_id=job_id, attempt=2)
+    events("started", {})
+    for word in ("Read ", "Moby", "-Dick."):
+        events("llm.delta", {"text": word})
+    events("llm.done", {"usage": {}})
+
+    written = entries(job_id)
+    assert [name for name, _ in written] == ["started", "llm.delta", "llm.delta", "llm.done"]
+    # The first delta goes at once (nothing written for a while); the burst after it waits for llm.done.
+    assert written[1][1] == '{"attempt":2,"text":"Read "}'
+    assert written[2][1] == '{"attempt":2,"text":"Moby-Dick."}'
+    assert written[0][1] == '{"attempt":2}'
+
+
+def test_without_an_interval_every_delta_is_written(settings):
+    settings.AGENT_EVENTS_DELTA_FLUSH_MS = 0
+    job_id = uuid.uuid4()
+    events = job_events.AttemptEvents(job_id=job_id, attempt=1)
+    for word in ("a ", "b ", "c"):
+        events("llm.delta", {"text": word})
+    assert [name for name, _ in entries(job_id)] == ["llm.delta"] * 3
+
+
+def test_a_redis_failure_never_raises(monkeypatch, caplog):
+    down = redis.Redis(host="127.0.0.1", port=1, socket_connect_timeout=0.2)  # nothing listens there
+    monkeypatch.setattr(job_events, "_client", lambda: down)
+    assert job_events.event_append(job_id=uuid.uuid4(), name="queued", data={}) is None
+    assert "could not write 1 job event(s): ConnectionError" in caplog.text
+
+
+@pytest.mark.parametrize("value", ["", "  ", None])
+def test_an_empty_last_event_id_is_none(value):
+    assert job_events.event_id_parse(value) is None
+
+
+@pytest.mark.parametrize("value", ["x", "1", "1-", "-1", "1-2-3", "1.5-0", "9" * 21 + "-0"])
+def test_a_malformed_last_event_id_is_refused(value):
+    with pytest.raises(ValidationFailed) as caught:
+        job_events.event_id_parse(value)
+    assert caught.value.code == "validation_error"
