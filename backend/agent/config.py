@@ -66,6 +66,9 @@ class LLMSettings:
     #: The provider's rate limit per base URL and key (None: unlimited); see agent/rate_limit.py.
     rate_rpm: int | None = None
     rate_tpm: int | None = None
+    #: Stream answers (`stream_options.include_usage`); False: one plain call, its text as a single delta,
+    #: for servers that do not report usage in a stream (llama-cpp-python's: docs/llm.md).
+    stream: bool = True
 
     def __post_init__(self) -> None:
         provider = _PROVIDER_ALIASES.get(str(self.provider).strip().lower())
@@ -116,6 +119,7 @@ class LLMSettings:
             http_pool_size=env.int("LLM_HTTP_POOL_SIZE", 100),
             rate_rpm=env.optional_int("LLM_RATE_RPM"),
             rate_tpm=env.optional_int("LLM_RATE_TPM"),
+            stream=env.bool("LLM_STREAM", True),
         )
 
     def price_of(self, model: str) -> tuple[float, float] | None:

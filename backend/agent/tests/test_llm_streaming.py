@@ -57,6 +57,17 @@ def test_without_usage_in_the_stream_tokens_are_estimated(server):
     assert "".join(deltas) == result["content"]
 
 
+def test_with_streaming_off_the_provider_gets_one_plain_call_and_its_usage_counts(server):
+    # LLM_STREAM=false: for servers that send no usage in a stream (llama-cpp-python's).
+    llm = build_llm_runnable(settings=make_settings(server, stream=False))
+    result, deltas = collect(llm, "hello there")
+
+    body = server.requests(CHAT)[-1]["body"]
+    assert not body.get("stream") and "stream_options" not in body
+    assert result["error"] is None and result["usage_estimated"] is False
+    assert deltas == [result["content"]]
+
+
 def test_stub_streams_word_by_word():
     stub = StubLLM()
     prompt = build_grounded_prompt("ballenas", [MOBY, DUNE], "es")
