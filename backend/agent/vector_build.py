@@ -6,6 +6,9 @@ the target, writes the manifest inside it, and then swaps the two directories wi
 `renameat2(RENAME_EXCHANGE)` (Linux), falling back to two renames with a recoverable backup. A
 crash leaves either the old store or the new one, never half of each; a leftover temporary
 directory is removed by the next build. One build at a time per target (an flock).
+
+Longer than ~400 lines on purpose: build, incremental update, export and import share the manifest, the
+content hashes and the atomic swap (`atomic_swap.py`); the dataset loading lives in `datasets.py`.
 """
 
 from __future__ import annotations

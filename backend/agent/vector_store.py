@@ -10,6 +10,10 @@ Layout of a record in the collection (the manifest's `metadata_schema` names thi
   1.5 stores lists and filters them with `{"genres": {"$contains": "fantasy"}}`, so no string
   encoding ("|fantasy|") or per-genre boolean flags are needed; a store from an older layout is
   refused by the schema check instead of answering filters wrongly.
+
+Longer than ~400 lines on purpose: opening (manifest and schema checks), the query and its filter
+translation, and the per-store result cache share one store handle and its invariants; the degraded
+path and the build already live apart (`exact_search.py`, `vector_build.py`).
 - `_content_hash`: sha256 of text + metadata + model id, used by incremental builds.
 """
 

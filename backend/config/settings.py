@@ -2,6 +2,9 @@
 
 Every variable is listed, grouped and commented in `.env.example` at the repository root. A bad value
 fails at start-up with a message that names the variable.
+
+Longer than ~400 lines on purpose: it is the one list of every setting, grouped as `.env.example` is,
+with the cross-checks between them (timeouts against Celery's limits, RabbitMQ's consumer timeout).
 """
 
 from __future__ import annotations

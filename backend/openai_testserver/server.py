@@ -17,6 +17,9 @@ Faults apply to chat completions and embeddings. `rate_rpm` / `rate_tpm` make ch
 with a rate limit: beyond it the server answers 429 with `Retry-After` (see `RateBuckets`). The server binds 127.0.0.1 only and records headers in
 memory on purpose: tests use it to prove which key a client sent. Never point it at real keys you care
 about.
+
+Longer than ~400 lines on purpose: it stands in for a whole provider (answers, streaming, embeddings,
+faults, rate limits, usage accounting) behind one set of options that tests change at run time.
 """
 
 from __future__ import annotations

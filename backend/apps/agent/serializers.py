@@ -1,4 +1,7 @@
-"""Input and output serializers of the agent API. Validation only: no business rules, no save()."""
+"""Input and output serializers of the agent API. Validation only: no business rules, no save().
+
+Longer than ~400 lines on purpose: the OpenAPI schema is generated from these classes, so every field of
+the job, batch, usage and event payloads is declared here once, with its help text."""
 
 from __future__ import annotations
 

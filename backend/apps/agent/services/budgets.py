@@ -1,5 +1,8 @@
 """Spending budgets: the Redis ledger behind `agent.budget.BudgetedLLM`, admission at POST, usage reads.
 
+Longer than ~400 lines (about 750): the Lua scripts, the key layout below and the batch holds share one
+ledger; splitting the ledger (scripts, keys) from admission and usage reads is the next clean-up.
+
 Who pays: only calls paid with the server's key (`key_source == "server"`: paid mode, and hybrid when it
 fell back to the server key) count; a user's own key never does. Caps: per user (BUDGET_USER_*_USD or
 the user's `UserBudget` row) and for the whole deployment (BUDGET_GLOBAL_*_USD), per UTC day and month.
