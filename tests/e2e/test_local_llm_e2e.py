@@ -21,6 +21,7 @@ import httpx
 import pytest
 
 from tests.e2e.harness import REPO, wait_for
+from tests.e2e.test_jobs_e2e import poll_until_terminal
 from tests.e2e.test_live_e2e import read_events
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
@@ -76,11 +77,7 @@ def _submit_and_wait(stack, token: str, query: str, timeout: float) -> dict:
         accepted = client.post("/api/agent/jobs", json={"query": query, "top_k": 3})
         assert accepted.status_code == 202, accepted.text
 
-        def terminal():
-            body = client.get(accepted.json()["poll_url"]).json()
-            return body if body["status"] in {"succeeded", "failed", "cancelled"} else None
-
-        return wait_for(terminal, timeout=timeout, interval=0.2, message="the job to end")
+        return poll_until_terminal(client, accepted.json()["poll_url"], timeout=timeout)
 
 
 def _step(job: dict, name: str) -> dict:
@@ -181,11 +178,7 @@ def test_the_server_killed_mid_call_ends_the_job_degraded(local_stack, local_llm
         time.sleep(1.5)  # the call is generating
         local_llm.kill()
 
-        def terminal():
-            body = client.get(poll_url).json()
-            return body if body["status"] in {"succeeded", "failed", "cancelled"} else None
-
-        job = wait_for(terminal, timeout=60, interval=0.2, message="the job to end")
+        job = poll_until_terminal(client, poll_url, timeout=60)
 
     assert job["status"] == "succeeded", job
     assert job["degraded"] is True
