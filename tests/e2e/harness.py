@@ -106,15 +106,20 @@ class Worker:
         self._log.close()
 
 
-def wait_for(predicate, *, timeout: float, interval: float = 0.1, message: str = "condition"):
-    """Poll `predicate` until it returns a truthy value; return it, or raise TimeoutError."""
+def wait_for(predicate, *, timeout: float, interval: float = 0.1, message: str = "condition", describe=None):
+    """Poll `predicate` until it returns a truthy value; return it, or raise TimeoutError.
+
+    `describe`, if given, is called on a timeout and its text joins the error: the state that explains it
+    (a CI log keeps nothing else of a run's processes).
+    """
     deadline = time.monotonic() + timeout
     while True:
         value = predicate()
         if value:
             return value
         if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout} s waiting for {message}")
+            detail = f"\n{describe()}" if describe is not None else ""
+            raise TimeoutError(f"timed out after {timeout} s waiting for {message}{detail}")
         time.sleep(interval)
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections import Counter
 from decimal import Decimal
 
 import httpx
@@ -69,7 +70,7 @@ def owner_of(token: str):
     return Token.objects.get(key=token).user
 
 
-@pytest.mark.timeout(600)  # ~100 s alone; a shared 2-core machine under load takes longer
+@pytest.mark.timeout(600)
 def test_200_paid_jobs_on_two_workers_never_spend_more_than_the_cap(stack, token, settings):
     cap = 0.25
     env = budget_env(stack, settings, daily_usd=cap)
@@ -85,7 +86,16 @@ def test_200_paid_jobs_on_two_workers_never_spend_more_than_the_cap(stack, token
     def all_done():
         return not AgentJob.objects.filter(owner=owner).exclude(status__in=TERMINAL_STATUSES).exists()
 
-    wait_for(all_done, timeout=180, interval=0.5, message="200 jobs to end")
+    def state():
+        counts = Counter(AgentJob.objects.filter(owner=owner).values_list("status", flat=True))
+        logs = "\n".join(f"--- {w.name}\n{w.log()[-4000:]}" for w in stack.workers)
+        return f"jobs by status: {dict(counts)}\n{logs}"
+
+    started = time.monotonic()
+    # ~30 s on this 2-core machine alone (the cap refuses most jobs at once); CI's first pass once took over
+    # 180 s, hence the wider bound and the state printed if it is ever exceeded.
+    wait_for(all_done, timeout=400, interval=0.5, message="200 jobs to end", describe=state)
+    elapsed = time.monotonic() - started
 
     jobs = list(AgentJob.objects.filter(owner=owner))
     assert len(jobs) == 200 and {j.status for j in jobs} == {JobStatus.SUCCEEDED}
@@ -101,7 +111,8 @@ def test_200_paid_jobs_on_two_workers_never_spend_more_than_the_cap(stack, token
     assert recorded <= cap and served <= cap, (recorded, served)
     assert served == pytest.approx(recorded, abs=200 * 1e-6)  # rows keep 6 decimals
     print(
-        f"budget e2e: {len(paid)} paid, {len(refused)} degraded; rows ${recorded:.6f}, provider ${served:.6f}"
+        f"budget e2e: {len(paid)} paid, {len(refused)} degraded in {elapsed:.0f} s; "
+        f"rows ${recorded:.6f}, provider ${served:.6f}"
     )
     assert stack.llm.stats()["usage"][API_KEY]["calls"] == len(paid)
     # The ledger agrees and holds nothing once every job ended.
