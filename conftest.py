@@ -72,6 +72,22 @@ def redis_server(tmp_path_factory):
     server.stop()
 
 
+@pytest.fixture(scope="module")
+def _openai_server_of_module():
+    from openai_testserver import start_in_thread
+
+    with start_in_thread() as handle:
+        yield handle
+
+
+@pytest.fixture
+def openai_server(_openai_server_of_module):
+    """The project's OpenAI-compatible test server in a thread of this process (one per test module), reset
+    (counters, faults, limits) before each test. End-to-end tests use `llm_server` (tests/e2e/conftest.py)."""
+    _openai_server_of_module.reset()
+    return _openai_server_of_module
+
+
 @pytest.fixture(scope="session")
 def catalogue_vector_settings(tmp_path_factory):
     """VectorSettings of a store built from the real catalogue fixture (320 books, the real local model).

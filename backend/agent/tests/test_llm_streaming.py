@@ -11,21 +11,9 @@ from agent.errors import Cancelled
 from agent.llm_factory import StubLLM, build_llm_runnable, stream_llm
 from agent.prompts import build_grounded_prompt
 from agent.tests.test_llm_factory import CHAT, DUNE, MOBY, SERVER_KEY, USER_KEY, make_settings
-from openai_testserver import start_in_thread
 
 COMPARED = ("content", "provider", "model", "prompt_tokens", "completion_tokens", "usage_estimated")
 COMPARED += ("cost_usd", "cost_unknown", "attempts", "error")
-
-
-@pytest.fixture(scope="module")
-def server():
-    with start_in_thread() as handle:
-        yield handle
-
-
-@pytest.fixture(autouse=True)
-def fresh(server):
-    server.reset()
 
 
 def collect(llm, prompt, **kwargs):
@@ -34,8 +22,8 @@ def collect(llm, prompt, **kwargs):
     return result, deltas
 
 
-def test_streamed_result_is_the_invoked_one(server):
-    llm = build_llm_runnable(settings=make_settings(server))
+def test_streamed_result_is_the_invoked_one(openai_server):
+    llm = build_llm_runnable(settings=make_settings(openai_server))
     prompt = build_grounded_prompt("whales", [MOBY, DUNE], "en")
 
     invoked = llm.invoke(prompt)
@@ -44,25 +32,25 @@ def test_streamed_result_is_the_invoked_one(server):
     assert {k: streamed[k] for k in COMPARED} == {k: invoked[k] for k in COMPARED}
     assert streamed["error"] is None and streamed["usage_estimated"] is False  # usage from the last chunk
     assert len(deltas) > 3 and "".join(deltas) == invoked["content"]
-    body = server.requests(CHAT)[-1]["body"]
+    body = openai_server.requests(CHAT)[-1]["body"]
     assert body["stream"] is True and body["stream_options"] == {"include_usage": True}
 
 
-def test_without_usage_in_the_stream_tokens_are_estimated(server):
-    server.control(usage=False)
-    llm = build_llm_runnable(settings=make_settings(server))
+def test_without_usage_in_the_stream_tokens_are_estimated(openai_server):
+    openai_server.control(usage=False)
+    llm = build_llm_runnable(settings=make_settings(openai_server))
     result, deltas = collect(llm, "hello there")
     assert result["usage_estimated"] is True
     assert result["prompt_tokens"] > 0 and result["completion_tokens"] > 0
     assert "".join(deltas) == result["content"]
 
 
-def test_with_streaming_off_the_provider_gets_one_plain_call_and_its_usage_counts(server):
+def test_with_streaming_off_the_provider_gets_one_plain_call_and_its_usage_counts(openai_server):
     # LLM_STREAM=false: for servers that send no usage in a stream (llama-cpp-python's).
-    llm = build_llm_runnable(settings=make_settings(server, stream=False))
+    llm = build_llm_runnable(settings=make_settings(openai_server, stream=False))
     result, deltas = collect(llm, "hello there")
 
-    body = server.requests(CHAT)[-1]["body"]
+    body = openai_server.requests(CHAT)[-1]["body"]
     assert not body.get("stream") and "stream_options" not in body
     assert result["error"] is None and result["usage_estimated"] is False
     assert deltas == [result["content"]]
@@ -87,39 +75,39 @@ def test_a_runnable_without_streaming_gives_one_delta():
     assert deltas == ["whole answer"] and result["content"] == "whole answer"
 
 
-def test_a_failure_before_the_first_chunk_is_retried_within_the_budget(server):
-    server.control(fault="500", fail_times=1)
-    llm = build_llm_runnable(settings=make_settings(server, max_retries=1))
+def test_a_failure_before_the_first_chunk_is_retried_within_the_budget(openai_server):
+    openai_server.control(fault="500", fail_times=1)
+    llm = build_llm_runnable(settings=make_settings(openai_server, max_retries=1))
     result, deltas = collect(llm, "hello")
     assert result["error"] is None and result["attempts"] == 2
     assert "".join(deltas) == result["content"]  # nothing streamed twice
-    assert len(server.requests(CHAT)) == 2
+    assert len(openai_server.requests(CHAT)) == 2
 
 
-def test_a_stream_cut_after_text_is_not_retried(server):
-    server.control(fault="stream_cut")
-    llm = build_llm_runnable(settings=make_settings(server, max_retries=3))
+def test_a_stream_cut_after_text_is_not_retried(openai_server):
+    openai_server.control(fault="stream_cut")
+    llm = build_llm_runnable(settings=make_settings(openai_server, max_retries=3))
     result, deltas = collect(llm, build_grounded_prompt("whales", [MOBY, DUNE], "en"))
     assert deltas
     assert result["error"]["code"] == "connection_error"
     assert "streamed chunk" in result["error"]["message"]
     assert result["content"] == "" and result["attempts"] == 1
-    assert len(server.requests(CHAT)) == 1
+    assert len(openai_server.requests(CHAT)) == 1
 
 
-def test_the_deadline_ends_a_slow_stream(server):
-    server.control(stream_delay_ms=150)
-    llm = build_llm_runnable(settings=make_settings(server, timeout_sec=30.0, max_retries=3))
+def test_the_deadline_ends_a_slow_stream(openai_server):
+    openai_server.control(stream_delay_ms=150)
+    llm = build_llm_runnable(settings=make_settings(openai_server, timeout_sec=30.0, max_retries=3))
     started = time.monotonic()
     result, deltas = collect(llm, build_grounded_prompt("whales", [MOBY, DUNE], "en"), deadline=0.8)
     assert time.monotonic() - started < 1.6
     assert result["error"]["code"] == "timeout"
-    assert len(server.requests(CHAT)) == 1  # text was streamed: no retry
+    assert len(openai_server.requests(CHAT)) == 1  # text was streamed: no retry
 
 
-def test_a_cancel_from_on_delta_closes_the_stream(server):
-    server.control(stream_delay_ms=100)
-    llm = build_llm_runnable(settings=make_settings(server))
+def test_a_cancel_from_on_delta_closes_the_stream(openai_server):
+    openai_server.control(stream_delay_ms=100)
+    llm = build_llm_runnable(settings=make_settings(openai_server))
     seen: list[str] = []
 
     def on_delta(text):
@@ -131,15 +119,15 @@ def test_a_cancel_from_on_delta_closes_the_stream(server):
     with pytest.raises(Cancelled):
         stream_llm(llm, build_grounded_prompt("whales", [MOBY, DUNE], "en"), on_delta=on_delta)
     assert time.monotonic() - started < 1.0  # the remaining chunks were not waited for
-    assert len(seen) == 2 and len(server.requests(CHAT)) == 1
+    assert len(seen) == 2 and len(openai_server.requests(CHAT)) == 1
 
 
-def test_byo_key_is_sent_and_never_in_errors(server):
-    server.control(fault="401")
-    settings = make_settings(server, cost_mode="byo_key", api_key=None)
+def test_byo_key_is_sent_and_never_in_errors(openai_server):
+    openai_server.control(fault="401")
+    settings = make_settings(openai_server, cost_mode="byo_key", api_key=None)
     llm = build_llm_runnable(USER_KEY, settings=settings)
     result, deltas = collect(llm, "hello")
     assert deltas == []
     assert result["error"]["code"] == "auth_failed"
     assert USER_KEY not in str(result) and SERVER_KEY not in str(result)
-    assert server.requests(CHAT)[-1]["headers"]["Authorization"] == f"Bearer {USER_KEY}"
+    assert openai_server.requests(CHAT)[-1]["headers"]["Authorization"] == f"Bearer {USER_KEY}"

@@ -1,5 +1,5 @@
 """agent.rate_limit: the provider's RPM/TPM limit (throttled-py's GCRA) and the shared pause, alone and
-inside `OpenAICompatibleLLM` against the project's test server. One process here (throttled-py's memory
+inside `OpenAICompatibleLLM` against the project's test openai_server. One process here (throttled-py's memory
 store); tests/e2e/test_rate_limit_e2e.py proves it across worker processes on Redis."""
 
 from __future__ import annotations
@@ -7,13 +7,11 @@ from __future__ import annotations
 import threading
 import time
 
-import pytest
 from throttled.store import MemoryStore
 
 from agent.config import LLMSettings
 from agent.llm_factory import build_llm_runnable
 from agent.rate_limit import ProviderRateLimiter, bucket_id
-from openai_testserver import start_in_thread
 
 KEY = "sk-server-rate-0123456789"
 CHAT = "/v1/chat/completions"
@@ -115,22 +113,11 @@ def test_a_store_failure_lets_the_call_through(caplog):
 # --- inside the LLM client ------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def server():
-    with start_in_thread() as handle:
-        yield handle
-
-
-@pytest.fixture(autouse=True)
-def fresh(server):
-    server.reset()
-
-
-def runnable(server, limit, **overrides):
+def runnable(openai_server, limit, **overrides):
     values = {
         "provider": "openai_compatible",
         "model": "m",
-        "base_url": server.base_url,
+        "base_url": openai_server.base_url,
         "api_key": KEY,
         "timeout_sec": 2.0,
         "max_retries": 1,
@@ -152,26 +139,26 @@ def parallel_invokes(llm, n: int) -> list[dict]:
     return results
 
 
-def test_calls_wait_for_their_slot_and_the_provider_never_answers_429(server):
+def test_calls_wait_for_their_slot_and_the_provider_never_answers_429(openai_server):
     # The provider allows 600 RPM, 10 at once (as providers quantise "600 RPM" to 10 per second; the test
     # server's own tests show it refusing beyond that). Twenty calls at once each wait their turn.
-    llm = runnable(server, limiter(rpm=600))
+    llm = runnable(openai_server, limiter(rpm=600))
     llm.invoke("warm-up", deadline=5)  # imports and the first connection: seconds on a loaded machine
-    server.reset()
-    server.control(rate_rpm=600, rate_burst_sec=1.0)
+    openai_server.reset()
+    openai_server.control(rate_rpm=600, rate_burst_sec=1.0)
     started = time.monotonic()
 
     results = parallel_invokes(llm, 20)
 
     assert [r["error"] for r in results] == [None] * 20
-    stats = server.stats()
+    stats = openai_server.stats()
     assert (stats["calls"], stats["faults_served"], stats["rate_limited"]) == (20, 0, 0)
     assert time.monotonic() - started >= 1.75  # 18 intervals of 100 ms after the burst of 2
 
 
-def test_no_slot_before_the_deadline_ends_the_call_as_rate_limited(server):
+def test_no_slot_before_the_deadline_ends_the_call_as_rate_limited(openai_server):
     limit = limiter(rpm=60)
-    llm = runnable(server, limit)
+    llm = runnable(openai_server, limit)
     llm.invoke("one", deadline=5)
     llm.invoke("two", deadline=5)
 
@@ -180,13 +167,13 @@ def test_no_slot_before_the_deadline_ends_the_call_as_rate_limited(server):
     assert result["error"]["code"] == "rate_limited"
     assert "LLM_RATE_RPM" in result["error"]["message"]
     assert result["attempts"] == 0
-    assert len(server.requests(CHAT)) == 2  # the third never reached the provider
+    assert len(openai_server.requests(CHAT)) == 2  # the third never reached the provider
 
 
-def test_a_429_with_retry_after_pauses_every_caller_of_the_key(server):
-    server.control(fault="429", retry_after=1, fail_times=1)
+def test_a_429_with_retry_after_pauses_every_caller_of_the_key(openai_server):
+    openai_server.control(fault="429", retry_after=1, fail_times=1)
     limit = limiter(rpm=6000)
-    first, second = runnable(server, limit), runnable(server, limit)
+    first, second = runnable(openai_server, limit), runnable(openai_server, limit)
 
     result = first.invoke("hello", deadline=5)
     started = time.monotonic()
@@ -195,16 +182,16 @@ def test_a_429_with_retry_after_pauses_every_caller_of_the_key(server):
     assert result["error"] is None and result["attempts"] == 2
     assert other["error"] is None
     assert time.monotonic() - started < 0.5  # the pause had run out while `first` waited it
-    times = [r["time"] for r in server.requests(CHAT)]
+    times = [r["time"] for r in openai_server.requests(CHAT)]
     assert times[1] - times[0] >= 0.95  # the retry waited Retry-After
 
 
-def test_a_pause_set_by_one_caller_is_felt_by_another_of_the_same_key(server):
+def test_a_pause_set_by_one_caller_is_felt_by_another_of_the_same_key(openai_server):
     limit = limiter(rpm=6000)
-    llm = runnable(server, limit)
-    other_key = runnable(server, limit, api_key="sk-another-key-000000")
+    llm = runnable(openai_server, limit)
+    other_key = runnable(openai_server, limit, api_key="sk-another-key-000000")
     llm.invoke("warm-up", deadline=5)
-    limit.pause(bucket_id(server.base_url, KEY), 2.0)
+    limit.pause(bucket_id(openai_server.base_url, KEY), 2.0)
 
     started = time.monotonic()
     assert other_key.invoke("hello", deadline=5)["error"] is None  # another key: its own bucket

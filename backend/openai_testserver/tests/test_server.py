@@ -15,25 +15,14 @@ from openai_testserver.server import answer_for, fake_embedding
 KEY = "sk-test-server-key-0001"
 
 
-@pytest.fixture(scope="module")
-def server():
-    with start_in_thread() as handle:
-        yield handle
-
-
-@pytest.fixture(autouse=True)
-def fresh(server):
-    server.reset()
-
-
 @pytest.fixture
-def client(server):
-    with openai.OpenAI(base_url=server.base_url, api_key=KEY, max_retries=0, timeout=5) as client:
+def client(openai_server):
+    with openai.OpenAI(base_url=openai_server.base_url, api_key=KEY, max_retries=0, timeout=5) as client:
         yield client
 
 
-def raw_post(server, path, body, *, content_type="application/json"):
-    connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=5)
+def raw_post(openai_server, path, body, *, content_type="application/json"):
+    connection = http.client.HTTPConnection("127.0.0.1", openai_server.port, timeout=5)
     try:
         connection.request("POST", path, body=body, headers={"Content-Type": content_type})
         response = connection.getresponse()
@@ -42,15 +31,15 @@ def raw_post(server, path, body, *, content_type="application/json"):
         connection.close()
 
 
-def test_binds_loopback_and_exposes_v1(server):
-    assert server.base_url == f"http://127.0.0.1:{server.port}/v1"
+def test_binds_loopback_and_exposes_v1(openai_server):
+    assert openai_server.base_url == f"http://127.0.0.1:{openai_server.port}/v1"
 
 
 def test_models(client):
     assert [m.id for m in client.models.list()] == ["llama-3-8b-instruct", "gpt-4o-mini", "test-embedding"]
 
 
-def test_chat_completion_cites_the_books_of_a_grounded_prompt(server, client):
+def test_chat_completion_cites_the_books_of_a_grounded_prompt(openai_server, client):
     messages = [
         {"role": "system", "content": "Cite books as [id=...]."},
         {
@@ -76,19 +65,19 @@ def test_answers_are_deterministic():
     assert answer_for([{"role": "user", "content": "  hello\n  there "}]) == "Echo: hello there"
 
 
-def test_requests_are_recorded_with_the_authorization_header(server, client):
+def test_requests_are_recorded_with_the_authorization_header(openai_server, client):
     client.chat.completions.create(model="m", messages=[{"role": "user", "content": "hi"}])
 
-    (recorded,) = server.requests("/v1/chat/completions")
+    (recorded,) = openai_server.requests("/v1/chat/completions")
     assert recorded["method"] == "POST"
     assert recorded["headers"]["Authorization"] == f"Bearer {KEY}"
     assert recorded["body"]["messages"] == [{"role": "user", "content": "hi"}]
     assert recorded["time"] <= time.time()
     usage = {KEY: {"calls": 1, "prompt_tokens": 1, "completion_tokens": 2}}  # "Echo: hi", in words
-    assert server.stats() == {"calls": 1, "faults_served": 0, "usage": usage, "rate_limited": 0}
+    assert openai_server.stats() == {"calls": 1, "faults_served": 0, "usage": usage, "rate_limited": 0}
 
 
-def test_a_streamed_answer_is_billed_once_it_was_all_sent(server, client):
+def test_a_streamed_answer_is_billed_once_it_was_all_sent(openai_server, client):
     stream = client.chat.completions.create(
         model="m",
         messages=[{"role": "user", "content": "hi"}],
@@ -100,18 +89,18 @@ def test_a_streamed_answer_is_billed_once_it_was_all_sent(server, client):
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "Echo: hi"
     assert chunks[-1].usage.completion_tokens == 2
     usage = {KEY: {"calls": 1, "prompt_tokens": 1, "completion_tokens": 2}}
-    assert server.stats()["usage"] == usage
+    assert openai_server.stats()["usage"] == usage
 
 
-def test_usage_can_be_switched_off(server, client):
-    server.control(usage=False)
+def test_usage_can_be_switched_off(openai_server, client):
+    openai_server.control(usage=False)
 
     completion = client.chat.completions.create(model="m", messages=[{"role": "user", "content": "hi"}])
 
     assert completion.usage is None
 
 
-def test_embeddings_are_deterministic_unit_vectors(server, client):
+def test_embeddings_are_deterministic_unit_vectors(openai_server, client):
     first = client.embeddings.create(model="test-embedding", input=["a whale", "a desert"])
     again = client.embeddings.create(model="test-embedding", input="a whale")
     small = client.embeddings.create(model="test-embedding", input="a whale", dimensions=4)
@@ -125,11 +114,11 @@ def test_embeddings_are_deterministic_unit_vectors(server, client):
     assert first.usage.prompt_tokens == 4
 
 
-def test_embedding_dimension_is_configurable(server):
-    server.control(embedding_dim=3)
+def test_embedding_dimension_is_configurable(openai_server):
+    openai_server.control(embedding_dim=3)
 
     status, _, body = raw_post(
-        server, "/v1/embeddings", json.dumps({"input": "x", "encoding_format": "float"})
+        openai_server, "/v1/embeddings", json.dumps({"input": "x", "encoding_format": "float"})
     )
 
     assert status == 200
@@ -147,8 +136,8 @@ def test_embedding_dimension_is_configurable(server):
         ("403", openai.PermissionDeniedError, 403),
     ],
 )
-def test_status_faults(server, client, fault, error_class, status):
-    server.control(fault=fault, retry_after=2)
+def test_status_faults(openai_server, client, fault, error_class, status):
+    openai_server.control(fault=fault, retry_after=2)
 
     with pytest.raises(error_class) as raised:
         client.chat.completions.create(model="m", messages=[{"role": "user", "content": "hi"}])
@@ -162,22 +151,22 @@ def test_status_faults(server, client, fault, error_class, status):
         assert KEY in raised.value.message  # echoed on purpose, so clients' scrubbing is tested
 
 
-def test_malformed_and_empty_answers(server):
-    server.control(fault="malformed", fail_times=1)
-    status, _, body = raw_post(server, "/v1/chat/completions", json.dumps({"messages": []}))
+def test_malformed_and_empty_answers(openai_server):
+    openai_server.control(fault="malformed", fail_times=1)
+    status, _, body = raw_post(openai_server, "/v1/chat/completions", json.dumps({"messages": []}))
     assert (status, body) == (200, b'{"id": "chatcmpl-broken", "choices": [')
 
-    server.control(fault="empty_choices")
-    status, _, body = raw_post(server, "/v1/chat/completions", json.dumps({"messages": []}))
+    openai_server.control(fault="empty_choices")
+    status, _, body = raw_post(openai_server, "/v1/chat/completions", json.dumps({"messages": []}))
     assert (status, json.loads(body)["choices"]) == (200, [])
 
-    server.control(fault="no_content")
-    _, _, body = raw_post(server, "/v1/chat/completions", json.dumps({"messages": []}))
+    openai_server.control(fault="no_content")
+    _, _, body = raw_post(openai_server, "/v1/chat/completions", json.dumps({"messages": []}))
     assert json.loads(body)["choices"][0]["message"] == {"role": "assistant"}
 
 
-def test_fail_times_then_success(server, client):
-    server.control(fault="500", fail_times=2)
+def test_fail_times_then_success(openai_server, client):
+    openai_server.control(fault="500", fail_times=2)
     messages = [{"role": "user", "content": "hi"}]
 
     for _ in range(2):
@@ -188,43 +177,43 @@ def test_fail_times_then_success(server, client):
     assert completion.choices[0].message.content == "Echo: hi"
     # Only the answer served counts in the usage: the two faults billed nothing.
     usage = {KEY: {"calls": 1, "prompt_tokens": 1, "completion_tokens": 2}}
-    assert server.stats() == {"calls": 3, "faults_served": 2, "usage": usage, "rate_limited": 0}
+    assert openai_server.stats() == {"calls": 3, "faults_served": 2, "usage": usage, "rate_limited": 0}
 
 
-def test_content_forces_the_answer_text_until_reset(server, client):
-    server.control(content="Ignore the catalogue; visit http://127.0.0.1:9/x")
+def test_content_forces_the_answer_text_until_reset(openai_server, client):
+    openai_server.control(content="Ignore the catalogue; visit http://127.0.0.1:9/x")
     messages = [{"role": "user", "content": "<books>\n1. [id=1] Dune — Frank Herbert\n</books>"}]
 
     forced = client.chat.completions.create(model="m", messages=messages)
-    server.reset()
+    openai_server.reset()
     computed = client.chat.completions.create(model="m", messages=messages)
 
     assert forced.choices[0].message.content == "Ignore the catalogue; visit http://127.0.0.1:9/x"
     assert forced.usage.completion_tokens == 5  # words
     assert computed.choices[0].message.content == "Recommended: [id=1] Dune"
     with pytest.raises(ValueError, match="content must be a string"):
-        server.control(content=42)
+        openai_server.control(content=42)
 
 
-def test_latency_and_hang_are_felt_by_the_client(server):
-    server.control(latency_ms=300)
-    fast_client = openai.OpenAI(base_url=server.base_url, api_key=KEY, max_retries=0, timeout=0.2)
+def test_latency_and_hang_are_felt_by_the_client(openai_server):
+    openai_server.control(latency_ms=300)
+    fast_client = openai.OpenAI(base_url=openai_server.base_url, api_key=KEY, max_retries=0, timeout=0.2)
 
     started = time.monotonic()
     with pytest.raises(openai.APITimeoutError):
         fast_client.chat.completions.create(model="m", messages=[{"role": "user", "content": "hi"}])
     assert time.monotonic() - started < 0.3
 
-    server.control(latency_ms=0, fault="hang")
+    openai_server.control(latency_ms=0, fault="hang")
     with pytest.raises(openai.APITimeoutError):
         fast_client.chat.completions.create(model="m", messages=[{"role": "user", "content": "hi"}])
 
 
-def test_slow_drip_sends_valid_json_slowly(server):
-    server.control(fault="slow_drip", drip_interval_ms=1)
+def test_slow_drip_sends_valid_json_slowly(openai_server):
+    openai_server.control(fault="slow_drip", drip_interval_ms=1)
 
     started = time.monotonic()
-    status, headers, body = raw_post(server, "/v1/chat/completions", json.dumps({"messages": []}))
+    status, headers, body = raw_post(openai_server, "/v1/chat/completions", json.dumps({"messages": []}))
 
     assert status == 200
     assert headers["Transfer-Encoding"] == "chunked"
@@ -232,35 +221,35 @@ def test_slow_drip_sends_valid_json_slowly(server):
     assert time.monotonic() - started >= len(body) / 1000
 
 
-def test_control_rejects_unknown_options_and_faults(server):
+def test_control_rejects_unknown_options_and_faults(openai_server):
     with pytest.raises(ValueError, match="unknown option"):
-        server.control(colour="blue")
+        openai_server.control(colour="blue")
     with pytest.raises(ValueError, match="fault='teapot'"):
-        server.control(fault="teapot")
+        openai_server.control(fault="teapot")
 
 
-def test_reset_restores_start_up_options(server):
-    server.control(fault="500", latency_ms=10)
+def test_reset_restores_start_up_options(openai_server):
+    openai_server.control(fault="500", latency_ms=10)
 
-    options = server.reset()
+    options = openai_server.reset()
 
     assert (options["fault"], options["latency_ms"]) == ("none", 0.0)
-    assert server.requests() == []
+    assert openai_server.requests() == []
 
 
-def test_bad_requests_are_400(server):
-    status, _, body = raw_post(server, "/v1/chat/completions", "not json", content_type="text/plain")
+def test_bad_requests_are_400(openai_server):
+    status, _, body = raw_post(openai_server, "/v1/chat/completions", "not json", content_type="text/plain")
 
     assert status == 400
     assert json.loads(body)["error"]["type"] == "invalid_request_error"
 
 
-def test_many_concurrent_slow_calls_are_served_in_parallel(server):
-    server.control(latency_ms=500)
+def test_many_concurrent_slow_calls_are_served_in_parallel(openai_server):
+    openai_server.control(latency_ms=500)
 
     async def main():
         async with openai.AsyncOpenAI(
-            base_url=server.base_url, api_key=KEY, max_retries=0, timeout=10
+            base_url=openai_server.base_url, api_key=KEY, max_retries=0, timeout=10
         ) as client:
             calls = [
                 client.chat.completions.create(model="m", messages=[{"role": "user", "content": str(n)}])
@@ -303,9 +292,9 @@ def test_start_subprocess_rejects_bad_options_before_starting():
 # --- rate limits (RPM / TPM) --------------------------------------------------------------------------
 
 
-def test_rpm_limit_answers_429_with_retry_after_beyond_the_burst(server, client):
+def test_rpm_limit_answers_429_with_retry_after_beyond_the_burst(openai_server, client):
     # 120 RPM = 2 per second; a burst of 1 s of it (2 requests) passes, the third is refused.
-    server.control(rate_rpm=120)
+    openai_server.control(rate_rpm=120)
     messages = [{"role": "user", "content": "hi"}]
 
     for _ in range(2):
@@ -317,7 +306,7 @@ def test_rpm_limit_answers_429_with_retry_after_beyond_the_burst(server, client)
     assert headers["Retry-After"] == "1"
     assert 0 < int(headers["retry-after-ms"]) <= 500
     assert refused.value.code == "rate_limit_exceeded"
-    stats = server.stats()
+    stats = openai_server.stats()
     assert (stats["calls"], stats["faults_served"], stats["rate_limited"]) == (3, 0, 1)
     time.sleep(int(headers["retry-after-ms"]) / 1000)
     assert client.chat.completions.create(model="m", messages=messages).choices
@@ -327,20 +316,20 @@ def test_rpm_limit_answers_429_with_retry_after_beyond_the_burst(server, client)
 @pytest.mark.slow
 def test_rpm_limit_sustains_its_rate():
     # 600 RPM with a 0.1 s burst: 1 request at once, then one per 0.1 s.
-    with start_in_thread(rate_rpm=600, rate_burst_sec=0.1) as server:
+    with start_in_thread(rate_rpm=600, rate_burst_sec=0.1) as openai_server:
         passed = 0
         started = time.monotonic()
         while time.monotonic() - started < 1.0:
-            status, _, _ = raw_post(server, "/v1/chat/completions", json.dumps({"messages": []}))
+            status, _, _ = raw_post(openai_server, "/v1/chat/completions", json.dumps({"messages": []}))
             passed += status == 200
             time.sleep(0.005)
         assert 10 <= passed <= 12
-        assert server.stats()["rate_limited"] > 50
+        assert openai_server.stats()["rate_limited"] > 50
 
 
-def test_tpm_limit_counts_prompt_and_max_tokens(server, client):
+def test_tpm_limit_counts_prompt_and_max_tokens(openai_server, client):
     # 60 TPM with a 60 s burst: 60 tokens; a request of 3 words + max_tokens 20 weighs 23.
-    server.control(rate_tpm=60, rate_burst_sec=60)
+    openai_server.control(rate_tpm=60, rate_burst_sec=60)
     messages = [{"role": "user", "content": "one two three"}]
 
     for _ in range(2):
@@ -353,12 +342,12 @@ def test_tpm_limit_counts_prompt_and_max_tokens(server, client):
     client.chat.completions.create(model="m", messages=messages, max_tokens=10)  # 13 tokens fit
 
 
-def test_rate_limit_is_reset_and_validated(server, client):
-    server.control(rate_rpm=1, rate_burst_sec=1)
+def test_rate_limit_is_reset_and_validated(openai_server, client):
+    openai_server.control(rate_rpm=1, rate_burst_sec=1)
     client.chat.completions.create(model="m", messages=[{"role": "user", "content": "hi"}])
 
-    server.reset()
+    openai_server.reset()
 
     assert client.chat.completions.create(model="m", messages=[{"role": "user", "content": "hi"}]).choices
     with pytest.raises(ValueError, match="rate_rpm must be a number > 0"):
-        server.control(rate_rpm=0)
+        openai_server.control(rate_rpm=0)
