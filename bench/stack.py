@@ -171,8 +171,10 @@ def base_env(tmp: Path) -> dict[str, str]:
     """The environment every child process gets: nothing from the developer's .env leaks in."""
     keep = ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
     env = {k: v for k, v in os.environ.items() if k in keep}
-    # Knobs a comparison may set for a whole run, e.g. `CELERY_WORKER_SEND_TASK_EVENTS=false python -m bench`.
-    env.update({k: v for k, v in os.environ.items() if k.startswith(("CELERY_WORKER_", "BENCH_ENV_"))})
+    # Knobs a comparison may set for a whole run, e.g. `CELERY_WORKER_SEND_TASK_EVENTS=false python -m bench`;
+    # any setting as BENCH_ENV_<NAME>, e.g. `BENCH_ENV_LLM_STREAM=false` gives the processes LLM_STREAM=false.
+    env.update({k: v for k, v in os.environ.items() if k.startswith("CELERY_WORKER_")})
+    env.update({k[len("BENCH_ENV_") :]: v for k, v in os.environ.items() if k.startswith("BENCH_ENV_")})
     url = redis_url()
     env.update(
         DJANGO_SETTINGS_MODULE="config.settings",
@@ -338,7 +340,10 @@ class Stack:
     def __enter__(self) -> Stack:
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, exc_type: object, *exc: object) -> None:
+        if exc_type is not None:  # the logs live in a temporary directory: show them before it goes
+            for proc in self.procs:
+                log(f"{self.label}: the end of {proc.name}'s log:\n{proc.log_tail(6000)}")
         self.stop()
 
     def _spawn(self, name: str, cmd: list[str], env: dict[str, str] | None = None) -> Proc:

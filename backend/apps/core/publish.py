@@ -8,6 +8,7 @@ and published with its own `apply_async`, so routing and priorities (CELERY_TASK
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -42,12 +43,21 @@ def task_publish(
     _task(name).apply_async(args=list(args), kwargs=kwargs, **options)
 
 
+_import_lock = threading.Lock()
+
+
 def _task(name: str) -> Any:
     """The registered task `name`. A worker imports the tasks modules when it starts; any other process
     (the API, a management command) has them imported here on its first publish, by Celery's own
-    autodiscovery over INSTALLED_APPS, exactly as the worker does."""
+    autodiscovery over INSTALLED_APPS, exactly as the worker does.
+
+    Under a lock: the first requests of a new API process arrive together, and a thread that found the
+    name missing while another was importing the modules got `NotRegistered` (a 500 at the first burst of
+    POSTs, found by bench/concurrency.py)."""
     if name not in current_app.tasks:
-        current_app.loader.import_default_modules()
+        with _import_lock:
+            if name not in current_app.tasks:
+                current_app.loader.import_default_modules()
     return current_app.tasks[name]
 
 

@@ -60,6 +60,34 @@ def test_a_redis_failure_never_raises(monkeypatch, caplog):
     assert "could not write 1 job event(s): ConnectionError" in caplog.text
 
 
+class _BrokenInsideRedisPy(redis.Redis):
+    """A client whose connection breaks the way redis-py 8.1 let it under a burst of first requests."""
+
+    def pipeline(self, *args, **kwargs):
+        pipe = super().pipeline(*args, **kwargs)
+
+        def execute(*_args, **_kwargs):
+            raise ValueError("I/O operation on closed file.")
+
+        pipe.execute = execute
+        return pipe
+
+    def delete(self, *names):
+        raise AttributeError("'NoneType' object has no attribute 'readline'")
+
+    def exists(self, *names):
+        raise AttributeError("'NoneType' object has no attribute 'readline'")
+
+
+def test_an_error_from_inside_redis_py_never_raises_either(monkeypatch, caplog):
+    monkeypatch.setattr(job_events, "_client", lambda: _BrokenInsideRedisPy(host="127.0.0.1", port=1))
+    job_id = uuid.uuid4()
+    assert job_events.events_append(items=[(job_id, "queued", {})]) == []
+    assert "could not write 1 job event(s): ValueError" in caplog.text
+    assert job_events.events_forget(job_ids=[job_id]) == 0
+    assert job_events.events_count(job_ids=[job_id]) == 0
+
+
 @pytest.mark.parametrize("value", ["", "  ", None])
 def test_an_empty_last_event_id_is_none(value):
     assert job_events.event_id_parse(value) is None
