@@ -18,7 +18,7 @@ from agent.budget import BudgetSettings, Refusal, Reservation
 from agent.llm_factory import StubLLM
 from agent.types import AgentOptions
 from apps.agent.models import AgentJob, JobStatus, SyncCall, UserBudget
-from apps.agent.services import budgets, job_execution, jobs, key_vault
+from apps.agent.services import budget_ledger, budgets, job_execution, jobs, key_vault
 from apps.agent.tests.wiring import wire_runtime
 
 pytestmark = pytest.mark.django_db
@@ -32,8 +32,8 @@ def ledger(monkeypatch):
     import fakeredis
 
     client = fakeredis.FakeRedis()
-    monkeypatch.setattr(budgets, "_client", lambda: client)
-    monkeypatch.setattr(budgets, "_scripts", {})
+    monkeypatch.setattr(budget_ledger, "ledger_client", lambda: client)
+    monkeypatch.setattr(budget_ledger, "_scripts", {})
     return client
 
 
@@ -84,7 +84,9 @@ def test_a_reservation_is_checked_against_every_cap_at_once(paid, user, ledger):
 
 def test_concurrent_reservations_never_exceed_the_cap(paid, user, ledger):
     caps = caps_for(user, daily_usd=Decimal("1"))
-    budgets._read(caps, datetime.now(UTC))  # counters built from the job rows here, not in the threads
+    budget_ledger.counters_read(
+        caps, datetime.now(UTC)
+    )  # counters built from the job rows here, not in the threads
     outcomes: list = []
     start = threading.Barrier(40)
 
@@ -162,7 +164,7 @@ def test_the_ledger_fails_closed_when_redis_is_down(paid, user, monkeypatch):
     def down():
         raise redis.ConnectionError("down")
 
-    monkeypatch.setattr(budgets, "_client", down)
+    monkeypatch.setattr(budget_ledger, "ledger_client", down)
     refusal = budgets.RedisLedger(caps_for(user, daily_usd=Decimal("1"))).reserve(
         amount_usd=0.1, model="m", lease_sec=1
     )
