@@ -125,7 +125,8 @@ def run(template: Template, *, smoke: bool) -> Section:
                 f"{r['ideal_s']:.2f}",
                 ratio(r["ratio"]) if r["timeout_s"] is None else "",
                 f"{ok}/{r['n']}",
-                f"{cpu.get('api', 0):.1f} + {sum(v for k, v in cpu.items() if k.startswith('worker')):.1f}",
+                f"{sum(v for k, v in cpu.items() if k.startswith('api')):.1f} + "
+                f"{sum(v for k, v in cpu.items() if k.startswith('worker')):.1f}",
                 f"{r['rss_mib']:.0f}",
             ]
         )
