@@ -194,3 +194,23 @@ def _options():
     from agent.types import AgentOptions
 
     return AgentOptions(top_k=2)
+
+
+def test_a_batch_jobs_answer_comes_as_one_delta_an_interactive_jobs_word_by_word(
+    api, store, django_capture_on_commit_callbacks
+):
+    interactive_id = finished_job(api, django_capture_on_commit_callbacks)
+    with django_capture_on_commit_callbacks(execute=True):
+        batch = api.post("/api/agent/batches", {"queries": ["books about whales"]}, format="json")
+    assert batch.status_code == 202
+    batch_job_id = api.get(f"/api/agent/batches/{batch.json()['id']}").json()["items"][0]["job_id"]
+
+    deltas = {}
+    for job_id in (interactive_id, batch_job_id):
+        events = parse_sse(api.get(f"{URL}/{job_id}/events"))
+        job = api.get(f"{URL}/{job_id}").json()
+        assert job["status"] == "succeeded" and events[-1]["data"] == job
+        deltas[job_id] = [e["data"]["text"] for e in events if e["event"] == "llm.delta"]
+        assert "".join(deltas[job_id]) == job["message"]  # the same answer either way
+    assert len(deltas[interactive_id]) > 1  # the stub streams word by word
+    assert len(deltas[batch_job_id]) == 1  # one plain call: its whole text at once
