@@ -62,6 +62,7 @@ def run(
     exact_search: ExactSearch,
     is_cancelled: Callable[[], bool] = lambda: False,
     on_event: OnEvent | None = None,
+    stream_answer: bool = True,
 ) -> AgentResult:
     """Answer `query` from the catalogue.
 
@@ -72,6 +73,9 @@ def run(
     With `on_event`, the run reports its progress as it goes and the LLM answer is streamed
     (`llm_factory.stream_llm`): each piece of text is an `llm.delta` event, after which `is_cancelled()` is
     asked again (a cancel stops the stream). The result is the same as without `on_event`.
+    `stream_answer=False` keeps the events but makes one plain call, whose text is then one `llm.delta`
+    (batch jobs: nobody reads their answer word by word, and a streamed call costs the worker about
+    3.5 times the CPU at 1,000 jobs in flight, docs/benchmarks.md).
     """
     trace: list[TraceStep] = []
     try:
@@ -117,7 +121,12 @@ def run(
             on_event("llm.delta", {"text": text})
             _check_cancel(is_cancelled)
 
-        answer = stream_llm(llm, messages, on_delta=on_delta, deadline=deadline - time.monotonic())
+        if stream_answer:
+            answer = stream_llm(llm, messages, on_delta=on_delta, deadline=deadline - time.monotonic())
+        else:
+            answer = llm.invoke(messages, deadline=deadline - time.monotonic())
+            if not answer.get("error") and answer.get("content"):
+                on_delta(answer["content"])
     llm_error = answer.get("error")
     if on_event is not None:
         on_event("llm.done", llm_done_data(answer))

@@ -161,6 +161,7 @@ def job_run(*, job_id: uuid.UUID | str) -> str | None:
             exact_search=runtime.exact_search,
             is_cancelled=is_cancelled,
             on_event=events,
+            stream_answer=job.batch_id is None,  # a batch job's answer is one plain call
         )
     except Cancelled:
         events.flush()

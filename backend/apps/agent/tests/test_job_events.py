@@ -6,6 +6,8 @@ import uuid
 
 import pytest
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from apps.agent.services import job_events
 from core.errors import ValidationFailed
@@ -54,7 +56,8 @@ def test_without_an_interval_every_delta_is_written(settings):
 
 
 def test_a_redis_failure_never_raises(monkeypatch, caplog):
-    down = redis.Redis(host="127.0.0.1", port=1, socket_connect_timeout=0.2)  # nothing listens there
+    # Nothing listens there; no retries (redis-py's default backoff would make this test take 5 s).
+    down = redis.Redis(host="127.0.0.1", port=1, socket_connect_timeout=0.2, retry=Retry(NoBackoff(), 0))
     monkeypatch.setattr(job_events, "_client", lambda: down)
     assert job_events.event_append(job_id=uuid.uuid4(), name="queued", data={}) is None
     assert "could not write 1 job event(s): ConnectionError" in caplog.text

@@ -161,11 +161,16 @@ def test_an_unknown_job_is_404(api):
         assert response.json()["error"]["code"] == "not_found"
 
 
-def test_a_cancelled_queued_job_streams_queued_then_job(api, user):
+def test_a_cancelled_queued_job_streams_queued_then_job(api, user, django_capture_on_commit_callbacks):
     job, _ = job_services.job_create(owner=user, query="whales", options=_options(), enqueue=False)
     job_events.jobs_queued(job_ids=[job.id])
-    job_services.job_cancel(job=job)  # outside a transaction: its on_commit runs at once
+    # The test runs inside a transaction: the cancel's commit hooks (the final event) run here, as after a
+    # real commit. (Without them the stream still ended, at its first heartbeat, 15 s later.)
+    with django_capture_on_commit_callbacks(execute=True):
+        job_services.job_cancel(job=job)
+    started = time.monotonic()
     events = parse_sse(api.get(f"{URL}/{job.id}/events"))
+    assert time.monotonic() - started < 5
     assert [e["event"] for e in events] == ["queued", "job"]
     assert events[-1]["data"]["status"] == JobStatus.CANCELLED
     assert AgentJob.objects.get(id=job.id).status == JobStatus.CANCELLED
@@ -194,3 +199,23 @@ def _options():
     from agent.types import AgentOptions
 
     return AgentOptions(top_k=2)
+
+
+def test_a_batch_jobs_answer_comes_as_one_delta_an_interactive_jobs_word_by_word(
+    api, store, django_capture_on_commit_callbacks
+):
+    interactive_id = finished_job(api, django_capture_on_commit_callbacks)
+    with django_capture_on_commit_callbacks(execute=True):
+        batch = api.post("/api/agent/batches", {"queries": ["books about whales"]}, format="json")
+    assert batch.status_code == 202
+    batch_job_id = api.get(f"/api/agent/batches/{batch.json()['id']}").json()["items"][0]["job_id"]
+
+    deltas = {}
+    for job_id in (interactive_id, batch_job_id):
+        events = parse_sse(api.get(f"{URL}/{job_id}/events"))
+        job = api.get(f"{URL}/{job_id}").json()
+        assert job["status"] == "succeeded" and events[-1]["data"] == job
+        deltas[job_id] = [e["data"]["text"] for e in events if e["event"] == "llm.delta"]
+        assert "".join(deltas[job_id]) == job["message"]  # the same answer either way
+    assert len(deltas[interactive_id]) > 1  # the stub streams word by word
+    assert len(deltas[batch_job_id]) == 1  # one plain call: its whole text at once
