@@ -402,12 +402,15 @@ class Stack:
     def start_api(
         self,
         *,
-        server: str = "asgi",
+        server: str = "",
         workers: int = API_WORKERS,
         threads: int = API_THREADS,
         wait: bool = True,
     ) -> Proc:
-        """The API under gunicorn: `asgi` (uvicorn workers, as shipped) or `wsgi` (threads, as before)."""
+        """The API under gunicorn: `asgi` (uvicorn workers, as shipped) or `wsgi` (threads, as before).
+        Default: BENCH_API_SERVER, else `asgi` (e.g. `BENCH_API_SERVER=wsgi python -m bench --only throughput`
+        compares a whole run under the WSGI server)."""
+        server = server or os.environ.get("BENCH_API_SERVER", "asgi")
         port = free_port()
         if server == "asgi":
             app = ["config.asgi:application", "--worker-class", "config.asgi_server.ApiWorker"]
