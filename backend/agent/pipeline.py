@@ -16,7 +16,7 @@ from typing import Any, Protocol
 
 from .errors import Cancelled, InvalidQuery, VectorStoreUnavailable
 from .language import choose_language
-from .llm_factory import stream_llm
+from .llm_factory import invoke_whole, stream_llm
 from .prompts import PROMPT_VERSION, build_grounded_prompt
 from .types import AgentOptions, AgentResult, Filters, Hit, TraceStep
 
@@ -121,12 +121,8 @@ def run(
             on_event("llm.delta", {"text": text})
             _check_cancel(is_cancelled)
 
-        if stream_answer:
-            answer = stream_llm(llm, messages, on_delta=on_delta, deadline=deadline - time.monotonic())
-        else:
-            answer = llm.invoke(messages, deadline=deadline - time.monotonic())
-            if not answer.get("error") and answer.get("content"):
-                on_delta(answer["content"])
+        call = stream_llm if stream_answer else invoke_whole
+        answer = call(llm, messages, on_delta=on_delta, deadline=deadline - time.monotonic())
     llm_error = answer.get("error")
     if on_event is not None:
         on_event("llm.done", llm_done_data(answer))

@@ -30,6 +30,7 @@ from agent.llm_factory.results import (
     to_messages,
 )
 from agent.llm_factory.scrub import scrub_secrets
+from agent.llm_factory.streaming import invoke_whole
 from agent.llm_factory.streaming import stream as stream_llm
 from agent.llm_factory.stub import StubLLM, stub_answer
 from agent.llm_factory.transport import CLIENT_CACHE_SIZE, POOL_SHARD_SIZE
@@ -50,6 +51,7 @@ __all__ = [
     "estimate_tokens",
     "scrub_secrets",
     "stream_llm",
+    "invoke_whole",
     "stub_answer",
     "to_messages",
 ]

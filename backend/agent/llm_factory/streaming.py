@@ -66,6 +66,14 @@ def stream(llm: Any, prompt: Prompt, *, on_delta: OnDelta, deadline: float | Non
             for word in split_words(result["content"]):
                 on_delta(word)
         return result
+    return invoke_whole(llm, prompt, on_delta=on_delta, deadline=deadline)
+
+
+def invoke_whole(
+    llm: Any, prompt: Prompt, *, on_delta: OnDelta, deadline: float | None = None
+) -> dict[str, Any]:
+    """One plain call (`llm.invoke`); its answer text, if any, goes to `on_delta` in one piece. For an LLM
+    that cannot stream, and for a caller that does not want it streamed."""
     result = llm.invoke(prompt, deadline=deadline)
     if not result.get("error") and result.get("content"):
         on_delta(result["content"])
