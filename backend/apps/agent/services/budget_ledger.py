@@ -21,7 +21,6 @@ import time
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from decimal import Decimal
 from typing import Any
 
 from django.conf import settings
@@ -256,18 +255,23 @@ def ensure_ready(client: Any, cap: Cap, now: datetime) -> None:
     has them."""
     if client.hexists(cap.key, "ready"):
         return
-    values: list[Any] = []
-    total = 0
-    for model, (spent_usd, calls) in recorded_spend(cap).items():
-        spent = nano(float(spent_usd))
-        total += spent
-        values += [f"spent:{model}", spent, f"calls:{model}", calls]
-    scripts_for(client).init(keys=[cap.key], args=[cap.ttl(now), "spent", total, *values])
+    fields = [item for pair in recorded_counters(cap).items() for item in pair]
+    scripts_for(client).init(keys=[cap.key], args=[cap.ttl(now), *fields])
 
 
-def recorded_spend(cap: Cap) -> dict[str, tuple[Decimal, int]]:
+def recorded_counters(cap: Cap) -> dict[str, int]:
+    """`cap`'s counters as the recorded spend (jobs and synchronous calls) gives them: `spent`, and per model
+    `spent:<model>` and `calls:<model>` (nano-USD; nothing reserved)."""
     owner_id = cap.owner_id if cap.scope == "user" else None
-    return spend.spend_by_model(start=cap.start, end=cap.resets_at, owner_id=owner_id)
+    counters = {"spent": 0}
+    for model, (spent_usd, calls) in spend.spend_by_model(
+        start=cap.start, end=cap.resets_at, owner_id=owner_id
+    ).items():
+        spent = nano(float(spent_usd))
+        counters["spent"] += spent
+        counters[f"spent:{model}"] = spent
+        counters[f"calls:{model}"] = calls
+    return counters
 
 
 class RedisLedger:

@@ -39,7 +39,7 @@ from apps.agent.services.budget_ledger import (
     hold_lease_sec,
     nano,
     period_bounds,
-    recorded_spend,
+    recorded_counters,
     scripts_for,
     text,
     usd,
@@ -297,19 +297,9 @@ def budget_usage_get(*, user) -> dict[str, Any]:
             logger.warning("budget ledger unavailable for usage (%s); reading job rows", type(exc).__name__)
     periods = {}
     for index, cap in enumerate(mine):
-        state = states[index] if states is not None else _db_state(cap)
+        state = states[index] if states is not None else recorded_counters(cap)
         periods[cap.period] = _period_view(cap, state, tracked=states is not None)
     return {"user": {"id": user.pk, "username": user.get_username()}, "periods": periods}
-
-
-def _db_state(cap: Cap) -> dict[str, int]:
-    state = {"spent": 0}
-    for model, (spent_usd, calls) in recorded_spend(cap).items():
-        spent = nano(float(spent_usd))
-        state["spent"] += spent
-        state[f"spent:{model}"] = spent
-        state[f"calls:{model}"] = calls
-    return state
 
 
 def _period_view(cap: Cap, state: dict[str, int], *, tracked: bool) -> dict[str, Any]:
