@@ -73,7 +73,7 @@ def event_id_parse(value: str | None, *, field: str = "last_event_id") -> str | 
 
 # --- writing (sync: API views and the worker) ----------------------------------------------------------
 
-# _WRITE_FAILURES: the writers below never raise, whatever redis-py raises. Besides its own errors, a
+# The writers below never raise, whatever redis-py raises. Besides its own errors, a
 # connection that breaks during its handshake can surface as ValueError ("I/O operation on closed file")
 # or AttributeError from inside redis-py (8.1, under a burst of first requests: a 500 on POST found by
 # bench/concurrency.py), so they catch every exception and log its type.
@@ -131,7 +131,7 @@ def events_append(*, items: Sequence[tuple[uuid.UUID | str, str, dict[str, Any]]
         pipe.expire(key, settings.AGENT_EVENTS_RETENTION_SEC)
     try:
         replies = pipe.execute()
-    except Exception as exc:  # noqa: BLE001 - see _WRITE_FAILURES
+    except Exception as exc:  # never raises: see "The writers below" above
         logger.warning("could not write %d job event(s): %s", len(items), type(exc).__name__)
         return []
     return [str(reply) for reply in replies[: len(items)]]
@@ -157,7 +157,7 @@ def events_forget(*, job_ids: Sequence[uuid.UUID | str]) -> int:
         return 0
     try:
         return int(_client().delete(*(stream_key(job_id) for job_id in job_ids)))
-    except Exception as exc:  # noqa: BLE001 - see _WRITE_FAILURES
+    except Exception as exc:  # never raises: see "The writers below" above
         logger.warning("could not delete %d job event stream(s): %s", len(job_ids), type(exc).__name__)
         return 0
 
@@ -168,7 +168,7 @@ def events_count(*, job_ids: Sequence[uuid.UUID | str]) -> int:
         return 0
     try:
         return int(_client().exists(*(stream_key(job_id) for job_id in job_ids)))
-    except Exception:  # noqa: BLE001 - see _WRITE_FAILURES
+    except Exception:  # never raises: see "The writers below" above
         return 0
 
 
