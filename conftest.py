@@ -25,14 +25,17 @@ def pytest_collection_modifyitems(config, items):
 
     Tests of one database backend's own code (`sqlite_only`: config/sqlite3's write lock) are deselected,
     not skipped, on the other backend: they do not apply there, and CI runs them in its SQLite pass.
+    Tests that make PostgreSQL databases of their own whatever the run's database (`postgres_only`: the
+    cluster on one machine) are deselected in the SQLite pass: they would run the very same thing twice.
     """
     from django.conf import settings
 
-    if settings.DATABASES["default"]["ENGINE"] != "config.sqlite3":
-        other = [item for item in items if item.get_closest_marker("sqlite_only") is not None]
-        if other:
-            config.hook.pytest_deselected(items=other)
-            items[:] = [item for item in items if item.get_closest_marker("sqlite_only") is None]
+    sqlite = settings.DATABASES["default"]["ENGINE"] == "config.sqlite3"
+    other_marker = "postgres_only" if sqlite else "sqlite_only"
+    other = [item for item in items if item.get_closest_marker(other_marker) is not None]
+    if other:
+        config.hook.pytest_deselected(items=other)
+        items[:] = [item for item in items if item.get_closest_marker(other_marker) is None]
     for item in items:
         if PROCESS_MARKERS & {mark.name for mark in item.iter_markers()} or PROCESS_FIXTURES & set(
             item.fixturenames

@@ -79,6 +79,7 @@ class Cluster:
         self.stack, self.broker, self.tmp = stack, broker, tmp
         self.apis: list[tuple[object, str]] = []
         self.workers: dict[str, object] = {}
+        self.every_worker: list[object] = []  # restarted ones too: their logs tell the takeovers
         self.events: list[str] = []
         self.unplanned_exits = 0
         self.started = time.monotonic()
@@ -113,6 +114,17 @@ class Cluster:
             ],
         )  # fmt: skip
         self.workers[name] = proc
+        self.every_worker.append(proc)
+
+    def takeovers(self) -> list[str]:
+        """The workers' lines about attempts presumed lost, taken over, dropped or out of attempts."""
+        marks = ("presumed lost", "no longer its own", "max_attempts")
+        return [
+            f"{proc.name}: {line.strip()}"
+            for proc in self.every_worker
+            for line in proc.log_tail(10_000_000).splitlines()
+            if any(mark in line for mark in marks)
+        ]
 
     def supervise(self) -> None:
         """Restart a worker that exited, as a process supervisor (compose `restart:`, systemd) would: what
@@ -319,6 +331,13 @@ def _report(cluster: Cluster, ids: list[str], receiver, jobs: int, elapsed: floa
         f" (same webhook-id twice: {redelivered_same_id})"
     )
     print(f"deliveries {deliveries}")
+    takeovers = cluster.takeovers()
+    dropped = sum(1 for line in takeovers if "no longer its own" in line)
+    print(f"attempts presumed lost, taken over or dropped (the workers' logs): {len(takeovers)}")
+    # An attempt that ended after another had taken it over was alive: it should not have been taken over.
+    print(f"live attempts taken over (ended, then dropped): {dropped}")
+    for line in [line for line in takeovers if "no longer its own" in line or "max_attempts" in line][:20]:
+        print(f"  {line}")
     # A missing webhook's row says why: never recorded, still pending (and until when), or failed.
     for job_id in [job_id for job_id in ids if hook_jobs[job_id] == 0][:10]:
         print(f"  missing {job_id}: delivery {delivery_rows.get(job_id, 'none')}")

@@ -4,7 +4,14 @@ import os
 import sys
 
 from celery import Celery
-from celery.signals import task_postrun, task_prerun, worker_init, worker_process_init
+from celery.signals import (
+    task_postrun,
+    task_prerun,
+    worker_init,
+    worker_process_init,
+    worker_process_shutdown,
+    worker_shutdown,
+)
 from django.conf import settings
 from django.db import close_old_connections
 
@@ -26,6 +33,21 @@ def _warm_up() -> None:
     retrieval_warm_up()
 
 
+def _alive_start() -> None:
+    # The process that runs tasks says it is alive, so that its slow attempts are not taken over.
+    from apps.agent.services.worker_liveness import alive_start
+
+    alive_start()
+
+
+@worker_shutdown.connect
+@worker_process_shutdown.connect
+def _alive_stop(**kwargs) -> None:
+    from apps.agent.services.worker_liveness import alive_stop
+
+    alive_stop()
+
+
 @worker_init.connect
 def _warm_up_in_process(sender=None, **kwargs) -> None:
     # Thread and gevent pools run tasks in this process: load the embedding model and open the store
@@ -35,12 +57,14 @@ def _warm_up_in_process(sender=None, **kwargs) -> None:
     if "prefork" not in pool:
         tune_interpreter()
         _warm_up()
+        _alive_start()
 
 
 @worker_process_init.connect
 def _warm_up_in_child(**kwargs) -> None:
     tune_interpreter()
     _warm_up()
+    _alive_start()
 
 
 def tune_interpreter() -> None:

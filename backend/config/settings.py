@@ -376,8 +376,11 @@ LOGGING = {
 # --- Bring-your-own key hand-off ----------------------------------------------------------------
 # How long an encrypted BYO key waits in Redis for its job; it is deleted as soon as the job ends.
 BYO_KEY_TTL_SEC = env.int("BYO_KEY_TTL_SEC", 900, minimum=10)
-# A running attempt whose deadline passed this long ago is presumed lost (its worker died).
+# A running attempt whose deadline passed this long ago is presumed lost if its worker process is gone...
 AGENT_RUNNING_GRACE_SEC = env.float("AGENT_RUNNING_GRACE_SEC", 15.0, minimum=0.0)
+# ... but while the worker process that runs it is alive (services/worker_liveness.py), only this much later
+# again: a hung attempt still ends, a slow one on a starved machine is not taken over.
+AGENT_RUNNING_HUNG_SEC = env.float("AGENT_RUNNING_HUNG_SEC", 300.0, minimum=0.0)
 
 # --- Live job events (apps/agent/services/job_events.py, docs/api.md "Waiting and streaming") ---------
 # Each job's events are a Redis Stream, kept this long after its last event; afterwards the history of an

@@ -94,6 +94,12 @@ class AgentJob(models.Model):
     enqueued_at = models.DateTimeField(null=True, blank=True)
     started_at = models.DateTimeField(null=True, blank=True)
     heartbeat_at = models.DateTimeField(null=True, blank=True)
+    claimed_by = models.CharField(
+        max_length=255,
+        blank=True,
+        default="",
+        help_text="The worker process (host:pid) running the current attempt; services/worker_liveness.py.",
+    )
     finished_at = models.DateTimeField(null=True, blank=True)
     cancel_requested = models.BooleanField(default=False)
 

@@ -12,9 +12,10 @@ LLM runnable of a job): tests replace it as a whole (`JobRuntime(...)`) instead 
 from __future__ import annotations
 
 import dataclasses
+import logging
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import timedelta
 from decimal import Decimal
 from typing import Any
@@ -30,9 +31,11 @@ from agent.errors import Cancelled
 from agent.llm_factory import build_llm_runnable, stream_llm
 from agent.types import AgentOptions, AgentResult
 from apps.agent.models import AgentJob, JobStatus, TraceStep
-from apps.agent.services import budgets, fairness, job_events, key_vault, retrieval
+from apps.agent.services import budgets, fairness, job_events, key_vault, retrieval, worker_liveness
 from apps.agent.services.events import job_terminal_event
 from apps.agent.services.rate_limit import provider_limiter
+
+logger = logging.getLogger(__name__)
 
 #: A running job asks its row whether it was cancelled at most this often (at step boundaries).
 CANCEL_CHECK_INTERVAL_SEC = 0.2
@@ -70,6 +73,28 @@ def stale_before(job_timeout: float) -> Any:
     return timezone.now() - timedelta(seconds=job_timeout + settings.AGENT_RUNNING_GRACE_SEC)
 
 
+def attempts_lost(jobs: Sequence[AgentJob]) -> list[AgentJob]:
+    """Of these running jobs, those whose attempt is presumed lost, to be taken over or failed.
+
+    An attempt is lost once its deadline plus AGENT_RUNNING_GRACE_SEC has passed with no end AND the worker
+    process that claimed it is gone (`worker_liveness`); while that process lives, only once
+    AGENT_RUNNING_HUNG_SEC more has passed (a hung thread). Needs `heartbeat_at`, `timeout_sec` and
+    `claimed_by` loaded.
+    """
+    stale = [
+        job for job in jobs if job.heartbeat_at is None or job.heartbeat_at < stale_before(job.timeout_sec)
+    ]
+    alive = worker_liveness.alive_names(job.claimed_by for job in stale)
+    hung = timedelta(seconds=settings.AGENT_RUNNING_HUNG_SEC)
+    return [
+        job
+        for job in stale
+        if job.claimed_by not in alive
+        or job.heartbeat_at is None
+        or job.heartbeat_at < stale_before(job.timeout_sec) - hung
+    ]
+
+
 def job_claim(*, job_id: uuid.UUID | str) -> AgentJob | None:
     """Move a job to `running` for a new attempt, or return None if it is not ours to run.
 
@@ -79,26 +104,46 @@ def job_claim(*, job_id: uuid.UUID | str) -> AgentJob | None:
     now = timezone.now()
     # The common case first, in one conditional UPDATE: a queued job with attempts left. Only when it
     # changes nothing is the row read to tell a stale attempt, an exhausted job and a lost race apart.
+    claim = {
+        "status": JobStatus.RUNNING,
+        "attempts": F("attempts") + 1,
+        "heartbeat_at": now,
+        "started_at": now,
+        "claimed_by": worker_liveness.process_name(),
+    }
     claimed = AgentJob.objects.filter(
         id=job_id, status=JobStatus.QUEUED, attempts__lt=settings.AGENT_MAX_ATTEMPTS
-    ).update(status=JobStatus.RUNNING, attempts=F("attempts") + 1, heartbeat_at=now, started_at=now)
+    ).update(**claim)
     if claimed:
         return AgentJob.objects.select_related(fairness.OWNER_CAPS).get(id=job_id)
-    job = AgentJob.objects.filter(id=job_id).only("id", "status", "attempts", "timeout_sec").first()
+    job = (
+        AgentJob.objects.filter(id=job_id)
+        .only("id", "status", "attempts", "timeout_sec", "heartbeat_at", "claimed_by")
+        .first()
+    )
     if job is None or job.is_terminal:
         return None
+    if job.status == JobStatus.RUNNING and not attempts_lost([job]):
+        return None  # its attempt is alive, or not yet past its deadline and grace: a duplicate delivery
     claimable = Q(status=JobStatus.QUEUED) | Q(
         status=JobStatus.RUNNING, heartbeat_at__lt=stale_before(job.timeout_sec)
     )
     base = AgentJob.objects.filter(claimable, id=job_id, attempts=job.attempts)
     if job.attempts >= settings.AGENT_MAX_ATTEMPTS:
-        job_end(base, job_id=job.id, status=JobStatus.FAILED, error=max_attempts_error(job.attempts))
+        if job_end(base, job_id=job.id, status=JobStatus.FAILED, error=max_attempts_error(job.attempts)):
+            logger.warning("job %s: failed after %d attempts (max_attempts)", job_id, job.attempts)
         return None
-    changed = base.update(
-        status=JobStatus.RUNNING, attempts=F("attempts") + 1, heartbeat_at=now, started_at=now
-    )
+    changed = base.update(**claim)
     if not changed:
         return None
+    if job.status == JobStatus.RUNNING:
+        logger.warning(
+            "job %s: attempt %d presumed lost (no end by its deadline + AGENT_RUNNING_GRACE_SEC, its worker"
+            " gone or hung); attempt %d takes over",
+            job_id,
+            job.attempts,
+            job.attempts + 1,
+        )
     return AgentJob.objects.select_related(fairness.OWNER_CAPS).get(id=job_id)
 
 
@@ -258,7 +303,16 @@ def _job_finish(job: AgentJob, attempt: int, result: AgentResult) -> str | None:
         "cost_usd": Decimal(str(round(result.cost_usd, 6))),
     }
     ended = job_end(cancelled, job=job, status=JobStatus.CANCELLED, **spend)
-    return JobStatus.CANCELLED if ended else None
+    if ended:
+        return JobStatus.CANCELLED
+    logger.warning(
+        "job %s: attempt %d ended after %.1f s, but the job was no longer its own (presumed lost and taken"
+        " over, or ended elsewhere); its result is dropped",
+        job.id,
+        attempt,
+        (timezone.now() - job.started_at).total_seconds(),
+    )
+    return None
 
 
 def _job_finish_failed(job: AgentJob, attempt: int, error: dict[str, Any]) -> str | None:

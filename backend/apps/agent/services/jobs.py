@@ -281,18 +281,24 @@ def jobs_sweep() -> dict[str, int]:
         if job_enqueue(job=job):
             counts["enqueued"] += 1
     running = AgentJob.objects.filter(status=JobStatus.RUNNING).only(
-        "id", "timeout_sec", "heartbeat_at", "attempts", "batch_id"
+        "id", "timeout_sec", "heartbeat_at", "attempts", "batch_id", "claimed_by"
     )
-    for job in running[:1000]:
-        if job.heartbeat_at and job.heartbeat_at >= job_execution.stale_before(job.timeout_sec):
-            continue
+    for job in job_execution.attempts_lost(list(running[:1000])):
         if job.attempts >= settings.AGENT_MAX_ATTEMPTS:
             rows = AgentJob.objects.filter(id=job.id, status=JobStatus.RUNNING, attempts=job.attempts)
             error = job_execution.max_attempts_error(job.attempts)
-            counts["failed"] += job_execution.job_end(
-                rows, job_id=job.id, status=JobStatus.FAILED, error=error
-            )
+            if job_execution.job_end(rows, job_id=job.id, status=JobStatus.FAILED, error=error):
+                logger.warning(
+                    "job %s: attempt %d presumed lost, the last allowed: failed", job.id, job.attempts
+                )
+                counts["failed"] += 1
         elif job_execution.job_release(job_id=job.id, attempt=job.attempts):
+            logger.warning(
+                "job %s: attempt %d presumed lost (no end by its deadline + AGENT_RUNNING_GRACE_SEC, its"
+                " worker gone or hung); queued again",
+                job.id,
+                job.attempts,
+            )
             counts["recovered"] += 1
             job_enqueue(job=job)
     counts["holds_renewed"] = budgets.batch_holds_renew()  # running batches keep their spending hold
