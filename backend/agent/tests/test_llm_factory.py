@@ -433,7 +433,17 @@ def test_a_byo_key_reaches_the_server_but_never_logs_or_errors(server, caplog):
 # --- clients are shared ----------------------------------------------------------------------------------
 
 
-def test_runnables_share_one_connection_pool(server):
+@pytest.fixture
+def empty_client_cache():
+    """The process-wide client cache as a fresh worker has it: no pool left by an earlier test of this
+    module (which test ran before depends on how xdist split the module; a pool holding two idle
+    connections to this server answered the next requests on either)."""
+    from agent.llm_factory import transport
+
+    transport.CLIENTS.reset()
+
+
+def test_runnables_share_one_connection_pool(server, empty_client_cache):
     settings = make_settings(server, http_pool_size=POOL_SHARD_SIZE)
     decision = CostDecision(mode="paid", key_source="server", provider="openai_compatible", model=MODEL)
 
@@ -447,7 +457,7 @@ def test_runnables_share_one_connection_pool(server):
     assert len(peers) == 1  # one kept-alive connection served every runnable and both keys
 
 
-def test_a_large_pool_is_split_into_shards_taken_in_turn(server):
+def test_a_large_pool_is_split_into_shards_taken_in_turn(server, empty_client_cache):
     settings = make_settings(server, http_pool_size=2 * POOL_SHARD_SIZE)
 
     for _ in range(4):
