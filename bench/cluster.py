@@ -56,6 +56,14 @@ WORKERS = {
     "hooks": ("webhooks", "50", []),
 }
 TERMINAL = ("succeeded", "failed", "cancelled")
+#: What the workers log when an attempt is taken over, dropped, out of attempts or handed back.
+TAKEOVER_KINDS = (
+    "queued again",
+    "takes over",
+    "no longer its own",
+    "max_attempts",
+    "database error while running job",
+)
 #: How long after the last job ended every webhook must have arrived (docs/reliability.md, "Webhooks"):
 #: a delivery whose message was lost is re-sent by the sweep within WEBHOOK_SWEEP_OVERDUE_SEC +
 #: WEBHOOK_SWEEP_INTERVAL_SEC of being due, one whose attempt died with its worker once its lease
@@ -116,15 +124,17 @@ class Cluster:
         self.workers[name] = proc
         self.every_worker.append(proc)
 
-    def takeovers(self) -> list[str]:
-        """The workers' lines about attempts presumed lost, taken over, dropped or out of attempts."""
-        marks = ("presumed lost", "no longer its own", "max_attempts")
+    def log_lines(self, text: str) -> list[str]:
         return [
             f"{proc.name}: {line.strip()}"
             for proc in self.every_worker
             for line in proc.log_tail(10_000_000).splitlines()
-            if any(mark in line for mark in marks)
+            if text in line
         ]
+
+    def takeovers(self) -> list[str]:
+        """The workers' lines about attempts presumed lost, taken over, dropped, out of attempts or handed back."""
+        return [line for line in self.log_lines("job ") if any(kind in line for kind in TAKEOVER_KINDS)]
 
     def supervise(self) -> None:
         """Restart a worker that exited, as a process supervisor (compose `restart:`, systemd) would: what
@@ -283,7 +293,8 @@ def _report(cluster: Cluster, ids: list[str], receiver, jobs: int, elapsed: floa
         statuses = dict(
             conn.execute("SELECT status, count(*) FROM agent_agentjob GROUP BY status").fetchall()
         )
-        attempts = Counter(n for (n,) in conn.execute("SELECT attempts FROM agent_agentjob").fetchall())
+        attempt_of = dict(conn.execute("SELECT id::text, attempts FROM agent_agentjob").fetchall())
+        attempts = Counter(attempt_of.values())
         answers = dict(
             conn.execute(
                 "SELECT job_id::text, count(DISTINCT attempt) FROM agent_tracestep GROUP BY job_id"
@@ -332,12 +343,24 @@ def _report(cluster: Cluster, ids: list[str], receiver, jobs: int, elapsed: floa
     )
     print(f"deliveries {deliveries}")
     takeovers = cluster.takeovers()
+    retried = [job_id for job_id, n in attempt_of.items() if n > 1]
+    unexplained = [job_id for job_id in retried if not any(job_id in line for line in takeovers)]
+    print(
+        f"jobs run more than once: {len(retried)}, of which with no takeover in the logs: {len(unexplained)}"
+    )
+    for job_id in unexplained[:3]:
+        for line in cluster.log_lines(job_id)[:10]:
+            print(f"  {line}")
     dropped = sum(1 for line in takeovers if "no longer its own" in line)
-    print(f"attempts presumed lost, taken over or dropped (the workers' logs): {len(takeovers)}")
+    kinds = Counter(next((kind for kind in TAKEOVER_KINDS if kind in line), "other") for line in takeovers)
+    print(
+        f"attempts presumed lost, taken over or dropped (the workers' logs): {len(takeovers)} {dict(kinds)}"
+    )
     # An attempt that ended after another had taken it over was alive: it should not have been taken over.
     print(f"live attempts taken over (ended, then dropped): {dropped}")
-    for line in [line for line in takeovers if "no longer its own" in line or "max_attempts" in line][:20]:
-        print(f"  {line}")
+    for kind in TAKEOVER_KINDS[2:]:  # the rare kinds, a few lines each
+        for line in [line for line in takeovers if kind in line][:3]:
+            print(f"  {line}")
     # A missing webhook's row says why: never recorded, still pending (and until when), or failed.
     for job_id in [job_id for job_id in ids if hook_jobs[job_id] == 0][:10]:
         print(f"  missing {job_id}: delivery {delivery_rows.get(job_id, 'none')}")

@@ -9,7 +9,6 @@ from celery import shared_task
 from django.conf import settings
 from django.db import InterfaceError, OperationalError, close_old_connections, connection
 
-from apps.agent.models import AgentJob
 from apps.agent.services import job_execution, jobs, retention
 from apps.core import publish
 
@@ -24,20 +23,37 @@ RELEASE_TRIES = 3
 def _run(task, job_id: str) -> str | None:
     try:
         return job_execution.job_run(job_id=job_id)
+    except job_execution.AttemptDatabaseError as exc:
+        # The database dropped under our attempt: drop the broken connection, hand it back, try again.
+        _log_database_error(job_id, exc.__cause__, f"attempt {exc.attempt} handed back")
+        _release_after_database_error(job_id, exc.attempt)
+        raise task.retry(countdown=1, max_retries=5) from None
     except (OperationalError, InterfaceError) as exc:
-        # The database dropped under us: drop the broken connection, hand the attempt back, try again.
-        logger.warning("database error while running job %s: %s; retrying", job_id, type(exc).__name__)
-        _release_after_database_error(job_id)
+        # Before the claim (e.g. no pooled connection in time): no attempt of ours to hand back.
+        _log_database_error(job_id, exc, "before its claim")
+        close_old_connections()
         raise task.retry(countdown=1, max_retries=5) from None
 
 
-def _release_after_database_error(job_id: str) -> bool:
+def _log_database_error(job_id: str, exc: BaseException | None, where: str) -> None:
+    # The first line of the driver's message says which failure (pool timeout, connection refused, ...);
+    # it names the server, never a key.
+    message = str(exc).strip().splitlines()[0][:200] if exc is not None and str(exc).strip() else ""
+    logger.warning(
+        "database error while running job %s (%s): %s: %s; retrying",
+        job_id,
+        where,
+        type(exc).__name__,
+        message,
+    )
+
+
+def _release_after_database_error(job_id: str, attempt: int) -> bool:
     for _ in range(RELEASE_TRIES):
         close_old_connections()
         connection.close()
         try:
-            job = AgentJob.objects.only("attempts").get(id=job_id)
-            return job_execution.job_release(job_id=job_id, attempt=job.attempts)
+            return job_execution.job_release(job_id=job_id, attempt=attempt)
         except (OperationalError, InterfaceError):
             continue
     return False  # still down: the sweep recovers the job once the database is back

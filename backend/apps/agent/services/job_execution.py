@@ -11,6 +11,7 @@ LLM runnable of a job): tests replace it as a whole (`JobRuntime(...)`) instead 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import time
@@ -21,7 +22,7 @@ from decimal import Decimal
 from typing import Any
 
 from django.conf import settings
-from django.db import connection, transaction
+from django.db import InterfaceError, OperationalError, connection, transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
@@ -115,7 +116,7 @@ def job_claim(*, job_id: uuid.UUID | str) -> AgentJob | None:
         id=job_id, status=JobStatus.QUEUED, attempts__lt=settings.AGENT_MAX_ATTEMPTS
     ).update(**claim)
     if claimed:
-        return AgentJob.objects.select_related(fairness.OWNER_CAPS).get(id=job_id)
+        return _claimed_read(job_id, now)
     job = (
         AgentJob.objects.filter(id=job_id)
         .only("id", "status", "attempts", "timeout_sec", "heartbeat_at", "claimed_by")
@@ -136,6 +137,7 @@ def job_claim(*, job_id: uuid.UUID | str) -> AgentJob | None:
     changed = base.update(**claim)
     if not changed:
         return None
+    claimed_job = _claimed_read(job_id, now)
     if job.status == JobStatus.RUNNING:
         logger.warning(
             "job %s: attempt %d presumed lost (no end by its deadline + AGENT_RUNNING_GRACE_SEC, its worker"
@@ -144,18 +146,56 @@ def job_claim(*, job_id: uuid.UUID | str) -> AgentJob | None:
             job.attempts,
             job.attempts + 1,
         )
-    return AgentJob.objects.select_related(fairness.OWNER_CAPS).get(id=job_id)
+    return claimed_job
+
+
+def _claimed_read(job_id: uuid.UUID | str, started_at: Any) -> AgentJob:
+    """Read the row just claimed; if the database fails there, undo the claim (its `started_at` is the
+    claim's own stamp) so that the attempt does not look alive while nobody runs it, then raise."""
+    try:
+        return AgentJob.objects.select_related(fairness.OWNER_CAPS).get(id=job_id)
+    except (OperationalError, InterfaceError):
+        with contextlib.suppress(OperationalError, InterfaceError):
+            AgentJob.objects.filter(id=job_id, status=JobStatus.RUNNING, started_at=started_at).update(
+                status=JobStatus.QUEUED
+            )
+        raise
+
+
+class AttemptDatabaseError(Exception):
+    """The database failed during an attempt that this call had claimed: `attempt` is the one to hand
+    back (`job_release`). A database error raised as is came before the claim: nothing to hand back (the
+    job's current attempt, if any, belongs to someone else)."""
+
+    def __init__(self, attempt: int):
+        super().__init__(f"database error during attempt {attempt}")
+        self.attempt = attempt
 
 
 def job_run(*, job_id: uuid.UUID | str) -> str | None:
     """Claim and run one attempt of a job, storing result and trace in one transaction.
 
     Returns the job's final status, or None when the job was not claimed (already running elsewhere,
-    terminal, or cancelled). Never raises for agent failures: they are stored on the job.
+    terminal, or cancelled). Never raises for agent failures: they are stored on the job. A database
+    error after the claim is raised as `AttemptDatabaseError` (from the original error).
     """
     job = job_claim(job_id=job_id)
     if job is None:
         return None
+    try:
+        return _attempt_run(job)
+    except (OperationalError, InterfaceError) as exc:
+        raise AttemptDatabaseError(job.attempts) from exc
+    except BaseException:
+        # A bug, or the worker stopping the thread: hand the attempt back rather than leave it running under
+        # a live worker, where nobody would take it over for AGENT_RUNNING_HUNG_SEC. `enqueued_at` cleared:
+        # the sweep's next run publishes it again. It still counts towards AGENT_MAX_ATTEMPTS.
+        with contextlib.suppress(Exception):
+            _attempt_rows(job, job.attempts).update(status=JobStatus.QUEUED, enqueued_at=None)
+        raise
+
+
+def _attempt_run(job: AgentJob) -> str | None:
     attempt = job.attempts
     deadline = time.monotonic() + job.timeout_sec
     events = job_events.AttemptEvents(job_id=job.id, attempt=attempt)
