@@ -62,6 +62,8 @@ TAKEOVER_KINDS = (
     "takes over",
     "no longer its own",
     "max_attempts",
+    "handed back",
+    "undone",
     "database error while running job",
 )
 #: How long after the last job ended every webhook must have arrived (docs/reliability.md, "Webhooks"):
@@ -358,7 +360,7 @@ def _report(cluster: Cluster, ids: list[str], receiver, jobs: int, elapsed: floa
     )
     # An attempt that ended after another had taken it over was alive: it should not have been taken over.
     print(f"live attempts taken over (ended, then dropped): {dropped}")
-    for kind in TAKEOVER_KINDS[2:]:  # the rare kinds, a few lines each
+    for kind in TAKEOVER_KINDS[2:]:  # the rarer kinds, a few lines each
         for line in [line for line in takeovers if kind in line][:3]:
             print(f"  {line}")
     # A missing webhook's row says why: never recorded, still pending (and until when), or failed.

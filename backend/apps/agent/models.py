@@ -88,6 +88,9 @@ class AgentJob(models.Model):
     result = models.JSONField(null=True, blank=True, help_text="message, results, actions (contract fields).")
     error = models.JSONField(null=True, blank=True, help_text='{"code", "message"} when the job failed.')
     attempts = models.PositiveIntegerField(default=0)
+    attempts_handed_back = models.PositiveIntegerField(
+        default=0, help_text="Attempts its worker handed back after a database error (not counted as used)."
+    )
     timeout_sec = models.FloatField(help_text="Deadline of the whole job, in seconds from its first start.")
 
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)

@@ -53,7 +53,7 @@ def _release_after_database_error(job_id: str, attempt: int) -> bool:
         close_old_connections()
         connection.close()
         try:
-            return job_execution.job_release(job_id=job_id, attempt=attempt)
+            return job_execution.job_release(job_id=job_id, attempt=attempt, handed_back=True)
         except (OperationalError, InterfaceError):
             continue
     return False  # still down: the sweep recovers the job once the database is back

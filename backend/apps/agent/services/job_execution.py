@@ -23,7 +23,8 @@ from typing import Any
 
 from django.conf import settings
 from django.db import InterfaceError, OperationalError, connection, transaction
-from django.db.models import F, Q
+from django.db.models import F, Q, Value
+from django.db.models.functions import Least
 from django.utils import timezone
 
 from agent import pipeline
@@ -113,13 +114,13 @@ def job_claim(*, job_id: uuid.UUID | str) -> AgentJob | None:
         "claimed_by": worker_liveness.process_name(),
     }
     claimed = AgentJob.objects.filter(
-        id=job_id, status=JobStatus.QUEUED, attempts__lt=settings.AGENT_MAX_ATTEMPTS
+        id=job_id, status=JobStatus.QUEUED, attempts__lt=settings.AGENT_MAX_ATTEMPTS + FREE_ATTEMPTS
     ).update(**claim)
     if claimed:
         return _claimed_read(job_id, now)
     job = (
         AgentJob.objects.filter(id=job_id)
-        .only("id", "status", "attempts", "timeout_sec", "heartbeat_at", "claimed_by")
+        .only("id", "status", "attempts", "attempts_handed_back", "timeout_sec", "heartbeat_at", "claimed_by")
         .first()
     )
     if job is None or job.is_terminal:
@@ -130,7 +131,7 @@ def job_claim(*, job_id: uuid.UUID | str) -> AgentJob | None:
         status=JobStatus.RUNNING, heartbeat_at__lt=stale_before(job.timeout_sec)
     )
     base = AgentJob.objects.filter(claimable, id=job_id, attempts=job.attempts)
-    if job.attempts >= settings.AGENT_MAX_ATTEMPTS:
+    if attempts_used_up(job):
         if job_end(base, job_id=job.id, status=JobStatus.FAILED, error=max_attempts_error(job.attempts)):
             logger.warning("job %s: failed after %d attempts (max_attempts)", job_id, job.attempts)
         return None
@@ -155,6 +156,7 @@ def _claimed_read(job_id: uuid.UUID | str, started_at: Any) -> AgentJob:
     try:
         return AgentJob.objects.select_related(fairness.OWNER_CAPS).get(id=job_id)
     except (OperationalError, InterfaceError):
+        logger.warning("job %s: its claim could not be read; undone", job_id)
         with contextlib.suppress(OperationalError, InterfaceError):
             AgentJob.objects.filter(id=job_id, status=JobStatus.RUNNING, started_at=started_at).update(
                 status=JobStatus.QUEUED
@@ -186,7 +188,8 @@ def job_run(*, job_id: uuid.UUID | str) -> str | None:
         return _attempt_run(job)
     except (OperationalError, InterfaceError) as exc:
         raise AttemptDatabaseError(job.attempts) from exc
-    except BaseException:
+    except BaseException as exc:
+        logger.warning("job %s: attempt %d raised %s; handed back", job.id, job.attempts, type(exc).__name__)
         # A bug, or the worker stopping the thread: hand the attempt back rather than leave it running under
         # a live worker, where nobody would take it over for AGENT_RUNNING_HUNG_SEC. `enqueued_at` cleared:
         # the sweep's next run publishes it again. It still counts towards AGENT_MAX_ATTEMPTS.
@@ -386,14 +389,28 @@ def job_end(
     return bool(changed)
 
 
+#: The attempts a job may hand back after a database error (`job_release(handed_back=True)`) without using
+#: up AGENT_MAX_ATTEMPTS: that cap stops a job that kills its worker, not one that met a busy pool. Bounded,
+#: so that a job that always meets a database error still ends.
+FREE_ATTEMPTS_MAX = 10
+#: In SQL, on the row: the attempts a job may have reached and still be claimed.
+FREE_ATTEMPTS = Least(F("attempts_handed_back"), Value(FREE_ATTEMPTS_MAX))
+
+
+def attempts_used_up(job: AgentJob) -> bool:
+    """Whether `job` has used AGENT_MAX_ATTEMPTS (attempts handed back after a database error are free)."""
+    return job.attempts - min(job.attempts_handed_back, FREE_ATTEMPTS_MAX) >= settings.AGENT_MAX_ATTEMPTS
+
+
 def max_attempts_error(attempts: int) -> dict[str, str]:
     return {"code": "max_attempts", "message": f"The job was attempted {attempts} times."}
 
 
-def job_release(*, job_id: uuid.UUID | str, attempt: int) -> bool:
-    """Give a running attempt back to the queue after an infrastructure error (e.g. the database dropped)."""
-    return bool(
-        AgentJob.objects.filter(id=job_id, status=JobStatus.RUNNING, attempts=attempt).update(
-            status=JobStatus.QUEUED
-        )
-    )
+def job_release(*, job_id: uuid.UUID | str, attempt: int, handed_back: bool = False) -> bool:
+    """Give a running attempt back to the queue: presumed lost (the sweep), or `handed_back` by its own
+    worker after a database error (then it does not count towards AGENT_MAX_ATTEMPTS)."""
+    changes: dict[str, Any] = {"status": JobStatus.QUEUED}
+    if handed_back:
+        changes["attempts_handed_back"] = F("attempts_handed_back") + 1
+    rows = AgentJob.objects.filter(id=job_id, status=JobStatus.RUNNING, attempts=attempt)
+    return bool(rows.update(**changes))

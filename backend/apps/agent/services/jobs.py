@@ -281,10 +281,10 @@ def jobs_sweep() -> dict[str, int]:
         if job_enqueue(job=job):
             counts["enqueued"] += 1
     running = AgentJob.objects.filter(status=JobStatus.RUNNING).only(
-        "id", "timeout_sec", "heartbeat_at", "attempts", "batch_id", "claimed_by"
+        "id", "timeout_sec", "heartbeat_at", "attempts", "attempts_handed_back", "batch_id", "claimed_by"
     )
     for job in job_execution.attempts_lost(list(running[:1000])):
-        if job.attempts >= settings.AGENT_MAX_ATTEMPTS:
+        if job_execution.attempts_used_up(job):
             rows = AgentJob.objects.filter(id=job.id, status=JobStatus.RUNNING, attempts=job.attempts)
             error = job_execution.max_attempts_error(job.attempts)
             if job_execution.job_end(rows, job_id=job.id, status=JobStatus.FAILED, error=error):

@@ -93,3 +93,38 @@ def test_a_claim_whose_read_fails_is_undone(user, store, monkeypatch):
 
     stored = AgentJob.objects.get(id=job.id)
     assert (stored.status, stored.attempts) == (JobStatus.QUEUED, 1)
+
+
+def test_attempts_handed_back_after_a_database_error_do_not_use_up_max_attempts(user, store, settings):
+    settings.AGENT_MAX_ATTEMPTS = 3
+    # Two attempts met a busy pool and were handed back; one worker died: one attempt used of three.
+    job = job_submit(user, attempts=3, attempts_handed_back=2)
+    assert job_execution.job_run(job_id=job.id) == JobStatus.SUCCEEDED
+    assert AgentJob.objects.get(id=job.id).attempts == 4
+
+    # Attempts that were presumed lost, or raised a bug, count: three of them end the job.
+    used = job_submit(user, attempts=3, attempts_handed_back=0)
+    assert job_execution.job_run(job_id=used.id) is None
+    assert AgentJob.objects.get(id=used.id).error["code"] == "max_attempts"
+
+    # Free hand-backs are bounded, so that a job that always meets a database error still ends.
+    endless = job_submit(user, attempts=3 + job_execution.FREE_ATTEMPTS_MAX, attempts_handed_back=50)
+    assert job_execution.job_run(job_id=endless.id) is None
+    assert AgentJob.objects.get(id=endless.id).error["code"] == "max_attempts"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_task_hands_back_as_free_and_the_sweep_as_counted(user, store, monkeypatch, settings):
+    job = job_submit(user)
+
+    def database_drops(job, key):
+        raise OperationalError("couldn't get a connection after 5.00 sec")
+
+    wire_runtime(monkeypatch, llm_for=database_drops)
+    with pytest.raises(Retried):
+        tasks._run(FakeTask(), str(job.id))
+    stored = AgentJob.objects.get(id=job.id)
+    assert (stored.attempts, stored.attempts_handed_back) == (1, 1)
+    assert not job_execution.attempts_used_up(stored)
+
+    assert job_execution.job_release(job_id=job.id, attempt=1) is False  # queued already: nothing to release
