@@ -139,10 +139,14 @@ def sync_collection(
 def _reusable(settings: VectorSettings, embedder: Embedder) -> Manifest | None:
     """The manifest of the current store when it opens cleanly with this model (then only the
     differences are applied), else None."""
+    if not settings.url and not (Path(settings.dir) / "chroma.sqlite3").is_file():
+        # The store's own message tells a reader to run a build; this is one, and nothing is wrong.
+        logger.info("full vector build: no store yet at %s", settings.dir)
+        return None
     try:
         return VectorStore(settings=settings, embedder=embedder).manifest
     except VectorStoreUnavailable as exc:
-        logger.info("full vector build: %s", exc.message)
+        logger.info("full vector build (the store there cannot be reused): %s", exc.message)
         return None
 
 

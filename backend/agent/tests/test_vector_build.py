@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import logging
 import socket
 import subprocess
 import sys
@@ -86,6 +87,13 @@ def test_manifest_describes_the_build(vsettings):
     assert manifest["built_at"].endswith("+00:00")
     assert 0 < manifest["build_seconds"] < 60
     assert leftovers(vsettings) == []
+
+
+def test_a_first_build_does_not_tell_the_user_to_run_a_build(vsettings, caplog):
+    caplog.set_level(logging.INFO, logger="agent.vector_build")
+    build(book_documents(), vsettings, FakeEmbedder())
+    assert "no store yet at" in caplog.text
+    assert "build_vector_db`" not in caplog.text  # the store's "run `manage.py build_vector_db`" hint
 
 
 def test_dataset_hash_does_not_depend_on_order():
