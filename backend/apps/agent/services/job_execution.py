@@ -216,11 +216,17 @@ def _attempt_run(job: AgentJob) -> str | None:
                     "message": "The job's API key expired before it ran; submit again.",
                 },
             )
+    pooled = bool(connection.settings_dict["OPTIONS"].get("pool"))
     llm = JobLLM(
         budgets.budget_guard(runtime.llm_for(job, byo_key), owner_id=job.owner_id, decision=job),
-        release_connection=bool(connection.settings_dict["OPTIONS"].get("pool")),
+        release_connection=pooled,
     )
     options = AgentOptions.from_dict(job.options)
+    if pooled:
+        # Retrieval needs no database (exact search, the cancel check and the finish take one again):
+        # under a burst, a hundred threads embedding their queries while holding the pool's ten
+        # connections made the others wait past DB_POOL_TIMEOUT_SEC (docs/reliability.md).
+        release_pooled_connection()
 
     # The claim just read `cancel_requested`. Before the LLM call the row is asked again at a step
     # boundary only when CANCEL_CHECK_INTERVAL_SEC has passed (retrieval and the prompt take milliseconds,
@@ -291,8 +297,15 @@ class JobLLM:
 
     def _before_call(self) -> None:
         self.called = True
-        if self._release_connection and not connection.in_atomic_block:  # eager tasks: caller's transaction
-            connection.close()
+        if self._release_connection:
+            release_pooled_connection()
+
+
+def release_pooled_connection() -> None:
+    """Hand this thread's database connection back to the pool; the next query takes one again.
+    Not inside a transaction (eager tasks run in the caller's)."""
+    if not connection.in_atomic_block:
+        connection.close()
 
 
 def terminal_effects(*, job_id: uuid.UUID, status: str, job: AgentJob | None = None) -> None:

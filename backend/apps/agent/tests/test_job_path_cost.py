@@ -194,3 +194,20 @@ def test_the_llm_wrapper_keeps_the_connection_inside_a_transaction():
 
     assert job_execution.JobLLM(Inner(), release_connection=True).invoke("hi") == {"open": True}
     assert job_execution.JobLLM(Inner()).invoke("hi") == {"open": True}  # without a pool: never released
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_pooled_connection_goes_back_to_the_pool_before_retrieval(user, store, monkeypatch):
+    """With PostgreSQL's pool (CI's PostgreSQL pass) the claim's connection is handed back before the
+    retrieval; without a pool (SQLite) the thread keeps its connection, which costs nothing to hold."""
+    pooled = bool(connection.settings_dict["OPTIONS"].get("pool"))
+    held: list[bool] = []
+
+    def retriever():
+        held.append(connection.connection is not None)
+        return store
+
+    wire_runtime(monkeypatch, retriever=retriever)
+    job = job_submit(user)
+    assert job_execution.job_run(job_id=job.id) == JobStatus.SUCCEEDED
+    assert held == [not pooled]
