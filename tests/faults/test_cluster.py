@@ -7,8 +7,8 @@ each webhook must arrive once. The script prints the figures (docs/reliability.m
 machine") and exits 1 on any loss or duplicate. It waits for the webhooks (every job's arrived, no delivery
 pending) for bench.cluster.WEBHOOKS_BOUND_SEC after the last job ended, still restarting workers that exit.
 
-CLUSTER_JOBS is 200 here (2,000 with `python -m bench.cluster --jobs 2000`: docs/reliability.md). The
-script makes PostgreSQL databases of its own whatever the run's DATABASE_URL, so the test runs once, in
+CLUSTER_JOBS (2,000, as the issue asks and as docs/reliability.md measures it; about 2 minutes a broker on
+a quiet 2-core machine) can be lowered for a quick local run. The script makes PostgreSQL databases of its own whatever the run's DATABASE_URL, so the test runs once, in
 CI's PostgreSQL pass (`postgres_only`). On RabbitMQ it used to end a job or two `failed` `max_attempts` on
 a loaded machine: live but slow attempts were taken over until the job ran out of attempts; now only a
 dead (or hung) worker's attempt is (services/worker_liveness.py, docs/reliability.md).
@@ -26,7 +26,7 @@ from tests.e2e.harness import REPO
 
 pytestmark = [pytest.mark.faults, pytest.mark.slow, pytest.mark.postgres_only]
 
-JOBS = int(os.environ.get("CLUSTER_JOBS", "200"))
+JOBS = int(os.environ.get("CLUSTER_JOBS", "2000"))
 
 
 @pytest.mark.timeout(2400)
