@@ -37,6 +37,10 @@ class VectorStoreUnavailable(AgentError):
     code = "vector_store_unavailable"
 
 
+class VectorStoreMissing(VectorStoreUnavailable):
+    """There is no store at the configured directory (and no build running): one has to be built or imported."""
+
+
 class VectorStoreBuilding(VectorStoreUnavailable):
     """There is no store yet because a build is running; nobody has to act, it will appear when done."""
 

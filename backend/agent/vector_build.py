@@ -40,7 +40,7 @@ from .atomic_swap import (
 )
 from .datasets import content_hash, dataset_sha256, validate_documents
 from .embeddings import Embedder, model_id
-from .errors import VectorStoreUnavailable
+from .errors import VectorStoreMissing, VectorStoreUnavailable
 from .types import Document
 from .vector_config import VectorSettings
 from .vector_store import (
@@ -139,12 +139,12 @@ def sync_collection(
 def _reusable(settings: VectorSettings, embedder: Embedder) -> Manifest | None:
     """The manifest of the current store when it opens cleanly with this model (then only the
     differences are applied), else None."""
-    if not settings.url and not (Path(settings.dir) / "chroma.sqlite3").is_file():
-        # The store's own message tells a reader to run a build; this is one, and nothing is wrong.
-        logger.info("full vector build: no store yet at %s", settings.dir)
-        return None
     try:
         return VectorStore(settings=settings, embedder=embedder).manifest
+    except VectorStoreMissing:
+        # Its message tells a reader to run a build; this is one, and nothing is wrong.
+        logger.info("full vector build: no store yet at %s", settings.dir)
+        return None
     except VectorStoreUnavailable as exc:
         logger.info("full vector build (the store there cannot be reused): %s", exc.message)
         return None

@@ -31,7 +31,7 @@ from urllib.parse import urlparse
 from core.caches import LRU
 
 from .embeddings import Embedder, get_embedder
-from .errors import InvalidQuery, VectorStoreBuilding, VectorStoreUnavailable
+from .errors import InvalidQuery, VectorStoreBuilding, VectorStoreMissing, VectorStoreUnavailable
 from .types import Filters, Hit
 from .vector_config import VectorSettings
 
@@ -99,7 +99,7 @@ def _new_client(settings: VectorSettings) -> Any:
             progress = build_progress(settings)
             if progress is not None:
                 raise VectorStoreBuilding(done=progress["done"], total=progress["total"])
-            raise VectorStoreUnavailable(
+            raise VectorStoreMissing(
                 f"no vector store at {settings.dir}: run `manage.py build_vector_db` or `import_vector_db`"
             )
         return chromadb.PersistentClient(path=str(settings.dir), settings=chroma_settings())
