@@ -3,7 +3,7 @@ PYTHON ?= python3.11
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-# pytest-xdist workers: one runs the tests with real processes in order, the others the in-process tests.
+# pytest-xdist workers: each takes the next test, in-process or with real processes (workers, servers).
 TEST_WORKERS ?= 2
 
 .PHONY: up test lint format venv local-llm testserver bench bench-smoke clean seed-vector-db
@@ -43,7 +43,7 @@ lint: $(STAMP)
 test: lint $(LOCAL_LLM_STAMP)
 	$(PY) backend/manage.py spectacular --validate --fail-on-warn --file /dev/null
 	PYTHONPATH=backend $(VENV)/bin/lint-imports
-	$(VENV)/bin/pytest -n $(TEST_WORKERS) --dist loadgroup
+	$(VENV)/bin/pytest -n $(TEST_WORKERS) --dist load
 
 format: $(STAMP)
 	$(VENV)/bin/ruff check --fix .

@@ -13,20 +13,17 @@ import pytest
 REPO = Path(__file__).resolve().parent
 FIXTURE = REPO / "backend" / "apps" / "libros" / "fixtures" / "libros_prueba.json"
 
-#: Tests that start processes (workers, servers) or wait on them, and the fixtures that say so.
-PROCESS_MARKERS = {"e2e", "faults", "slow"}
-PROCESS_FIXTURES = {"stack", "redis_server", "live_server", "gunicorn", "gunicorn_server"}
-
-
 def pytest_collection_modifyitems(config, items):
-    """Under pytest-xdist (`--dist loadgroup`), every test that runs real processes goes to one group, so
-    one xdist worker runs them one after another, as a serial run would (their timing bounds assume a
-    machine not loaded by a second such test), while the other workers take the in-process tests.
-
-    Tests of one database backend's own code (`sqlite_only`: config/sqlite3's write lock) are deselected,
+    """Tests of one database backend's own code (`sqlite_only`: config/sqlite3's write lock) are deselected,
     not skipped, on the other backend: they do not apply there, and CI runs them in its SQLite pass.
     Tests that make PostgreSQL databases of their own whatever the run's database (`postgres_only`: the
     cluster on one machine) are deselected in the SQLite pass: they would run the very same thing twice.
+
+    Under pytest-xdist the tests that start processes (workers, API servers) run side by side with each
+    other and with the in-process tests, one per xdist worker: their timing bounds hold on a loaded
+    machine. (Until 2026-12-03 this hook also tried to keep them in one serial xdist group; the marker
+    came after xdist had read the groups, so it never applied. Serial, they would take ~1.5x the wall
+    time of a whole pass: docs/operations.md, "The test suite".)
     """
     from django.conf import settings
 
@@ -36,11 +33,6 @@ def pytest_collection_modifyitems(config, items):
     if other:
         config.hook.pytest_deselected(items=other)
         items[:] = [item for item in items if item.get_closest_marker(other_marker) is None]
-    for item in items:
-        if PROCESS_MARKERS & {mark.name for mark in item.iter_markers()} or PROCESS_FIXTURES & set(
-            item.fixturenames
-        ):
-            item.add_marker(pytest.mark.xdist_group("processes"))
 
 
 @pytest.fixture(scope="session", autouse=True)

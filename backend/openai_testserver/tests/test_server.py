@@ -312,7 +312,7 @@ def test_rpm_limit_answers_429_with_retry_after_beyond_the_burst(openai_server, 
     assert client.chat.completions.create(model="m", messages=messages).choices
 
 
-# Timing-bound: runs in the serial group of process tests, not beside the in-process tests (slow marker).
+# Timing-bound (slow marker): its bound holds beside other tests on the 2-core machine.
 @pytest.mark.slow
 def test_rpm_limit_sustains_its_rate():
     # 600 RPM with a 0.1 s burst: 1 request at once, then one per 0.1 s.
