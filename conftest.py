@@ -13,6 +13,7 @@ import pytest
 REPO = Path(__file__).resolve().parent
 FIXTURE = REPO / "backend" / "apps" / "libros" / "fixtures" / "libros_prueba.json"
 
+
 def pytest_collection_modifyitems(config, items):
     """Tests of one database backend's own code (`sqlite_only`: config/sqlite3's write lock) are deselected,
     not skipped, on the other backend: they do not apply there, and CI runs them in its SQLite pass.

@@ -72,19 +72,26 @@ def test_requests_run_their_sync_code_on_the_shared_pool(settings):
     assert len(set(threads)) <= settings.API_SYNC_THREADS
 
 
+JOB = "/api/agent/jobs/3f0e2b7c-1111-4222-8333-944445555666"
+
+
 @pytest.mark.parametrize(
     ("method", "path", "query", "live"),
     [
-        ("GET", "/api/agent/jobs/3f0e/events", b"", True),
-        ("GET", "/api/agent/jobs/3f0e/events/", b"last_event_id=1-0", True),
-        ("GET", "/api/agent/jobs/3f0e", b"wait=30", True),
-        ("GET", "/api/agent/jobs/3f0e/", b"x=1&wait=5", True),
-        ("GET", "/api/agent/jobs/3f0e", b"", False),
-        ("GET", "/api/agent/jobs/3f0e", b"nowait=1", False),
-        ("POST", "/api/agent/jobs/3f0e", b"wait=30", False),
+        ("GET", f"{JOB}/events", b"", True),
+        ("GET", f"{JOB}/events", b"last_event_id=1-0", True),
+        ("GET", JOB, b"wait=30", True),
+        ("GET", JOB, b"x=1&wait=5", True),
+        ("GET", JOB, b"", False),
+        ("GET", JOB, b"nowait=1", False),
+        ("POST", JOB, b"wait=30", False),
         ("POST", "/api/agent/jobs", b"", False),
-        ("GET", "/api/agent/jobs/3f0e/cancel", b"wait=1", False),
+        ("GET", f"{JOB}/cancel", b"wait=1", False),
         ("GET", "/api/ping", b"", False),
+        # Paths that resolve to no view (a 404 on either handler)
+        ("GET", f"{JOB}/events/", b"", False),
+        ("GET", "/api/agent/jobs/not-a-uuid", b"wait=30", False),
+        ("GET", "/nothing/here", b"wait=30", False),
     ],
 )
 def test_only_waits_and_event_streams_are_live(method, path, query, live):
