@@ -194,7 +194,7 @@ def job_run(*, job_id: uuid.UUID | str) -> str | None:
         # a live worker, where nobody would take it over for AGENT_RUNNING_HUNG_SEC. `enqueued_at` cleared:
         # the sweep's next run publishes it again. It still counts towards AGENT_MAX_ATTEMPTS.
         with contextlib.suppress(Exception):
-            _attempt_rows(job, job.attempts).update(status=JobStatus.QUEUED, enqueued_at=None)
+            attempt_rows(job.id, job.attempts).update(status=JobStatus.QUEUED, enqueued_at=None)
         raise
 
 
@@ -345,14 +345,14 @@ def _job_finish(job: AgentJob, attempt: int, result: AgentResult) -> str | None:
     ]
     with transaction.atomic():
         # Conditional: only the attempt that still owns the row, and only if no cancel arrived meanwhile.
-        if _attempt_rows(job, attempt).filter(cancel_requested=False).update(**finish):
+        if attempt_rows(job.id, attempt).filter(cancel_requested=False).update(**finish):
             TraceStep.objects.bulk_create(trace)
             terminal_effects(job_id=job.id, status=status, job=job)
             return status
     # Nothing changed. A cancel arrived while the job ran (its answer is discarded), or another attempt
     # took over (we were presumed dead): only the first ends the job, as cancelled.
     # The call was made (and paid) all the same: its cost stays on the row, where budgets are rebuilt from.
-    cancelled = _attempt_rows(job, attempt).filter(cancel_requested=True)
+    cancelled = attempt_rows(job.id, attempt).filter(cancel_requested=True)
     spend = {
         "prompt_tokens": result.prompt_tokens,
         "completion_tokens": result.completion_tokens,
@@ -372,18 +372,19 @@ def _job_finish(job: AgentJob, attempt: int, result: AgentResult) -> str | None:
 
 
 def _job_finish_failed(job: AgentJob, attempt: int, error: dict[str, Any]) -> str | None:
-    failed = job_end(_attempt_rows(job, attempt), job=job, status=JobStatus.FAILED, error=error)
+    failed = job_end(attempt_rows(job.id, attempt), job=job, status=JobStatus.FAILED, error=error)
     return JobStatus.FAILED if failed else None
 
 
 def _job_finish_cancelled(job: AgentJob, attempt: int) -> str | None:
-    cancelled = job_end(_attempt_rows(job, attempt), job=job, status=JobStatus.CANCELLED)
+    cancelled = job_end(attempt_rows(job.id, attempt), job=job, status=JobStatus.CANCELLED)
     return JobStatus.CANCELLED if cancelled else None
 
 
-def _attempt_rows(job: AgentJob, attempt: int) -> Any:
-    """The job's row while `attempt` is the one running it (an update through it is conditional)."""
-    return AgentJob.objects.filter(id=job.id, status=JobStatus.RUNNING, attempts=attempt)
+def attempt_rows(job_id: Any, attempt: int) -> Any:
+    """The job's row while `attempt` is the one running it (an update through it is conditional): what
+    every end or release of an attempt updates, whoever does it (its worker, the sweep)."""
+    return AgentJob.objects.filter(id=job_id, status=JobStatus.RUNNING, attempts=attempt)
 
 
 def job_end(
@@ -425,5 +426,4 @@ def job_release(*, job_id: uuid.UUID | str, attempt: int, handed_back: bool = Fa
     changes: dict[str, Any] = {"status": JobStatus.QUEUED}
     if handed_back:
         changes["attempts_handed_back"] = F("attempts_handed_back") + 1
-    rows = AgentJob.objects.filter(id=job_id, status=JobStatus.RUNNING, attempts=attempt)
-    return bool(rows.update(**changes))
+    return bool(attempt_rows(job_id, attempt).update(**changes))

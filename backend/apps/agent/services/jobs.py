@@ -285,7 +285,7 @@ def jobs_sweep() -> dict[str, int]:
     )
     for job in job_execution.attempts_lost(list(running[:1000])):
         if job_execution.attempts_used_up(job):
-            rows = AgentJob.objects.filter(id=job.id, status=JobStatus.RUNNING, attempts=job.attempts)
+            rows = job_execution.attempt_rows(job.id, job.attempts)
             error = job_execution.max_attempts_error(job.attempts)
             if job_execution.job_end(rows, job_id=job.id, status=JobStatus.FAILED, error=error):
                 logger.warning(
