@@ -131,6 +131,31 @@ def test_a_reservation_whose_lease_ended_is_dropped(paid, user, ledger):
     assert budgets.budget_usage_get(user=user)["periods"]["day"]["reserved_usd"] == 0.9
 
 
+def test_a_call_that_settles_after_its_lease_ended_is_charged_once_and_frees_nothing_twice(
+    paid, user, ledger
+):
+    """A live but slow attempt (since 2026-12-02 not taken over while its worker lives) may settle after
+    its lease ended and another reservation's clean-up dropped it: its cost is charged once, and the
+    money it had reserved is not freed a second time."""
+    ledger_ = budgets.RedisLedger(caps_for(user, daily_usd=Decimal("1")))
+    slow = ledger_.reserve(amount_usd=0.5, model="m", lease_sec=0.05)
+    assert isinstance(slow, Reservation)
+    time.sleep(0.1)
+    other = ledger_.reserve(amount_usd=0.3, model="m", lease_sec=30)  # drops the slow call's reservation
+    assert isinstance(other, Reservation)
+
+    ledger_.settle(slow, cost_usd=0.2, model="m", charged=True)
+
+    day = budgets.budget_usage_get(user=user)["periods"]["day"]
+    assert (day["spent_usd"], day["reserved_usd"]) == (0.2, 0.3)
+    ledger_.settle(other, cost_usd=0.1, model="m", charged=True)
+    day = budgets.budget_usage_get(user=user)["periods"]["day"]
+    assert (day["spent_usd"], day["reserved_usd"]) == (pytest.approx(0.3), 0.0)
+    assert day["by_model"] == [
+        {"model": "m", "spent_usd": pytest.approx(0.3), "reserved_usd": 0.0, "calls": 2}
+    ]
+
+
 def test_lost_counters_are_rebuilt_from_the_jobs_recorded_costs(paid, user, other_user, ledger):
     now = datetime.now(UTC)
     for owner, key_source, cost in (
