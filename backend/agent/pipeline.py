@@ -205,6 +205,7 @@ def llm_done_data(answer: dict[str, Any]) -> dict[str, Any]:
 
 
 def _book(hit: Hit) -> dict[str, Any]:
+    """A retrieved book as the `retrieval` event shows it; a result row adds why and whether it is cited."""
     return {
         "id": hit.id,
         "title": hit.title,
@@ -295,11 +296,7 @@ def _why(hit: Hit, source: str) -> str:
 
 def _result_row(hit: Hit, message: str, source: str) -> dict[str, Any]:
     return {
-        "id": hit.id,
-        "title": hit.title,
-        "author": hit.author,
-        "year": hit.year,
-        "score": round(float(hit.score), 6),
+        **_book(hit),
         "why": _why(hit, source),
         # Whether the answer text names this book: lets clients highlight what the model used.
         "cited": hit.title.lower() in message.lower() or f"id={hit.id}" in message,

@@ -250,12 +250,7 @@ class OpenAICompatibleLLM:
             completion_tokens = getattr(usage, "completion_tokens", None)
         except Exception as exc:  # a construct()ed model with an unexpected shape
             return _Failure("bad_response", f"Unreadable provider response ({type(exc).__name__}).")
-        estimated = not (_is_count(prompt_tokens) and _is_count(completion_tokens))
-        if not _is_count(prompt_tokens):
-            prompt_tokens = estimate_prompt_tokens(messages)
-        if not _is_count(completion_tokens):
-            completion_tokens = estimate_tokens(content)
-        return _Success(content, prompt_tokens, completion_tokens, estimated)
+        return _success(content, prompt_tokens, completion_tokens, messages)
 
     def _classify(self, exc: BaseException) -> _Failure:
         """Map an exception to an error code. Messages are scrubbed of the key."""
@@ -355,6 +350,19 @@ class OpenAICompatibleLLM:
 
 def _is_count(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _success(
+    content: str, prompt_tokens: Any, completion_tokens: Any, messages: list[dict[str, str]]
+) -> _Success:
+    """An answer with the token counts the provider reported (streamed or not); a count it did not report
+    (or not as a count) is estimated, and the usage flagged as estimated."""
+    estimated = not (_is_count(prompt_tokens) and _is_count(completion_tokens))
+    if not _is_count(prompt_tokens):
+        prompt_tokens = estimate_prompt_tokens(messages)
+    if not _is_count(completion_tokens):
+        completion_tokens = estimate_tokens(content)
+    return _Success(content, prompt_tokens, completion_tokens, estimated)
 
 
 def _import_openai() -> ModuleType:

@@ -30,15 +30,13 @@ from agent.errors import Cancelled
 from agent.llm_factory.openai_client import (
     OpenAICompatibleLLM,
     _Failure,
-    _is_count,
     _rate_limit_wait_failure,
     _Success,
+    _success,
 )
 from agent.llm_factory.results import (
     Prompt,
     deadline_message,
-    estimate_prompt_tokens,
-    estimate_tokens,
     to_messages,
 )
 from agent.llm_factory.stub import StubLLM
@@ -158,9 +156,4 @@ def _stream_attempt(
         return _Failure("bad_response", "The provider's response has no message content.")
     prompt_tokens = getattr(usage, "prompt_tokens", None)
     completion_tokens = getattr(usage, "completion_tokens", None)
-    estimated = not (_is_count(prompt_tokens) and _is_count(completion_tokens))
-    if not _is_count(prompt_tokens):
-        prompt_tokens = estimate_prompt_tokens(messages)
-    if not _is_count(completion_tokens):
-        completion_tokens = estimate_tokens(content)
-    return _Success(content, prompt_tokens, completion_tokens, estimated)
+    return _success(content, prompt_tokens, completion_tokens, messages)
