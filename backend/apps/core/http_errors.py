@@ -73,15 +73,12 @@ def exception_handler(exc: Exception, context: dict) -> Response | None:
     return response
 
 
-class RequestSizeLimitMiddleware:
-    """413 in the error shape for a body larger than DATA_UPLOAD_MAX_MEMORY_SIZE, before anything reads it.
+class SyncAndAsyncMiddleware:
+    """A middleware that runs as its caller does, sync under WSGI and async under ASGI, with no thread hop.
 
-    Django enforces the limit only when `request.body` or `request.POST` is read, and renders a bare 400;
-    checking the declared Content-Length first refuses a flood before authentication, parsing or a view.
-    A body without Content-Length (chunked) is not read by Django's WSGI handler at all.
-
-    Sync and async: under the ASGI server a sync-only middleware would put every request, open event
-    streams included, on a thread of its own.
+    Django's `MiddlewareMixin` runs `process_request`/`process_response` in a thread under ASGI: every
+    request, open event streams included, would take one. A subclass gives `before(request)` (a response
+    it returns ends the request there) and/or `after(request, response)`, plain functions of no I/O.
     """
 
     sync_capable = True
@@ -96,13 +93,29 @@ class RequestSizeLimitMiddleware:
     def __call__(self, request):
         if self.async_mode:
             return self._acall(request)
-        return self._refusal(request) or self.get_response(request)
+        return self.before(request) or self.after(request, self.get_response(request))
 
     async def _acall(self, request):
-        return self._refusal(request) or await self.get_response(request)
+        return self.before(request) or self.after(request, await self.get_response(request))
 
-    @staticmethod
-    def _refusal(request) -> JsonResponse | None:
+    def before(self, request) -> Any:
+        return None
+
+    def after(self, request, response) -> Any:
+        return response
+
+
+class RequestSizeLimitMiddleware(SyncAndAsyncMiddleware):
+    """413 in the error shape for a body larger than DATA_UPLOAD_MAX_MEMORY_SIZE, before anything reads it.
+
+    Django enforces the limit only when `request.body` or `request.POST` is read, and renders a bare 400;
+    checking the declared Content-Length first refuses a flood before authentication, parsing or a view.
+    A body without Content-Length (chunked) is not read by Django's WSGI handler at all.
+
+    Sync and async (`SyncAndAsyncMiddleware`).
+    """
+
+    def before(self, request) -> JsonResponse | None:
         try:
             length = int(request.META.get("CONTENT_LENGTH") or 0)
         except ValueError:
@@ -151,35 +164,17 @@ def status_error_body(status_code: int, message: str | None = None) -> dict[str,
     )
 
 
-class ApiErrorShapeMiddleware:
+class ApiErrorShapeMiddleware(SyncAndAsyncMiddleware):
     """Outermost middleware: an error response under /api/ that is not JSON becomes the one error shape.
 
     DRF's views already answer in it (exception_handler); this catches what Django answers by itself.
     The status and an `Allow` header are kept; the page's body (HTML) is dropped.
 
-    Sync and async, like `RequestSizeLimitMiddleware`: a sync-only outermost middleware would hold a thread
-    for every open wait under the ASGI server.
+    Sync and async (`SyncAndAsyncMiddleware`): a sync-only outermost middleware would hold a thread for
+    every open wait under the ASGI server.
     """
 
-    sync_capable = True
-    async_capable = True
-
-    def __init__(self, get_response):
-        self.get_response = get_response
-        self.async_mode = iscoroutinefunction(get_response)
-        if self.async_mode:
-            markcoroutinefunction(self)
-
-    def __call__(self, request):
-        if self.async_mode:
-            return self._acall(request)
-        return self._shaped(request, self.get_response(request))
-
-    async def _acall(self, request):
-        return self._shaped(request, await self.get_response(request))
-
-    @staticmethod
-    def _shaped(request, response):
+    def after(self, request, response):
         if (
             response.status_code >= 400
             and request.path.startswith("/api/")
