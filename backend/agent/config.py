@@ -38,6 +38,9 @@ class CostMode(StrEnum):
     HYBRID = "hybrid"
 
 
+#: The highest sampling temperature OpenAI-compatible APIs accept.
+MAX_TEMPERATURE = 2.0
+
 #: Prices per model: (input USD per million tokens, output USD per million tokens).
 PriceTable = dict[str, tuple[float, float]]
 
@@ -69,6 +72,9 @@ class LLMSettings:
     #: Stream answers (`stream_options.include_usage`); False: one plain call, its text as a single delta,
     #: for servers that do not report usage in a stream (llama-cpp-python's: docs/llm.md).
     stream: bool = True
+    #: Sampling temperature sent with every completion (0 to 2); None: the provider's default. 0 makes a
+    #: model's answers repeatable, e.g. to compare models or settings over a re-run batch.
+    temperature: float | None = None
 
     def __post_init__(self) -> None:
         provider = _PROVIDER_ALIASES.get(str(self.provider).strip().lower())
@@ -91,6 +97,12 @@ class LLMSettings:
         check_int("LLM_MAX_TOKENS", self.max_tokens, minimum=1)
         check_int("LLM_MAX_RETRIES", self.max_retries, minimum=0)
         check_int("LLM_HTTP_POOL_SIZE", self.http_pool_size, minimum=1)
+        if self.temperature is not None:
+            check_number("LLM_TEMPERATURE", self.temperature, minimum=0.0, inclusive=True)
+            if self.temperature > MAX_TEMPERATURE:
+                raise env_error(
+                    "LLM_TEMPERATURE", self.temperature, f"a number from 0 to {MAX_TEMPERATURE:g}"
+                )
         for name, value in (("LLM_RATE_RPM", self.rate_rpm), ("LLM_RATE_TPM", self.rate_tpm)):
             if value is not None:
                 check_int(name, value, minimum=1)
@@ -120,6 +132,7 @@ class LLMSettings:
             rate_rpm=env.optional_int("LLM_RATE_RPM"),
             rate_tpm=env.optional_int("LLM_RATE_TPM"),
             stream=env.bool("LLM_STREAM", True),
+            temperature=env.optional_float("LLM_TEMPERATURE"),
         )
 
     def price_of(self, model: str) -> tuple[float, float] | None:

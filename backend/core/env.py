@@ -94,6 +94,11 @@ class Env:
         raw = self.raw(name)
         return parse_int(name, raw, minimum=minimum) if raw else None
 
+    def optional_float(self, name: str, *, minimum: builtins.float | None = None) -> builtins.float | None:
+        """A number, or None when the variable is empty (e.g. "the provider's default")."""
+        raw = self.raw(name)
+        return parse_float(name, raw, minimum=minimum) if raw else None
+
     def float(
         self, name: str, default: builtins.float, *, minimum: builtins.float | None = None
     ) -> builtins.float:

@@ -58,6 +58,9 @@ def local_stack(stack, local_llm, settings):
     stack.env.update(
         LLM_PRICES=f"{local_llm.model}={PRICE_IN}/{PRICE_OUT}",
         LLM_MAX_TOKENS="96",
+        # Greedy decoding: the same prompt gets the same answer. At the server's default (0.8) a "very long
+        # essay" now and then ended in 3 s, before the 4 s deadline meant to cut it (a CI failure, 12-03).
+        LLM_TEMPERATURE="0",
         LLM_TIMEOUT_SEC="60",
         LLM_MAX_RETRIES="0",
         AGENT_JOB_TIMEOUT_SEC="90",

@@ -227,12 +227,15 @@ class OpenAICompatibleLLM:
 
     def _request_kwargs(self, messages: list[dict[str, str]], budget: float) -> dict[str, Any]:
         http = transport.http_module()
-        return {
+        kwargs = {
             "model": self.model,
             "messages": messages,
             "max_tokens": self._settings.max_tokens,
             "timeout": http.Timeout(budget, connect=min(budget, CONNECT_TIMEOUT_SEC)),
         }
+        if self._settings.temperature is not None:  # else the provider's default, as before the setting
+            kwargs["temperature"] = self._settings.temperature
+        return kwargs
 
     def _parse(self, completion: Any, messages: list[dict[str, str]]) -> _Success | _Failure:
         """Read content and usage defensively: compatible servers send all sorts of shapes."""

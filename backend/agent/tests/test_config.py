@@ -43,6 +43,7 @@ def test_every_variable_is_read():
         "LLM_HTTP_POOL_SIZE": "500",
         "LLM_RATE_RPM": "600",
         "LLM_RATE_TPM": "150000",
+        "LLM_TEMPERATURE": "0.2",
     }
 
     settings = LLMSettings.from_env(env)
@@ -59,6 +60,7 @@ def test_every_variable_is_read():
     assert settings.prices == {"gpt-4o-mini": (0.15, 0.6), "llama-3-8b-instruct": (0.0, 0.0)}
     assert settings.http_pool_size == 500
     assert (settings.rate_rpm, settings.rate_tpm) == (600, 150000)
+    assert settings.temperature == 0.2
 
 
 @pytest.mark.parametrize("value", ["stub", "local_stub", "test", " STUB "])
@@ -67,9 +69,12 @@ def test_stub_aliases_normalise_to_stub(value):
 
 
 def test_empty_values_mean_default():
-    settings = LLMSettings.from_env({"LLM_BASE_URL": "", "LLM_API_KEY": "  ", "LLM_TIMEOUT_SEC": ""})
+    settings = LLMSettings.from_env(
+        {"LLM_BASE_URL": "", "LLM_API_KEY": "  ", "LLM_TIMEOUT_SEC": "", "LLM_TEMPERATURE": ""}
+    )
 
     assert (settings.base_url, settings.api_key, settings.timeout_sec) == (None, None, 30.0)
+    assert settings.temperature is None  # the provider's default
 
 
 def test_reads_os_environ_by_default(monkeypatch):
@@ -95,6 +100,10 @@ def test_reads_os_environ_by_default(monkeypatch):
         ("LLM_RATE_RPM", "0", "an integer >= 1"),
         ("LLM_RATE_TPM", "lots", "an integer"),
         ("LLM_PRICES", "gpt-4o-mini=cheap", "comma-separated model=input/output"),
+        ("LLM_TEMPERATURE", "warm", "a number"),
+        ("LLM_TEMPERATURE", "-0.1", "a finite number >= 0"),
+        ("LLM_TEMPERATURE", "2.5", "a number from 0 to 2"),
+        ("LLM_TEMPERATURE", "inf", "a finite number >= 0"),
     ],
 )
 def test_bad_values_name_the_variable_and_what_is_allowed(variable, value, expected):

@@ -36,6 +36,18 @@ def test_streamed_result_is_the_invoked_one(openai_server):
     assert body["stream"] is True and body["stream_options"] == {"include_usage": True}
 
 
+@pytest.mark.parametrize("temperature", [0.0, 1.3])
+def test_llm_temperature_goes_with_every_call_streamed_or_not(openai_server, temperature):
+    llm = build_llm_runnable(settings=make_settings(openai_server, temperature=temperature))
+
+    llm.invoke("hello")
+    collect(llm, "hello")
+
+    bodies = [request["body"] for request in openai_server.requests(CHAT)]
+    assert [body.get("stream", False) for body in bodies] == [False, True]
+    assert [body["temperature"] for body in bodies] == [temperature, temperature]
+
+
 def test_without_usage_in_the_stream_tokens_are_estimated(openai_server):
     openai_server.control(usage=False)
     llm = build_llm_runnable(settings=make_settings(openai_server))
