@@ -243,6 +243,8 @@ def _attempt_run(job: AgentJob) -> str | None:
         if time.monotonic() - checked["at"] >= CANCEL_CHECK_INTERVAL_SEC:
             checked["cancelled"] = AgentJob.objects.filter(id=job.id, cancel_requested=True).exists()
             checked["at"] = time.monotonic()
+            if pooled:  # a stream lasts seconds: between two checks its thread holds no pooled connection
+                release_pooled_connection()
         return checked["cancelled"]
 
     try:

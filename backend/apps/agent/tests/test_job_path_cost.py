@@ -11,6 +11,7 @@ import pytest
 from django.db import connection
 
 from agent.llm_factory import StubLLM
+from agent.llm_factory.streaming import split_words
 from agent.types import AgentOptions
 from apps.agent.models import AgentJob, JobStatus
 from apps.agent.services import job_execution, jobs
@@ -211,3 +212,31 @@ def test_a_pooled_connection_goes_back_to_the_pool_before_retrieval(user, store,
     job = job_submit(user)
     assert job_execution.job_run(job_id=job.id) == JobStatus.SUCCEEDED
     assert held == [not pooled]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_streaming_job_holds_no_pooled_connection_between_its_cancel_checks(user, store, monkeypatch):
+    """While an answer streams (seconds with a real provider), the cancel check between deltas reads the row
+    every CANCEL_CHECK_INTERVAL_SEC. With PostgreSQL's pool (CI's PostgreSQL pass) it hands the connection
+    back after each check: a thread holding one for the whole stream would allow DB_POOL_MAX_SIZE streams
+    per process, the other threads' queries waiting up to DB_POOL_TIMEOUT_SEC. Without a pool (SQLite) the
+    thread keeps its connection."""
+    pooled = bool(connection.settings_dict["OPTIONS"].get("pool"))
+    held: list[bool] = []
+
+    class SlowStream(StubLLM):
+        def stream(self, prompt, *, on_delta, deadline=None):
+            result = self.invoke(prompt, deadline=deadline)
+            words = split_words(result["content"])
+            for word in words[:2]:  # two deltas, each after the check interval: each is checked
+                time.sleep(job_execution.CANCEL_CHECK_INTERVAL_SEC)
+                on_delta(word)
+                held.append(connection.connection is not None)
+            for word in words[2:]:
+                on_delta(word)
+            return result
+
+    wire_runtime(monkeypatch, llm_for=lambda job, key: SlowStream())
+    job = job_submit(user)
+    assert job_execution.job_run(job_id=job.id) == JobStatus.SUCCEEDED
+    assert held == [not pooled, not pooled]
