@@ -143,15 +143,22 @@ def test_a_streamed_answer_arrives_in_deltas_and_its_usage_is_an_estimate(local_
     _cites_only_retrieved(job)
 
 
-def test_a_deadline_shorter_than_the_generation_ends_the_job_degraded_on_time(local_stack, token, settings):
+def test_a_deadline_shorter_than_the_generation_ends_the_job_degraded_on_time(
+    local_stack, local_llm, token, settings
+):
     # 2,000 tokens at ~40 tokens/s would take a minute; the job has 4 s.
     local_stack.env.update(LLM_MAX_TOKENS="2000", AGENT_JOB_TIMEOUT_SEC="4")
     settings.AGENT_JOB_TIMEOUT_SEC = 4.0
     local_stack.start_worker()
     started = time.monotonic()
-    job = _submit_and_wait(
-        local_stack, token, "write a very long essay about every book on the sea you know", timeout=60
-    )
+    try:
+        job = _submit_and_wait(
+            local_stack, token, "write a very long essay about every book on the sea you know", timeout=60
+        )
+    finally:
+        # llama.cpp's server goes on generating the abandoned answer (about 50 s, greedy) and would make
+        # the next test's call wait behind it: stopped here, the next test starts a fresh one.
+        local_llm.stop()
     elapsed = time.monotonic() - started
     print(f"a 4 s deadline against a 2,000-token generation: the job ended after {elapsed:.1f} s")
 
