@@ -43,7 +43,7 @@ lint: $(STAMP)
 test: lint $(LOCAL_LLM_STAMP)
 	$(PY) backend/manage.py spectacular --validate --fail-on-warn --file /dev/null
 	PYTHONPATH=backend $(VENV)/bin/lint-imports
-	$(VENV)/bin/pytest -n $(TEST_WORKERS) --dist load
+	$(VENV)/bin/pytest -n $(TEST_WORKERS) --dist worksteal
 
 format: $(STAMP)
 	$(VENV)/bin/ruff check --fix .

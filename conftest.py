@@ -14,17 +14,24 @@ REPO = Path(__file__).resolve().parent
 FIXTURE = REPO / "backend" / "apps" / "libros" / "fixtures" / "libros_prueba.json"
 
 
+#: Markers of the tests that start processes or push hundreds of jobs: tens of seconds each, against
+#: milliseconds for the rest.
+LONG_MARKERS = ("e2e", "faults", "slow")
+
+
 def pytest_collection_modifyitems(config, items):
     """Tests of one database backend's own code (`sqlite_only`: config/sqlite3's write lock) are deselected,
     not skipped, on the other backend: they do not apply there, and CI runs them in its SQLite pass.
     Tests that make PostgreSQL databases of their own whatever the run's database (`postgres_only`: the
     cluster on one machine) are deselected in the SQLite pass: they would run the very same thing twice.
 
-    Under pytest-xdist the tests that start processes (workers, API servers) run side by side with each
-    other and with the in-process tests, one per xdist worker: their timing bounds hold on a loaded
-    machine. (Until 2026-12-03 this hook also tried to keep them in one serial xdist group; the marker
-    came after xdist had read the groups, so it never applied. Serial, they would take ~1.5x the wall
-    time of a whole pass: docs/operations.md, "The test suite".)
+    The long tests (`LONG_MARKERS`) come first, each group in collection order, and `make test` runs
+    pytest-xdist's `worksteal` scheduler: the long tests start while the short ones fill the gaps, and a
+    worker that runs out of tests takes half of the other's queue. Collected last (tests/ after backend/)
+    under `--dist load`, the long tests all ran at the end from queues fixed in advance: one xdist worker
+    finished ~4 minutes before the other (2026-12-03, SQLite pass: 426 s of tests against 685 s).
+    Tests that start processes run side by side with each other and with in-process tests; their timing
+    bounds hold on a loaded machine.
     """
     from django.conf import settings
 
@@ -34,6 +41,7 @@ def pytest_collection_modifyitems(config, items):
     if other:
         config.hook.pytest_deselected(items=other)
         items[:] = [item for item in items if item.get_closest_marker(other_marker) is None]
+    items.sort(key=lambda item: not any(item.get_closest_marker(name) for name in LONG_MARKERS))
 
 
 @pytest.fixture(scope="session", autouse=True)
