@@ -3,7 +3,7 @@ PYTHON ?= python3.11
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-# pytest-xdist workers: each takes the next test, in-process or with real processes (workers, servers).
+# pytest-xdist workers (worksteal: an idle worker takes half of the other's queue; docs/operations.md).
 TEST_WORKERS ?= 2
 
 .PHONY: up test lint format venv local-llm testserver bench bench-smoke clean seed-vector-db
