@@ -24,7 +24,7 @@ import pytest
 
 from tests.e2e.harness import REPO
 
-pytestmark = [pytest.mark.faults, pytest.mark.slow, pytest.mark.postgres_only]
+pytestmark = [pytest.mark.faults, pytest.mark.slow, pytest.mark.postgres_only, pytest.mark.cluster]
 
 JOBS = int(os.environ.get("CLUSTER_JOBS", "2000"))
 
