@@ -31,7 +31,8 @@ def pytest_collection_modifyitems(config, items):
     under `--dist load`, the long tests all ran at the end from queues fixed in advance: one xdist worker
     finished ~4 minutes before the other (2026-12-03, SQLite pass: 426 s of tests against 685 s).
     Tests that start processes run side by side with each other and with in-process tests; their timing
-    bounds hold on a loaded machine.
+    bounds hold on a loaded machine, but not beside the cluster (marker `cluster`), whose processes fill
+    both cores for minutes: `make test` runs it alone, after the rest.
     """
     from django.conf import settings
 
