@@ -11,8 +11,9 @@ CLUSTER_JOBS (2,000, as the issue asks and as docs/reliability.md measures it; a
 a quiet 2-core machine) can be lowered for a quick local run. The script makes PostgreSQL databases of
 its own whatever the run's DATABASE_URL, so the test runs once, in CI's PostgreSQL pass (`postgres_only`),
 alone after the other tests (`cluster`, see the Makefile). On RabbitMQ it used to end a job or two
-`failed` `max_attempts` on a loaded machine: live but slow attempts were taken over until the job ran out of attempts; now only a
-dead (or hung) worker's attempt is (services/worker_liveness.py, docs/reliability.md).
+`failed` `max_attempts` on a loaded machine: live but slow attempts were taken over until the job ran out
+of attempts; now only a dead (or hung) worker's attempt is (services/worker_liveness.py,
+docs/reliability.md).
 """
 
 from __future__ import annotations
