@@ -53,6 +53,7 @@ from .vector_store import (
     chroma_settings,
     open_client,
     release_client,
+    search_ef,
     to_chroma_metadata,
 )
 
@@ -136,11 +137,11 @@ def sync_collection(
 # --- Build ---------------------------------------------------------------------------------------------
 
 
-def _reusable(settings: VectorSettings, embedder: Embedder) -> Manifest | None:
-    """The manifest of the current store when it opens cleanly with this model (then only the
-    differences are applied), else None."""
+def _reusable(settings: VectorSettings, embedder: Embedder) -> VectorStore | None:
+    """The current store when it opens cleanly with this model (then only the differences are
+    applied), else None."""
     try:
-        return VectorStore(settings=settings, embedder=embedder).manifest
+        return VectorStore(settings=settings, embedder=embedder)
     except VectorStoreMissing:
         # Its message tells a reader to run a build; this is one, and nothing is wrong.
         logger.info("full vector build: no store yet at %s", settings.dir)
@@ -150,10 +151,30 @@ def _reusable(settings: VectorSettings, embedder: Embedder) -> Manifest | None:
         return None
 
 
+def _holds(store: VectorStore | None, docs: Sequence[Document]) -> bool:
+    """Whether `store` holds exactly `docs` and searches as a build of them would (`search_ef`)."""
+    return (
+        store is not None
+        and store.manifest.get("dataset_sha256") == dataset_sha256(docs)
+        and store.ef_search == search_ef(store.count())
+    )
+
+
 def _create_collection(client: Any, name: str) -> Any:
     return client.create_collection(
         name, configuration={"hnsw": {"space": DISTANCE}}, embedding_function=None
     )
+
+
+def _finish_collection(collection: Any, manifest: Manifest) -> None:
+    """Store the manifest in the collection and size its search to its records."""
+    collection.modify(metadata={MANIFEST_KEY: json.dumps(manifest, sort_keys=True)})
+    _size_search(collection, manifest["document_count"])
+
+
+def _size_search(collection: Any, count: int) -> None:
+    """Give the collection the `ef_search` of a store of `count` records (`search_ef`: why)."""
+    collection.modify(configuration={"hnsw": {"ef_search": search_ef(count)}})
 
 
 def build_vector_db(
@@ -198,13 +219,21 @@ def build_vector_db(
         recover_interrupted_swap(target)
         remove_stale_temp_dirs(target)
         current = None if force else _reusable(settings, embedder)
-        if current is None and not force and settings.seed_zip is not None:
-            current = _import_seed(Path(settings.seed_zip), docs, source, settings, embedder)
-            if current is not None and current.get("dataset_sha256") == dataset_sha256(docs):
-                return {**current, "outcome": "imported"}
-        if current is not None and current.get("dataset_sha256") == dataset_sha256(docs):
+        seeded = (
+            current is None
+            and not force
+            and settings.seed_zip is not None
+            and _import_seed(Path(settings.seed_zip), docs, source, settings, embedder) is not None
+        )
+        if seeded:
+            current = _reusable(settings, embedder)
+            if _holds(current, docs):
+                return {**current.manifest, "outcome": "imported"}
+        if _holds(current, docs):
             # Nothing to embed, nothing to write: the store already holds exactly these documents.
-            return {**current, "outcome": "up_to_date", **_no_changes(docs)}
+            return {**current.manifest, "outcome": "up_to_date", **_no_changes(docs)}
+        # A store of these documents built before `search_ef` gets it from an incremental build that
+        # embeds nothing (a copy, the new configuration, a swap).
         manifest = _build_embedded(
             docs,
             hashes,
@@ -286,7 +315,7 @@ def _build_embedded(
                 ),
             )
             manifest = _manifest(docs, settings, embedder, source, changes, incremental, started)
-            collection.modify(metadata={MANIFEST_KEY: json.dumps(manifest, sort_keys=True)})
+            _finish_collection(collection, manifest)
         finally:
             client.close()
         write_json_atomic(tmp / "manifest.json", manifest)
@@ -420,7 +449,7 @@ def _build_on_server(
         staging, docs, hashes, embedder, batch_size=settings.embeddings_batch_size, progress=progress
     )
     manifest = _manifest(docs, settings, embedder, source, changes, incremental, started)
-    staging.modify(metadata={MANIFEST_KEY: json.dumps(manifest, sort_keys=True)})
+    _finish_collection(staging, manifest)
     with contextlib.suppress(Exception):  # a first build has no live collection
         client.delete_collection(settings.collection)
     staging.modify(name=settings.collection)
@@ -605,7 +634,12 @@ def _import_unlocked(zip_path: str | Path, settings: VectorSettings, *, embedder
 
         client = chromadb.PersistentClient(path=str(unpacked), settings=chroma_settings())
         try:
-            manifest = VectorStore(settings=check, embedder=embedder, client=client).manifest
+            store = VectorStore(settings=check, embedder=embedder, client=client)
+            if store.ef_search != search_ef(store.count()):  # exported before builds set it
+                _size_search(
+                    client.get_collection(settings.collection, embedding_function=None), store.count()
+                )
+            manifest = store.manifest
         finally:
             client.close()
         carry_over_extra_files(target, unpacked)

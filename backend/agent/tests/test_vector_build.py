@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from agent import atomic_swap, datasets
+from agent import atomic_swap, datasets, vector_store
 from agent.datasets import DatasetError, load_dataset
 from agent.embeddings import LocalE5Embedder
 from agent.errors import VectorStoreUnavailable
@@ -30,7 +30,7 @@ from agent.tests.vector_helpers import (
 )
 from agent.types import Document
 from agent.vector_build import build_vector_db, export_zip, import_zip
-from agent.vector_store import VectorStore, open_store, release_client
+from agent.vector_store import VectorStore, open_store, release_client, search_ef
 
 
 @pytest.fixture
@@ -119,6 +119,73 @@ def test_rebuild_of_an_unchanged_dataset_embeds_nothing(vsettings):
         0,
         10,
     )
+
+
+def _set_ef_search(vsettings, ef_search):
+    """Give the store at `vsettings` another `ef_search`, as a store built before builds set it had."""
+    import chromadb
+
+    release_client(vsettings)
+    client = chromadb.PersistentClient(path=str(vsettings.dir))
+    try:
+        collection = client.get_collection(vsettings.collection, embedding_function=None)
+        collection.modify(configuration={"hnsw": {"ef_search": ef_search}})
+    finally:
+        client.close()
+
+
+@pytest.mark.parametrize(
+    ("count", "ef_search"), [(0, 100), (10, 100), (320, 320), (2_000, 2_000), (50_000, 2_000)]
+)
+def test_the_search_visits_the_whole_store_up_to_2000_records(count, ef_search):
+    assert search_ef(count) == ef_search
+
+
+def test_a_build_sizes_the_search_to_the_store(vsettings, monkeypatch):
+    # Given stores of 10 records searching at least 4 (the floor lowered so that 10 records are above it)
+    monkeypatch.setattr(vector_store, "DEFAULT_EF_SEARCH", 4)
+    build(book_documents(), vsettings, FakeEmbedder())
+    assert open_store(vsettings, embedder=FakeEmbedder()).ef_search == 10
+    # When three books go, the search follows the store's size
+    build(book_documents()[:7], vsettings, FakeEmbedder())
+    assert open_store(vsettings, embedder=FakeEmbedder()).ef_search == 7
+
+
+def test_a_store_built_before_the_search_was_sized_gets_it_without_embedding(vsettings):
+    # Given a store of these documents whose search visits fewer records than the build sets
+    first = build(book_documents(), vsettings, FakeEmbedder())
+    _set_ef_search(vsettings, 50)
+    assert open_store(vsettings, embedder=FakeEmbedder()).ef_search == 50
+    # When built again, the store is not up to date: it is rebuilt, with nothing embedded
+    counting = CountingEmbedder(FakeEmbedder())
+    again = build_vector_db(
+        book_documents(), settings=vsettings, embedder=counting, source="test", progress=False
+    )
+    assert (again["outcome"], again["incremental"], again["unchanged"], counting.documents_embedded) == (
+        "built",
+        True,
+        10,
+        0,
+    )
+    assert again["build_id"] != first["build_id"]
+    assert open_store(vsettings, embedder=FakeEmbedder()).ef_search == search_ef(10)
+    # And the next build finds it up to date
+    assert (
+        build_vector_db(
+            book_documents(), settings=vsettings, embedder=counting, source="test", progress=False
+        )["outcome"]
+        == "up_to_date"
+    )
+
+
+def test_an_imported_zip_from_before_gets_the_sized_search(tmp_path, vsettings):
+    build(book_documents(), vsettings, FakeEmbedder())
+    _set_ef_search(vsettings, 50)
+    out = export_zip(vsettings, tmp_path / "out" / "vector_db.zip")
+    other = vector_settings(tmp_path / "other")
+    import_zip(out, other, embedder=FakeEmbedder())
+    assert open_store(other, embedder=FakeEmbedder()).ef_search == search_ef(10)
+    release_client(other)
 
 
 def test_changed_dataset_upserts_and_deletes_exactly_the_differences(vsettings):
