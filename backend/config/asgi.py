@@ -14,7 +14,8 @@ database connection across requests (`CONN_MAX_AGE`, or the PostgreSQL pool) as 
 Only the live requests need the event loop: a job GET with `?wait=` and a job's `/events` stream. Every
 other request goes whole to Django's WSGI handler on the same pool (a2wsgi's WSGIMiddleware): one hop from
 the loop to a thread and back per request, as a threaded WSGI server does, instead of one per sync call
-(the request signals, the view, the response's close). Measured on this 2-core machine, runs of
+(the request signals, the view, the response's close). There a job GET that does not wait runs its plain DRF
+view, not the async live view (`live.PlainUnlessOpenMiddleware`: no event loop made for it). Measured on this 2-core machine, runs of
 `python -m bench --only throughput` and `--only polling` interleaved (docs/benchmarks.md): POSTs accepted
 per second by 2 processes 145-223 (median 201, 6 runs) this way against 140-171 (median 151, 5 runs)
 through Django's ASGI handler; the trivial `/api/ping` 1,702 requests/s against 786.

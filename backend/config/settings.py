@@ -70,6 +70,8 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # Last: a job GET that does not wait skips the async live view under a sync handler (its docstring).
+    "apps.agent.apis.live.PlainUnlessOpenMiddleware",
 ]
 
 ROOT_URLCONF = "config.urls"

@@ -219,3 +219,31 @@ def test_a_batch_jobs_answer_comes_as_one_delta_an_interactive_jobs_word_by_word
         assert "".join(deltas[job_id]) == job["message"]  # the same answer either way
     assert len(deltas[interactive_id]) > 1  # the stub streams word by word
     assert len(deltas[batch_job_id]) == 1  # one plain call: its whole text at once
+
+
+def test_a_job_get_that_does_not_wait_runs_the_plain_view_under_a_sync_handler(
+    api, store, django_capture_on_commit_callbacks, monkeypatch
+):
+    """Under a sync handler (WSGI, the test client) the async live view would cost each GET a thread and an
+    event loop (asgiref's AsyncToSync); `PlainUnlessOpenMiddleware` runs the DRF view instead."""
+    from asgiref.sync import AsyncToSync
+
+    job_id = finished_job(api, django_capture_on_commit_callbacks)
+    calls = []
+    real_call = AsyncToSync.__call__
+
+    def counting_call(self, *args, **kwargs):
+        calls.append(self)
+        return real_call(self, *args, **kwargs)
+
+    monkeypatch.setattr(AsyncToSync, "__call__", counting_call)
+    plain = api.get(f"{URL}/{job_id}")
+    assert (plain.status_code, len(calls)) == (200, 0)
+    # A GET that waits still goes through the live view, and answers the same
+    waited = api.get(f"{URL}/{job_id}", {"wait": "5"})
+    assert len(calls) == 1
+    assert waited.json() == plain.json()
+    # A missing job is a 404 in the one error shape through the plain view too
+    missing = api.get(f"{URL}/{uuid.uuid4()}")
+    assert (missing.status_code, missing.json()["error"]["code"]) == (404, "not_found")
+    assert len(calls) == 1
