@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import re
 import socket
 import subprocess
 
@@ -52,3 +54,20 @@ def test_a_port_another_process_listens_on_moves_and_says_so_loudly(capsys):
     assert f"PORT {port} IS TAKEN" in out
     assert f"API_PORT moves to {chosen}" in out
     assert "!" * 78 in out
+
+
+def _gunicorn_config(web_concurrency: str | None) -> subprocess.CompletedProcess:
+    """What gunicorn makes of the shipped configuration (`--print-config`: loads it, serves nothing)."""
+    command = [*dev_up.api_command(0), "--print-config"]
+    env = {key: value for key, value in os.environ.items() if key != "WEB_CONCURRENCY"}
+    if web_concurrency is not None:
+        env["WEB_CONCURRENCY"] = web_concurrency
+    return subprocess.run(command, cwd=dev_up.BACKEND, env=env, capture_output=True, text=True, timeout=60)
+
+
+def test_the_api_server_runs_as_many_processes_as_web_concurrency_says():
+    assert re.search(r"^workers\s+= 2$", _gunicorn_config(None).stdout, re.M)  # unset: the default
+    assert re.search(r"^workers\s+= 5$", _gunicorn_config("5").stdout, re.M)
+    refused = _gunicorn_config("0")
+    assert refused.returncode != 0
+    assert "WEB_CONCURRENCY='0' is invalid: expected an integer >= 1" in refused.stderr

@@ -10,7 +10,10 @@ shape (docs/operations.md, "The API server").
 
 from __future__ import annotations
 
-workers = 2
+from core.env import Env
+
+# gunicorn's usual knob; 2 fits the 2-core machine the benchmarks run on (about one process per core).
+workers = Env().int("WEB_CONCURRENCY", 2, minimum=1)
 worker_class = "config.asgi_server.ApiWorker"
 timeout = 120
 # Open event streams end with their job; a restart does not wait for them longer than this.
