@@ -1,4 +1,4 @@
-"""`python -m bench [--smoke] [--only overhead,concurrency,throughput,polling,live,memory,rate_limit,retrieval] [--write]`.
+"""`python -m bench [--smoke] [--only overhead,concurrency,throughput,polling,live,streaming,memory,rate_limit,retrieval] [--write]`.
 
 Runs the benchmarks (all by default) and prints one markdown section per benchmark. `--smoke` uses tiny
 sizes (the whole set in about a minute) to keep the scripts working; its figures mean little. `--write`
@@ -15,7 +15,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 
-from bench import concurrency, live, memory, overhead, polling, rate_limit, report, throughput
+from bench import concurrency, live, memory, overhead, polling, rate_limit, report, streaming, throughput
 from bench.report import Section
 from bench.stack import PY, REPO, Template, log, postgres, temp_root
 
@@ -40,6 +40,7 @@ BENCHMARKS: dict[str, Callable[..., Section]] = {
     "throughput": throughput.run,
     "polling": polling.run,
     "live": live.run,
+    "streaming": streaming.run,
     "memory": memory.run,
     "rate_limit": rate_limit.run,
     "retrieval": retrieval,

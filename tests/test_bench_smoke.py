@@ -30,7 +30,7 @@ def row(text: str, starts_with: str) -> list[float]:
 
 def test_bench_smoke_prints_each_figure_beside_its_baseline(redis_server):
     process = subprocess.Popen(
-        [sys.executable, "-m", "bench", "--smoke", "--only", "overhead,polling"],
+        [sys.executable, "-m", "bench", "--smoke", "--only", "overhead,polling,streaming"],
         cwd=REPO,
         # Database 7 of this run's own redis-server: no other run can hold it.
         env={**os.environ, "BENCH_REDIS_URL": redis_server.base_url, "BENCH_REDIS_DB": "7"},
@@ -46,7 +46,7 @@ def test_bench_smoke_prints_each_figure_beside_its_baseline(redis_server):
         pytest.fail(f"the smoke run did not finish in 240 s:\n{err[-4000:]}")
 
     assert process.returncode == 0, err[-4000:]
-    assert "### Overhead" in out and "### Polling" in out
+    assert "### Overhead" in out and "### Polling" in out and "### Streaming" in out
     job = row(out, "job, POST → terminal")
     bare = row(out, "**baseline**: bare Celery")
     ratios = row(out, "ratio job (polled) / bare")
@@ -57,4 +57,8 @@ def test_bench_smoke_prints_each_figure_beside_its_baseline(redis_server):
         polled = row(out, f"{server}: GET /api/agent/jobs/<id>")
         ping = row(out, f"{server}: **baseline** GET /api/ping")
         assert polled[0] > 0 and ping[0] > 0
+    plain = row(out, "**baseline**: one plain call")
+    for streamed in ("streamed, shipped", "streamed, the SDK's typed chunks"):
+        cpu, wall, ratio = row(out, streamed)
+        assert cpu > 0 and wall > 0 and ratio > 0 and plain[0] > 0
     assert "Machine:" in out and "Versions:" in out

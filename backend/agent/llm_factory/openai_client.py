@@ -225,6 +225,31 @@ class OpenAICompatibleLLM:
             options={"timeout": timeout, "security": {"bearer_auth": True}},
         )
 
+    def _open_stream(self, client: Any, kwargs: dict[str, Any]) -> Any:
+        """One streamed POST /chat/completions (`kwargs` from `_request_kwargs`, `stream` set): its chunks.
+
+        On the SDK's own client the chunks are the provider's JSON objects as they come (dicts): through
+        `client.post` with `Stream[object]`, where `chat.completions.create()` would build a typed
+        `ChatCompletionChunk` for each: 55% of the CPU of a streamed call (cProfile); `python -m bench --only
+        streaming`: 1.5-2.5 ms of CPU for an answer of 38 chunks against 6.5-7.7 ms typed, 3 runs. Same
+        client, auth, timeouts, SSE decoding and error classes (an `error` in the stream raises
+        `APIError`). Any other client (tests inject fakes) gets `chat.completions.create` and its chunks
+        as it makes them; `chunk_part` reads both.
+        """
+        if not isinstance(client, _sdk_classes()[0]):
+            return client.chat.completions.create(**kwargs)
+        from openai import Stream
+
+        timeout = kwargs.pop("timeout")
+        return client.post(
+            "/chat/completions",
+            body=kwargs,
+            cast_to=object,
+            stream=True,
+            stream_cls=Stream[object],
+            options={"timeout": timeout, "security": {"bearer_auth": True}},
+        )
+
     def _request_kwargs(self, messages: list[dict[str, str]], budget: float) -> dict[str, Any]:
         http = transport.http_module()
         kwargs = {

@@ -129,15 +129,14 @@ def _stream_attempt(
     kwargs["stream_options"] = {"include_usage": True}
     # The SDK's own client: its sync transport bounds the whole response by the read timeout
     # (transport.py's DeadlineTransport checks the clock between chunks), so a slow stream ends in time.
-    response = llm._sync_client().chat.completions.create(**kwargs)
+    response = llm._open_stream(llm._sync_client(), kwargs)
     usage = None
     http = http_module()
     try:
         for chunk in response:
-            if getattr(chunk, "usage", None) is not None:
-                usage = chunk.usage
-            for choice in getattr(chunk, "choices", None) or []:
-                text = getattr(getattr(choice, "delta", None), "content", None)
+            usage = chunk_part(chunk, "usage") or usage
+            for choice in chunk_part(chunk, "choices") or []:
+                text = chunk_part(chunk_part(choice, "delta"), "content")
                 if isinstance(text, str) and text:
                     sent.append(text)
                     on_delta(text)
@@ -154,6 +153,13 @@ def _stream_attempt(
     content = "".join(sent)
     if not content.strip():
         return _Failure("bad_response", "The provider's response has no message content.")
-    prompt_tokens = getattr(usage, "prompt_tokens", None)
-    completion_tokens = getattr(usage, "completion_tokens", None)
+    prompt_tokens = chunk_part(usage, "prompt_tokens")
+    completion_tokens = chunk_part(usage, "completion_tokens")
     return _success(content, prompt_tokens, completion_tokens, messages)
+
+
+def chunk_part(value: Any, name: str) -> Any:
+    """`value[name]` of a raw chunk or part of one (a dict), `value.name` of a typed one; None if absent."""
+    if isinstance(value, dict):
+        return value.get(name)
+    return getattr(value, name, None)
