@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import re
 import threading
 import time
@@ -34,6 +35,8 @@ from .embeddings import Embedder, get_embedder
 from .errors import InvalidQuery, VectorStoreBuilding, VectorStoreMissing, VectorStoreUnavailable
 from .types import Filters, Hit
 from .vector_config import VectorSettings
+
+logger = logging.getLogger(__name__)
 
 METADATA_SCHEMA = 1
 DISTANCE = "cosine"
@@ -442,6 +445,15 @@ def open_store(settings: VectorSettings, *, embedder: Embedder | None = None) ->
     if store is not None and not settings.url:
         release_client(settings)  # the files were swapped: the old client reads a deleted directory
     store = VectorStore(settings=settings, embedder=embedder)
+    if store.ef_search != search_ef(store.count()):
+        logger.warning(
+            "the vector store at %s searches with ef_search %s for %s records (builds set %s): workers may "
+            "not all find the same books; run `manage.py build_vector_db` (it embeds nothing for this)",
+            location_key(settings),
+            store.ef_search,
+            store.count(),
+            search_ef(store.count()),
+        )
     with _STORES_LOCK:
         _STORES[key] = store
     return store

@@ -151,11 +151,16 @@ def test_a_build_sizes_the_search_to_the_store(vsettings, monkeypatch):
     assert open_store(vsettings, embedder=FakeEmbedder()).ef_search == 7
 
 
-def test_a_store_built_before_the_search_was_sized_gets_it_without_embedding(vsettings):
+def test_a_store_built_before_the_search_was_sized_gets_it_without_embedding(vsettings, caplog):
     # Given a store of these documents whose search visits fewer records than the build sets
     first = build(book_documents(), vsettings, FakeEmbedder())
     _set_ef_search(vsettings, 50)
-    assert open_store(vsettings, embedder=FakeEmbedder()).ef_search == 50
+    with caplog.at_level(logging.WARNING, logger="agent.vector_store"):
+        assert open_store(vsettings, embedder=FakeEmbedder()).ef_search == 50
+    # Then a reader says so, and what fixes it
+    assert "searches with ef_search 50 for 10 records (builds set 100)" in caplog.text
+    assert "run `manage.py build_vector_db`" in caplog.text
+    caplog.clear()
     # When built again, the store is not up to date: it is rebuilt, with nothing embedded
     counting = CountingEmbedder(FakeEmbedder())
     again = build_vector_db(
@@ -168,7 +173,9 @@ def test_a_store_built_before_the_search_was_sized_gets_it_without_embedding(vse
         0,
     )
     assert again["build_id"] != first["build_id"]
-    assert open_store(vsettings, embedder=FakeEmbedder()).ef_search == search_ef(10)
+    with caplog.at_level(logging.WARNING, logger="agent.vector_store"):
+        assert open_store(vsettings, embedder=FakeEmbedder()).ef_search == search_ef(10)
+    assert "ef_search" not in caplog.text
     # And the next build finds it up to date
     assert (
         build_vector_db(
