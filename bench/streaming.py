@@ -3,7 +3,7 @@
 One thread of this process calls the project's OpenAI-compatible test server (a child process, answers at
 once, one chunk per word) through the runnable the worker uses (`build_llm_runnable`): the plain call
 (`invoke`, the baseline), the shipped stream (`llm_factory.streaming.stream`: the provider's chunks read as
-JSON objects, `OpenAICompatibleLLM._open_stream`) and the same stream through the SDK's typed
+JSON objects, `OpenAICompatibleLLM._post_chat`) and the same stream through the SDK's typed
 `chat.completions.create(stream=True)`, which builds a `ChatCompletionChunk` for every chunk (what the
 shipped path did before). CPU is this process's (`time.process_time`), so the server's is not in it.
 """
@@ -57,7 +57,7 @@ def run(template: Template, *, smoke: bool) -> Section:
         )
         shipped = build_llm_runnable(settings=settings)
         typed = build_llm_runnable(settings=settings)
-        typed._open_stream = lambda client, kwargs: client.chat.completions.create(**kwargs)
+        typed._post_chat = lambda client, kwargs: client.chat.completions.create(**kwargs)
         chunks: list[str] = []
         log(f"streaming: {n} calls each ...")
         plain_s = _measure(lambda: shipped.invoke(PROMPT), n)

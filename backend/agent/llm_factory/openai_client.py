@@ -122,7 +122,7 @@ class OpenAICompatibleLLM:
                 return self._finish(started, attempts, _Failure("timeout", deadline_message(attempts)))
             attempts += 1
             try:
-                completion = self._complete(self._sync_client(), messages, budget)
+                completion = self._post_chat(self._sync_client(), self._request_kwargs(messages, budget))
                 outcome: _Success | _Failure = self._parse(completion, messages)
             except Exception as exc:
                 outcome = self._classify(exc)
@@ -205,48 +205,33 @@ class OpenAICompatibleLLM:
             return None
         return min(self._settings.timeout_sec, left)
 
-    def _complete(self, client: Any, messages: list[dict[str, str]], budget: float) -> Any:
-        """One POST /chat/completions.
+    def _post_chat(self, client: Any, kwargs: dict[str, Any]) -> Any:
+        """One POST /chat/completions (`kwargs` from `_request_kwargs`): a `ChatCompletion`, or with
+        `stream` set in `kwargs` its chunks.
 
-        On the SDK's own client this goes through `client.post` with the body built here: the typed
+        On the SDK's own client this goes through `client.post` with the body built here. The typed
         `chat.completions.create()` validates and transforms every argument again first, which measured
-        0.4-0.5 ms of CPU per call (a third of the call, and a worker makes hundreds per second). Same
-        client, auth, timeouts, error classes and `ChatCompletion` result. Any other client (tests inject
-        fakes) gets `chat.completions.create`.
+        0.4-0.5 ms of CPU per call (a third of a plain call, and a worker makes hundreds per second), and
+        builds a typed `ChatCompletionChunk` for each chunk of a stream: 55% of the CPU of a streamed call
+        (cProfile); `python -m bench --only streaming`: 1.5-2.5 ms of CPU for an answer of 38 chunks against
+        6.5-7.7 ms typed, 3 runs. So a stream's chunks are the provider's JSON objects as they come (dicts,
+        `Stream[object]`). Same client, auth, timeouts, SSE decoding and error classes (an `error` in a
+        stream raises `APIError`). Any other client (tests inject fakes) gets `chat.completions.create` and
+        its results as it makes them; `streaming.chunk_part` reads both kinds of chunk.
         """
-        kwargs = self._request_kwargs(messages, budget)
-        if not isinstance(client, _sdk_classes()[0]):
-            return client.chat.completions.create(**kwargs)
-        timeout = kwargs.pop("timeout")
-        return client.post(
-            "/chat/completions",
-            body=kwargs,
-            cast_to=_sdk_classes()[1],
-            options={"timeout": timeout, "security": {"bearer_auth": True}},
-        )
-
-    def _open_stream(self, client: Any, kwargs: dict[str, Any]) -> Any:
-        """One streamed POST /chat/completions (`kwargs` from `_request_kwargs`, `stream` set): its chunks.
-
-        On the SDK's own client the chunks are the provider's JSON objects as they come (dicts): through
-        `client.post` with `Stream[object]`, where `chat.completions.create()` would build a typed
-        `ChatCompletionChunk` for each: 55% of the CPU of a streamed call (cProfile); `python -m bench --only
-        streaming`: 1.5-2.5 ms of CPU for an answer of 38 chunks against 6.5-7.7 ms typed, 3 runs. Same
-        client, auth, timeouts, SSE decoding and error classes (an `error` in the stream raises
-        `APIError`). Any other client (tests inject fakes) gets `chat.completions.create` and its chunks
-        as it makes them; `chunk_part` reads both.
-        """
-        if not isinstance(client, _sdk_classes()[0]):
+        sdk_client, completion = _sdk_classes()
+        if not isinstance(client, sdk_client):
             return client.chat.completions.create(**kwargs)
         from openai import Stream
 
         timeout = kwargs.pop("timeout")
+        stream = bool(kwargs.get("stream"))
         return client.post(
             "/chat/completions",
             body=kwargs,
-            cast_to=object,
-            stream=True,
-            stream_cls=Stream[object],
+            cast_to=object if stream else completion,
+            stream=stream,
+            stream_cls=Stream[object] if stream else None,
             options={"timeout": timeout, "security": {"bearer_auth": True}},
         )
 
@@ -405,7 +390,7 @@ def _import_openai() -> ModuleType:
 
 @functools.cache
 def _sdk_classes() -> tuple[type, type]:
-    """(the SDK's sync client base class, `ChatCompletion`): what `OpenAICompatibleLLM._complete` posts with."""
+    """(the SDK's sync client base class, `ChatCompletion`): what `OpenAICompatibleLLM._post_chat` posts with."""
     from openai._base_client import SyncAPIClient
     from openai.types.chat import ChatCompletion
 

@@ -129,7 +129,7 @@ def _stream_attempt(
     kwargs["stream_options"] = {"include_usage": True}
     # The SDK's own client: its sync transport bounds the whole response by the read timeout
     # (transport.py's DeadlineTransport checks the clock between chunks), so a slow stream ends in time.
-    response = llm._open_stream(llm._sync_client(), kwargs)
+    response = llm._post_chat(llm._sync_client(), kwargs)
     usage = None
     http = http_module()
     try:
