@@ -156,7 +156,7 @@ def _holds(store: VectorStore | None, docs: Sequence[Document]) -> bool:
     return (
         store is not None
         and store.manifest.get("dataset_sha256") == dataset_sha256(docs)
-        and store.ef_search == search_ef(store.count())
+        and store.search_is_sized
     )
 
 
@@ -635,7 +635,7 @@ def _import_unlocked(zip_path: str | Path, settings: VectorSettings, *, embedder
         client = chromadb.PersistentClient(path=str(unpacked), settings=chroma_settings())
         try:
             store = VectorStore(settings=check, embedder=embedder, client=client)
-            if store.ef_search != search_ef(store.count()):  # exported before builds set it
+            if not store.search_is_sized:  # exported before builds set it
                 _size_search(
                     client.get_collection(settings.collection, embedding_function=None), store.count()
                 )

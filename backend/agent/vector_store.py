@@ -411,6 +411,11 @@ class VectorStore:
         hits.sort(key=lambda hit: (-hit.score, id_sort_key(hit.id)))
         return hits[:k]
 
+    @property
+    def search_is_sized(self) -> bool:
+        """Whether the store searches as builds set it (`search_ef` of its size); older stores do not."""
+        return self.ef_search == search_ef(self._count)
+
     def count(self) -> int:
         """How many documents the store holds (checked against the manifest when it was opened)."""
         return self._count
@@ -445,7 +450,7 @@ def open_store(settings: VectorSettings, *, embedder: Embedder | None = None) ->
     if store is not None and not settings.url:
         release_client(settings)  # the files were swapped: the old client reads a deleted directory
     store = VectorStore(settings=settings, embedder=embedder)
-    if store.ef_search != search_ef(store.count()):
+    if not store.search_is_sized:
         logger.warning(
             "the vector store at %s searches with ef_search %s for %s records (builds set %s): workers may "
             "not all find the same books; run `manage.py build_vector_db` (it embeds nothing for this)",

@@ -67,7 +67,7 @@ class PlainUnlessOpenMiddleware:
     The live views are async so that a waiting request holds no thread. Called from a sync handler
     (Django's WSGI handler, where config/asgi.py sends every request that is not live; the plain WSGI
     server; the test client), an async view costs each request a new thread and event loop (asgiref's
-    AsyncToSync): a plain job GET took 3.75 ms through the test client against 1.4 ms without them (see
+    AsyncToSync): a plain job GET took 3.75 ms through the test client against 2.36 ms without them (see
     docs/benchmarks.md, "Polling"). Last in MIDDLEWARE, so that the others' `process_view` run first. Under
     the ASGI handler (live requests only) it has no `process_view` and only passes the request on.
     """
