@@ -94,13 +94,17 @@ def gunicorn(gunicorn_server, transactional_db, redis_url):
     return gunicorn_server
 
 
-@pytest.fixture
-def owner_token(transactional_db):
+def _new_owner():
     from django.contrib.auth import get_user_model
     from rest_framework.authtoken.models import Token
 
     user = get_user_model().objects.create_user(username=f"throttled-{uuid.uuid4().hex[:6]}")
     return user, Token.objects.create(user=user).key
+
+
+@pytest.fixture
+def owner_token(transactional_db):
+    return _new_owner()
 
 
 def _spoofed_headers(i: int) -> dict[str, str]:
@@ -139,26 +143,37 @@ def _assert_throttled_shape(response: httpx.Response) -> None:
 
 
 @pytest.mark.e2e
-def test_job_creation_limit_is_exact_across_processes_and_ignores_forwarded_headers(gunicorn, owner_token):
+def test_job_creation_limit_is_exact_across_processes_and_ignores_forwarded_headers(
+    gunicorn, transactional_db
+):
+    """Each burst's count is exact. The kernel hands a burst's connections to whichever gunicorn process
+    accepts first, and on a loaded machine one process sometimes takes all 8 (CI, 2026-12-03): the burst is
+    sent again by a fresh user until both processes served some of it (the counter is shared, not per
+    process), at most 5 times."""
     from apps.agent.models import AgentJob
 
     base_url, log_path = gunicorn
-    user, token = owner_token
     bodies = [{"query": f"whales {i}", "top_k": 1} for i in range(8)]
-    log_offset = log_path.stat().st_size
+    for _ in range(5):
+        user, token = _new_owner()
+        log_offset = log_path.stat().st_size
 
-    responses = _burst(base_url, token, "/api/agent/jobs", bodies)
+        responses = _burst(base_url, token, "/api/agent/jobs", bodies)
 
-    statuses = sorted(r.status_code for r in responses)
-    assert statuses == [202] * JOB_LIMIT + [429] * (8 - JOB_LIMIT), statuses
-    for response in responses:
-        if response.status_code == 429:
-            _assert_throttled_shape(response)
-    assert AgentJob.objects.filter(owner=user).count() == JOB_LIMIT
-    # Both worker processes took part: the counter is shared, not per process.
-    assert len(_pids(log_path, "POST", "/api/agent/jobs", since=log_offset)) == 2, log_path.read_text()[
-        -2000:
-    ]
+        statuses = sorted(r.status_code for r in responses)
+        assert statuses == [202] * JOB_LIMIT + [429] * (8 - JOB_LIMIT), statuses
+        for response in responses:
+            if response.status_code == 429:
+                _assert_throttled_shape(response)
+        assert AgentJob.objects.filter(owner=user).count() == JOB_LIMIT
+        time.sleep(0.1)  # the access log line is written after the response
+        if len(_pids(log_path, "POST", "/api/agent/jobs", since=log_offset)) == 2:
+            break
+    else:
+        pytest.fail(
+            "5 bursts of 8 concurrent POSTs were each served by one gunicorn process\n"
+            + log_path.read_text()[-2000:]
+        )
     # Later requests, whatever address they claim, stay refused; the synchronous endpoint shares the budget.
     later = _burst(base_url, token, "/api/agent/jobs", [{"query": "again"}] * 2)
     sync = _burst(base_url, token, "/api/agent/", [{"query": "again"}])
