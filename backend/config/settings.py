@@ -296,6 +296,8 @@ HEALTH_WORKER_TIMEOUT_SEC = env.float("HEALTH_WORKER_TIMEOUT_SEC", 1.0, minimum=
 # --- REST framework -----------------------------------------------------------------------------
 # Seconds an API process remembers a token it has checked (apps/agent/authentication.py); 0: never.
 API_TOKEN_CACHE_SEC = env.float("API_TOKEN_CACHE_SEC", 5.0, minimum=0.0)
+# Seconds an API process remembers the answer of a finished job's GET (apps/agent/apis/jobs.py); 0: never.
+API_JOB_CACHE_SEC = env.float("API_JOB_CACHE_SEC", 30.0, minimum=0.0)
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
         "apps.agent.authentication.CachedTokenAuthentication",

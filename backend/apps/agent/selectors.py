@@ -15,10 +15,10 @@ from core.errors import NotFound, ValidationFailed
 
 def job_get(*, user, job_id: uuid.UUID) -> AgentJob:
     """The user's job, or `NotFound` (also for another user's job: no existence oracle)."""
-    job = AgentJob.objects.filter(id=job_id, owner=user).first()
-    if job is None:
-        raise NotFound("No such job.")
-    return job
+    try:  # get(), not first(): no ORDER BY to build (the model's ordering) for a primary-key lookup
+        return AgentJob.objects.get(id=job_id, owner=user)
+    except AgentJob.DoesNotExist:
+        raise NotFound("No such job.") from None
 
 
 def job_list(*, user, status: str | None = None):
