@@ -98,11 +98,9 @@ class LLMSettings:
         check_int("LLM_MAX_RETRIES", self.max_retries, minimum=0)
         check_int("LLM_HTTP_POOL_SIZE", self.http_pool_size, minimum=1)
         if self.temperature is not None:
-            check_number("LLM_TEMPERATURE", self.temperature, minimum=0.0, inclusive=True)
-            if self.temperature > MAX_TEMPERATURE:
-                raise env_error(
-                    "LLM_TEMPERATURE", self.temperature, f"a number from 0 to {MAX_TEMPERATURE:g}"
-                )
+            check_number(
+                "LLM_TEMPERATURE", self.temperature, minimum=0.0, inclusive=True, maximum=MAX_TEMPERATURE
+            )
         for name, value in (("LLM_RATE_RPM", self.rate_rpm), ("LLM_RATE_TPM", self.rate_tpm)):
             if value is not None:
                 check_int(name, value, minimum=1)

@@ -56,12 +56,18 @@ def parse_bool(name: str, raw: str) -> bool:
     raise env_error(name, raw, BOOL_EXPECTED)
 
 
-def check_number(name: str, value: object, *, minimum: float, inclusive: bool) -> None:
-    """For values set in code (dataclass fields): a finite number above (or at) `minimum`."""
+def check_number(
+    name: str, value: object, *, minimum: float, inclusive: bool, maximum: float | None = None
+) -> None:
+    """For values set in code (dataclass fields): a finite number above (or at) `minimum`, and at most
+    `maximum` when one is given."""
     ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
     if ok:
-        ok = value >= minimum if inclusive else value > minimum
+        ok = (value >= minimum if inclusive else value > minimum) and (maximum is None or value <= maximum)
     if not ok:
+        if maximum is not None:
+            low = "from" if inclusive else "above"
+            raise env_error(name, value, f"a number {low} {minimum:g} to {maximum:g}")
         bound = f">= {minimum:g}" if inclusive else f"> {minimum:g}"
         raise env_error(name, value, f"a finite number {bound}")
 

@@ -2,7 +2,7 @@
 
 import pytest
 
-from core.env import Env
+from core.env import Env, check_number
 from core.errors import ImproperlyConfigured
 
 
@@ -53,3 +53,14 @@ def test_minimums():
         Env({"V": "-1"}).int("V", 1, minimum=0)
     with pytest.raises(ImproperlyConfigured, match=r"^V='0.01' is invalid: expected a number >= 0.1\.$"):
         Env({"V": "0.01"}).float("V", 1.0, minimum=0.1)
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [(-0.5, "a number from 0 to 2"), (2.5, "a number from 0 to 2"), (float("nan"), "a number from 0 to 2")],
+)
+def test_check_number_with_a_maximum_names_both_bounds(value, expected):
+    check_number("X", 0.0, minimum=0.0, inclusive=True, maximum=2.0)  # the bounds themselves are allowed
+    check_number("X", 2.0, minimum=0.0, inclusive=True, maximum=2.0)
+    with pytest.raises(ImproperlyConfigured, match=expected):
+        check_number("X", value, minimum=0.0, inclusive=True, maximum=2.0)
