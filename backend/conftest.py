@@ -26,6 +26,10 @@ def _known_settings(settings):
 
     app.conf.task_always_eager = True
     app.conf.task_eager_propagates = True
+    # What an API process remembers of finished jobs does not outlive a test (apis/jobs.py).
+    from apps.agent.apis.jobs import finished_views
+
+    finished_views.clear()
     yield
     app.conf.task_always_eager = False
 

@@ -66,8 +66,8 @@ def check_number(
         ok = (value >= minimum if inclusive else value > minimum) and (maximum is None or value <= maximum)
     if not ok:
         if maximum is not None:
-            low = "from" if inclusive else "above"
-            raise env_error(name, value, f"a number {low} {minimum:g} to {maximum:g}")
+            bounds = f"from {minimum:g} to" if inclusive else f"above {minimum:g} and at most"
+            raise env_error(name, value, f"a number {bounds} {maximum:g}")
         bound = f">= {minimum:g}" if inclusive else f"> {minimum:g}"
         raise env_error(name, value, f"a finite number {bound}")
 

@@ -64,3 +64,8 @@ def test_check_number_with_a_maximum_names_both_bounds(value, expected):
     check_number("X", 2.0, minimum=0.0, inclusive=True, maximum=2.0)
     with pytest.raises(ImproperlyConfigured, match=expected):
         check_number("X", value, minimum=0.0, inclusive=True, maximum=2.0)
+
+
+def test_check_number_above_a_minimum_and_at_most_a_maximum():
+    with pytest.raises(ImproperlyConfigured, match="a number above 0 and at most 2"):
+        check_number("X", 0.0, minimum=0.0, inclusive=False, maximum=2.0)

@@ -216,7 +216,8 @@ class FinishedViews:
     one none (docs/benchmarks.md, "Polling"). Kept `API_JOB_CACHE_SEC` seconds (0: off) for at most
     `MAX_VIEWS` jobs. Not remembered: a job with a webhook (its delivery state changes after the end, and
     it is read fresh). A finished job deleted (retention, the admin) may still be served by a process for
-    those seconds. Another user's request gets the same 404 as for a job that does not exist.
+    those seconds, and so may a re-run's `parent_id` once its parent was deleted (SET_NULL). Another
+    user's request gets the same 404 as for a job that does not exist.
     """
 
     MAX_VIEWS = 1000
