@@ -1,13 +1,15 @@
 """The process-local cache of the project: a thread-safe LRU over `cachetools.LRUCache`.
 
-Used for query embeddings and retrieval results (`agent/`), the LLM clients (`agent/llm_factory/`) and
-the API's checked tokens (`apps/agent/authentication.py`). Values are shared between callers: nobody may
-modify one after `put` (the embedder stores its vectors read-only).
+Used for query embeddings and retrieval results (`agent/`), the LLM clients (`agent/llm_factory/`), and
+with an expiry (`ttl`) for the API's checked tokens (`apps/agent/authentication.py`) and its answers for
+finished jobs (`apps/agent/apis/jobs.py`). Values are shared between callers: nobody may modify one after
+`put` (the embedder stores its vectors read-only).
 """
 
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Hashable
 from typing import Any
 
@@ -23,15 +25,24 @@ class LRU:
         self._lock = threading.Lock()
 
     def get(self, key: Hashable) -> Any:
-        """The value of `key` (now the most recently used), or None."""
+        """The value of `key` (now the most recently used), or None, also once its `ttl` has passed."""
         with self._lock:
-            return self._data.get(key)
+            entry = self._data.get(key)
+            if entry is None:
+                return None
+            value, expires = entry
+            if expires is not None and expires <= time.monotonic():
+                del self._data[key]
+                return None
+            return value
 
-    def put(self, key: Hashable, value: Any) -> None:
+    def put(self, key: Hashable, value: Any, *, ttl: float | None = None) -> None:
+        """Keep `value` under `key`; with `ttl`, for that many seconds at most."""
         if self._size <= 0:
             return
+        expires = None if ttl is None else time.monotonic() + ttl
         with self._lock:
-            self._data[key] = value
+            self._data[key] = (value, expires)
 
     def clear(self) -> None:
         with self._lock:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import time
 from typing import Any
 
 from django.conf import settings
@@ -26,7 +25,7 @@ from core.caches import LRU
 #: Tokens remembered per process at most (the oldest is forgotten first).
 MAX_TOKENS = 10_000
 
-#: sha256 of a key -> (valid until, user, token): the least recently used is forgotten first.
+#: sha256 of a key -> (user, token) for API_TOKEN_CACHE_SEC: the least recently used is forgotten first.
 _checked = LRU(MAX_TOKENS)
 
 
@@ -43,13 +42,12 @@ class CachedTokenAuthentication(TokenAuthentication):
         if ttl <= 0:
             return super().authenticate_credentials(key)
         digest = hashlib.sha256(key.encode()).hexdigest()  # keyed by digest: no key in a dict's keys
-        now = time.monotonic()
         entry = _checked.get(digest)
-        if entry is not None and entry[0] > now:
+        if entry is not None:
             # A copy: a request may set attributes on its user; other threads hold the same entry.
-            return copy.copy(entry[1]), entry[2]
+            return copy.copy(entry[0]), entry[1]
         user, token = super().authenticate_credentials(key)  # raises AuthenticationFailed
-        _checked.put(digest, (now + ttl, copy.copy(user), token))
+        _checked.put(digest, (copy.copy(user), token), ttl=ttl)
         return user, token
 
 

@@ -21,3 +21,18 @@ def test_size_zero_keeps_nothing_and_clear_forgets():
     cache.clear()
 
     assert (off.get("a"), len(off), cache.get("a"), len(cache)) == (None, 0, None, 0)
+
+
+def test_an_entry_put_with_a_ttl_is_gone_once_it_has_passed(monkeypatch):
+    from core import caches
+
+    now = [100.0]
+    monkeypatch.setattr(caches.time, "monotonic", lambda: now[0])
+    cache = LRU(3)
+    cache.put("brief", 1, ttl=5)
+    cache.put("kept", 2)
+
+    now[0] = 104.9
+    assert (cache.get("brief"), cache.get("kept")) == (1, 2)
+    now[0] = 105.0
+    assert (cache.get("brief"), cache.get("kept"), len(cache)) == (None, 2, 1)

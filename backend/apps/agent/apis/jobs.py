@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 import uuid
 
 from django.conf import settings
@@ -223,20 +222,20 @@ class FinishedViews:
     MAX_VIEWS = 1000
 
     def __init__(self) -> None:
-        self._views = LRU(self.MAX_VIEWS)  # job id -> (valid until, owner id, data)
+        self._views = LRU(self.MAX_VIEWS)  # job id -> (owner id, data), for API_JOB_CACHE_SEC
 
     def get(self, user, job_id: uuid.UUID) -> dict | None:
         entry = self._views.get(job_id)
-        if entry is None or entry[0] <= time.monotonic():
+        if entry is None:
             return None
-        if entry[1] != user.pk:
+        if entry[0] != user.pk:
             raise NotFound("No such job.")
-        return entry[2]
+        return entry[1]
 
     def put(self, job: AgentJob, data: dict) -> None:
         ttl = float(getattr(settings, "API_JOB_CACHE_SEC", 0))
         if ttl > 0 and not job.webhook_url:
-            self._views.put(job.id, (time.monotonic() + ttl, job.owner_id, data))
+            self._views.put(job.id, (job.owner_id, data), ttl=ttl)
 
     def clear(self) -> None:
         self._views.clear()
