@@ -39,9 +39,14 @@ def _local_llm_module():
 
 @pytest.fixture(scope="module")
 def local_llm(tmp_path_factory):
-    """One llama.cpp server for the module (loading the model takes a second or two)."""
+    """One llama.cpp server for the module (loading the model takes a second or two).
+
+    One thread: llama.cpp's threads spin while they wait for each other, and on 2 cores shared with the
+    other tests that spinning is paid for. With 3 busy processes beside it (2026-12-03) this module took
+    52 CPU-s and 62 s at 2 threads, 33 CPU-s and 45 s at 1; its first answer 20.4 s against 10.0 s.
+    """
     module = _local_llm_module()
-    server = module.LocalLLMServer(log_path=tmp_path_factory.mktemp("local-llm") / "server.log")
+    server = module.LocalLLMServer(log_path=tmp_path_factory.mktemp("local-llm") / "server.log", threads=1)
     server.start(timeout=180)
     yield server
     server.stop()

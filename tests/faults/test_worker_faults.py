@@ -109,7 +109,9 @@ def test_deadline_shorter_than_llm_latency_ends_at_the_deadline(stack, client, s
 
     assert job.status == "succeeded" and job.degraded is True
     run_seconds = (job.finished_at - job.started_at).total_seconds()
-    assert run_seconds < 3.0, run_seconds
+    # Well before the LLM's 8 s: the deadline ended it. Up to 3 s past the 2 s deadline for a fresh
+    # worker's first job on a machine running 3 other test processes (3.4 s once in a -n 4 pass).
+    assert run_seconds < 5.0, run_seconds
     llm = job.trace_steps.get(name="llm")
     assert llm.error["code"] == "timeout"
     assert len(job.result["results"]) == 3
