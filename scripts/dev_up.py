@@ -75,18 +75,9 @@ def choose_port(name: str, default: int, env: dict[str, str]) -> int:
 
 
 def api_command(port: int, host: str = "127.0.0.1") -> list[str]:
-    """gunicorn with uvicorn workers (ASGI) as every shipped server runs it (config/gunicorn.conf.py), to be
-    run in backend/."""
-    return [
-        PY,
-        "-m",
-        "gunicorn",
-        "-c",
-        "config/gunicorn.conf.py",
-        "config.asgi:application",
-        "-b",
-        f"{host}:{port}",
-    ]
+    """gunicorn with uvicorn workers (ASGI) as every shipped server runs it (`config.asgi_server.main`:
+    config/gunicorn.conf.py), to be run in backend/."""
+    return [PY, "-m", "config.asgi_server", "-b", f"{host}:{port}"]
 
 
 def redis_answers(url: str) -> bool:

@@ -78,5 +78,5 @@ def test_docker_compose_parses_it_when_available():
 def test_web_collects_static_files_and_runs_gunicorn_as_make_up_does():
     command = load()["services"]["web"]["command"]
     assert "collectstatic --noinput" in command
-    assert command.index("collectstatic") < command.index("gunicorn")
-    assert "gunicorn -c config/gunicorn.conf.py config.asgi:application" in command
+    assert command.index("collectstatic") < command.index("config.asgi_server")
+    assert "python -m config.asgi_server -b 0.0.0.0:8000" in command

@@ -6,15 +6,25 @@ answers every refusal in the API's one error shape, as the WSGI gunicorn did (do
 server"): a request line over `LIMIT_REQUEST_LINE` bytes is 414, a header field over
 `LIMIT_REQUEST_FIELD_SIZE` bytes or more than `LIMIT_REQUEST_FIELDS` headers is 431, a malformed request 400.
 Each refusal closes the connection before any of the request reaches Django.
+
+`python -m config.asgi_server -b HOST:PORT` starts it as `make up` and compose do (`main`).
 """
 
 from __future__ import annotations
 
 import json
+import os
+import sys
 from http import HTTPStatus
+from pathlib import Path
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn_worker import UvicornWorker
+
+from core.env import Env
+
+#: gunicorn's settings for the API (worker class, processes, timeouts).
+GUNICORN_CONF = Path(__file__).resolve().with_name("gunicorn.conf.py")
 
 #: gunicorn's defaults (limit_request_line, limit_request_fields, limit_request_field_size), with the
 #: request line counted as its target (the URL), as h11 and httptools see it.
@@ -93,3 +103,30 @@ class ApiWorker(UvicornWorker):
             HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE,
         ):
             REFUSAL_BODIES[status] = json.dumps(status_error_body(status)).encode()
+
+
+def web_concurrency() -> int:
+    """The API's processes: gunicorn's usual `WEB_CONCURRENCY`; 2 fits the 2-core machine the benchmarks
+    run on (about one process per core). Blank means the default, as for every variable (core.env)."""
+    return Env().int("WEB_CONCURRENCY", 2, minimum=1)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """gunicorn with `GUNICORN_CONF` serving `config.asgi:application`; `argv` (default: this process's
+    arguments) adds gunicorn options, e.g. `-b 127.0.0.1:8000`.
+
+    `WEB_CONCURRENCY` is checked here, before gunicorn is imported: gunicorn reads it with a bare `int()`
+    when its settings module loads, so a blank value (which means "the default" here) or a word ended it
+    in a traceback of its own before any of our configuration ran. Now a bad value is refused naming the
+    variable, and gunicorn gets the number.
+    """
+    os.environ["WEB_CONCURRENCY"] = str(web_concurrency())
+    options = sys.argv[1:] if argv is None else argv
+    sys.argv = ["gunicorn", "-c", str(GUNICORN_CONF), "config.asgi:application", *options]
+    from gunicorn.app.wsgiapp import run
+
+    run()
+
+
+if __name__ == "__main__":
+    main()

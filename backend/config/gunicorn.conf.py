@@ -1,5 +1,5 @@
-"""gunicorn as the shipped servers run it (`make up`, compose):
-`gunicorn -c config/gunicorn.conf.py config.asgi:application`.
+"""gunicorn as the shipped servers run it (`make up`, compose): `python -m config.asgi_server -b HOST:PORT`,
+which checks `WEB_CONCURRENCY` and runs `gunicorn -c config/gunicorn.conf.py config.asgi:application`.
 
 The bind address is given on the command line (-b). The workers are uvicorn's (ASGI,
 `config.asgi_server.ApiWorker`): an open wait or event stream is a coroutine, not a thread. That worker
@@ -10,10 +10,9 @@ shape (docs/operations.md, "The API server").
 
 from __future__ import annotations
 
-from core.env import Env
+from config.asgi_server import web_concurrency
 
-# gunicorn's usual knob; 2 fits the 2-core machine the benchmarks run on (about one process per core).
-workers = Env().int("WEB_CONCURRENCY", 2, minimum=1)
+workers = web_concurrency()
 worker_class = "config.asgi_server.ApiWorker"
 timeout = 120
 # Open event streams end with their job; a restart does not wait for them longer than this.
