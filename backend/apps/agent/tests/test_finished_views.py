@@ -57,12 +57,14 @@ def test_another_user_gets_the_404_of_a_job_that_does_not_exist(api, other_api, 
     job = _finished(user)
     assert api.get(f"{URL}/{job.id}").status_code == 200  # now remembered
 
-    theirs = other_api.get(f"{URL}/{job.id}")
-    nobody = other_api.get(f"{URL}/{uuid.uuid4()}")
+    theirs, their_queries = _get(other_api, job.id)
+    nobody, nobody_queries = _get(other_api, uuid.uuid4())
 
     assert theirs.status_code == nobody.status_code == 404
     assert theirs.json() == nobody.json()
     assert theirs.json()["error"]["code"] == "not_found"
+    # The same path too: not a faster answer from memory, which would tell the two ids apart by timing.
+    assert their_queries == nobody_queries == 1
 
 
 def test_a_job_that_has_not_ended_is_read_every_time(api, user):
