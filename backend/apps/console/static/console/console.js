@@ -361,11 +361,14 @@
   $("cancel").addEventListener("click", async () => {
     const button = $("cancel");
     button.disabled = true;
+    // Shown before the request is answered: the stream may bring the job's end (its "Cancelled" step)
+    // before the cancel's own response arrives, and the request must read before the outcome.
+    const requested = addStep("Cancel requested", { kind: "warn" });
     try {
-      await call("POST", perJob(api.cancel, view.id));
       // A queued job is cancelled at once, a running one at its next step; the stream says when.
-      addStep("Cancel requested", { kind: "warn" });
+      await call("POST", perJob(api.cancel, view.id));
     } catch (error) {
+      requested.remove();
       showError($("job-error"), error.message);
       button.disabled = false;
     }
