@@ -316,8 +316,9 @@ def test_late_headers_then_a_stalled_body_still_end_at_the_deadline(server):
     async_elapsed = time.monotonic() - started
 
     assert (sync_result["error"]["code"], async_result["error"]["code"]) == ("timeout", "timeout")
-    assert 0.8 <= sync_elapsed < 1.1
-    assert 0.8 <= async_elapsed < 1.1
+    # Without the remaining budget on body reads, each call would wait for the next byte (5.6 s).
+    assert 0.8 <= sync_elapsed < 2.0
+    assert 0.8 <= async_elapsed < 2.0
 
 
 def test_timeouts_are_retried_once_within_the_budget(server):
