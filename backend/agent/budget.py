@@ -17,7 +17,7 @@ from typing import Any, Protocol
 
 from agent.config import PROVIDER_OPENAI_COMPATIBLE, CostMode, LLMSettings
 from agent.language import detect_language
-from agent.llm_factory import estimate_prompt_tokens, estimate_tokens, stream_llm, to_messages
+from agent.llm_factory import stream_llm, to_messages
 from agent.prompts import SYNOPSIS_MAX_CHARS, build_grounded_prompt
 from core.env import Env, env_error, parse_float
 from core.errors import ImproperlyConfigured
@@ -189,38 +189,20 @@ class BudgetedLLM:
     def stream(self, prompt: Any, *, on_delta: Any, deadline: float | None = None) -> dict[str, Any]:
         """`invoke`, streamed (`llm_factory.stream_llm`): the same reservation before and settlement after.
 
-        A stream stopped by `on_delta` (a cancelled job) was paid for up to that point: the prompt and the
-        text streamed so far are charged at their estimated tokens (a call that raised before any text
-        settles as not charged, like `invoke`).
+        A stream stopped by `on_delta` (a cancelled job) was paid for up to that point: the exception
+        carries what the call cost so far (`llm_result`, from the streaming layer), which is charged; a
+        call stopped before it produced any text settles as not charged, like `invoke`.
         """
         outcome = self._reserve(prompt, deadline)
         if isinstance(outcome, Refusal):
             return self._refused(outcome)
-        streamed: list[str] = []
-
-        def counted(text: str) -> None:
-            streamed.append(text)
-            on_delta(text)
-
         try:
-            result = stream_llm(self._inner, prompt, on_delta=counted, deadline=deadline)
-        except BaseException:
-            self._ledger.settle(
-                outcome,
-                cost_usd=self._spent(prompt, streamed),
-                model=self._inner.model,
-                charged=bool(streamed),
-            )
+            result = stream_llm(self._inner, prompt, on_delta=on_delta, deadline=deadline)
+        except BaseException as exc:
+            self._settle(outcome, getattr(exc, "llm_result", None) or {"error": "interrupted"})
             raise
         self._settle(outcome, result)
         return result
-
-    def _spent(self, prompt: Any, streamed: list[str]) -> float:
-        """Estimated USD of a call stopped after `streamed` text (0 when none was streamed)."""
-        if not streamed or self._price is None:
-            return 0.0
-        prompt_tokens = estimate_prompt_tokens(to_messages(prompt))
-        return worst_case_cost(prompt_tokens, estimate_tokens("".join(streamed)), self._price)
 
     async def ainvoke(self, prompt: Any, *, deadline: float | None = None) -> dict[str, Any]:
         outcome = self._reserve(prompt, deadline)
@@ -248,13 +230,10 @@ class BudgetedLLM:
         return self._ledger.reserve(amount_usd=amount, model=model, lease_sec=lease)
 
     def _settle(self, reservation: Reservation, result: dict[str, Any]) -> None:
-        charged = not result.get("error")
-        self._ledger.settle(
-            reservation,
-            cost_usd=float(result.get("cost_usd") or 0.0),
-            model=self._inner.model,
-            charged=charged,
-        )
+        # A failed call is charged only when it cost something (a stream that broke after text arrived).
+        cost = float(result.get("cost_usd") or 0.0)
+        charged = not result.get("error") or cost > 0
+        self._ledger.settle(reservation, cost_usd=cost, model=self._inner.model, charged=charged)
 
     def _refused(self, refusal: Refusal) -> dict[str, Any]:
         return {

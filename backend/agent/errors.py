@@ -63,6 +63,12 @@ class DeadlineExceeded(AgentError):
 
 
 class Cancelled(AgentError):
-    """The job was cancelled; the pipeline stops at the next step boundary."""
+    """The job was cancelled; the pipeline stops at the next step boundary.
+
+    `llm_result`: when the cancel stopped an LLM call that had already produced text (a stream closed
+    mid-answer), the call's result dict as far as it went, with its (estimated) tokens and cost: the
+    provider was paid for them. None when no call was under way.
+    """
 
     code = "cancelled"
+    llm_result: dict | None = None

@@ -48,6 +48,8 @@ class _Failure:
     message: str
     retryable: bool = False
     retry_after: float | None = None
+    #: (prompt, completion) tokens, estimated, of a call that failed after it produced text: it was paid.
+    usage: tuple[int, int] | None = None
 
 
 @dataclass(frozen=True)
@@ -336,6 +338,10 @@ class OpenAICompatibleLLM:
                 usage_estimated=outcome.usage_estimated,
             )
         error = {"code": outcome.code, "message": outcome.message}
+        if outcome.usage is not None:
+            common.update(
+                prompt_tokens=outcome.usage[0], completion_tokens=outcome.usage[1], usage_estimated=True
+            )
         return result(**common, retry_after_sec=outcome.retry_after, error=error)
 
     def _scrub(self, text: str) -> str:

@@ -17,10 +17,17 @@
 
 `on_delta` may raise (e.g. `agent.errors.Cancelled` when the job was cancelled): the provider's response
 is closed at once, which stops the generation and the paid tokens, and the exception propagates.
+
+What was paid is never dropped: a stream that breaks, or is stopped by `on_delta`, after text arrived
+was paid for that text. A broken one ends in an error result that carries the prompt's and the streamed
+text's estimated tokens and their cost; the exception of a stopped one carries that result as its
+`llm_result` (for a call that had ended before its text was delivered, the call's whole result). Budgets
+(`agent.budget`) charge it and the job's row keeps it, as for a whole call.
 """
 
 from __future__ import annotations
 
+import contextlib
 import re
 import time
 from collections.abc import Callable
@@ -37,6 +44,8 @@ from agent.llm_factory.openai_client import (
 from agent.llm_factory.results import (
     Prompt,
     deadline_message,
+    estimate_prompt_tokens,
+    estimate_tokens,
     to_messages,
 )
 from agent.llm_factory.stub import StubLLM
@@ -61,8 +70,7 @@ def stream(llm: Any, prompt: Prompt, *, on_delta: OnDelta, deadline: float | Non
     if isinstance(llm, StubLLM):
         result = llm.invoke(prompt, deadline=deadline)
         if not result["error"]:
-            for word in split_words(result["content"]):
-                on_delta(word)
+            _deliver(result, split_words(result["content"]), on_delta)
         return result
     return invoke_whole(llm, prompt, on_delta=on_delta, deadline=deadline)
 
@@ -74,8 +82,25 @@ def invoke_whole(
     that cannot stream, and for a caller that does not want it streamed."""
     result = llm.invoke(prompt, deadline=deadline)
     if not result.get("error") and result.get("content"):
-        on_delta(result["content"])
+        _deliver(result, [result["content"]], on_delta)
     return result
+
+
+def _deliver(result: dict[str, Any], pieces: list[str], on_delta: OnDelta) -> None:
+    """Pass the text of a call that has ended to `on_delta`; if it raises, the call was made all the same:
+    the exception carries its whole `result` (`llm_result`)."""
+    try:
+        for piece in pieces:
+            on_delta(piece)
+    except BaseException as exc:
+        _carry(exc, result)
+        raise
+
+
+def _carry(exc: BaseException, result: dict[str, Any]) -> None:
+    """Attach the result of the call that `exc` interrupted as `exc.llm_result` (see the module's notes)."""
+    with contextlib.suppress(AttributeError):  # an exception type with __slots__ cannot carry it
+        exc.llm_result = result  # type: ignore[attr-defined]
 
 
 def split_words(text: str) -> list[str]:
@@ -101,19 +126,32 @@ def _stream_openai(
         sent: list[str] = []
         try:
             outcome: _Success | _Failure = _stream_attempt(llm, messages, budget, on_delta, sent)
-        except Cancelled:
+        except Cancelled as exc:
+            if sent:  # stopped mid-answer: the text so far was paid
+                stopped = _Failure(
+                    "cancelled", "The call was stopped by a cancel.", usage=_usage(messages, sent)
+                )
+                _carry(exc, llm._finish(started, attempts, stopped))
             raise
         except Exception as exc:
             outcome = llm._classify(exc)
         llm._rate_pause(outcome)
         if isinstance(outcome, _Failure) and sent:
-            # Text already reached the client: a retry would send it again. Stop with this error.
-            failure = _Failure(outcome.code, f"{outcome.message} (after {len(sent)} streamed chunk(s))")
-            return llm._finish(started, attempts, failure)
+            # Text already reached the client: a retry would send it again. Stop with this error, and with
+            # the cost of the text that was streamed (the provider charges it).
+            message = f"{outcome.message} (after {len(sent)} streamed chunk(s))"
+            return llm._finish(
+                started, attempts, _Failure(outcome.code, message, usage=_usage(messages, sent))
+            )
         wait = llm._retry_wait(outcome, attempts, end)
         if wait is None:
             return llm._finish(started, attempts, outcome)
         time.sleep(wait)
+
+
+def _usage(messages: list[dict[str, str]], sent: list[str]) -> tuple[int, int]:
+    """Estimated (prompt, completion) tokens of a stream that ended after `sent` text without its usage."""
+    return estimate_prompt_tokens(messages), estimate_tokens("".join(sent))
 
 
 def _stream_attempt(

@@ -18,8 +18,7 @@ from agent.budget import (
 )
 from agent.config import LLMSettings
 from agent.errors import Cancelled, ImproperlyConfigured
-from agent.llm_factory import StubLLM, estimate_prompt_tokens, estimate_tokens
-from agent.llm_factory.streaming import split_words
+from agent.llm_factory import StubLLM
 
 PRICE = (1000.0, 2000.0)  # USD per million tokens: 0.001 in, 0.002 out per token
 
@@ -135,7 +134,7 @@ def test_a_streamed_call_reserves_and_settles_exactly_as_an_invoked_one():
     assert "".join(deltas) == result["content"] and len(deltas) > 1
 
 
-def test_a_stream_stopped_by_a_cancel_charges_what_was_streamed_so_far():
+def test_a_stream_stopped_by_a_cancel_charges_what_the_call_cost_so_far():
     ledger = DictLedger(limit=1.0)
 
     def cancel_after_two(text, seen=[]):  # noqa: B006 - the deltas seen so far
@@ -143,14 +142,42 @@ def test_a_stream_stopped_by_a_cancel_charges_what_was_streamed_so_far():
         if len(seen) == 2:
             raise Cancelled("The job was cancelled.")
 
+    # PricedStub makes its whole (priced) call before its words are streamed: all of it was paid.
     llm = BudgetedLLM(PricedStub(model="m"), ledger, price=PRICE, max_tokens=10)
-    with pytest.raises(Cancelled):
+    with pytest.raises(Cancelled) as cancel:
         llm.stream(MESSAGES, on_delta=cancel_after_two, deadline=20)
 
-    words = split_words(PricedStub(model="m").invoke(MESSAGES)["content"])[:2]
-    spent = worst_case_cost(estimate_prompt_tokens(MESSAGES), estimate_tokens("".join(words)), PRICE)
-    assert ledger.calls[-1] == ("settle", "r1", round(spent, 9), True)
-    assert spent > 0 and ledger.spent == pytest.approx(spent) and ledger.reserved == {}
+    assert cancel.value.llm_result["cost_usd"] == 0.01
+    assert ledger.calls[-1] == ("settle", "r1", 0.01, True)
+    assert ledger.spent == pytest.approx(0.01) and ledger.reserved == {}
+
+
+def test_a_stream_stopped_before_any_call_was_made_charges_nothing():
+    ledger = DictLedger(limit=1.0)
+
+    class Interrupted(StubLLM):
+        def invoke(self, prompt, *, deadline=None):
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        BudgetedLLM(Interrupted(model="m"), ledger, price=PRICE, max_tokens=10).stream(
+            MESSAGES, on_delta=lambda text: None, deadline=20
+        )
+    assert ledger.calls[-1] == ("settle", "r1", 0.0, False) and ledger.spent == 0
+
+
+def test_a_failed_call_that_cost_something_is_charged():
+    # A stream that broke after text arrived: an error, and the cost of the text the provider sent.
+    ledger = DictLedger(limit=1.0)
+
+    class BrokeMidStream(StubLLM):
+        def invoke(self, prompt, *, deadline=None):
+            error = {"code": "connection_error", "message": "broke off (after 3 streamed chunk(s))"}
+            return {**super().invoke(prompt), "error": error, "cost_usd": 0.003}
+
+    BudgetedLLM(BrokeMidStream(model="m"), ledger, price=PRICE, max_tokens=10).invoke(MESSAGES, deadline=1)
+
+    assert ledger.calls[-1] == ("settle", "r1", 0.003, True) and ledger.spent == pytest.approx(0.003)
 
 
 def test_an_unpriced_model_is_refused_without_asking_the_ledger():

@@ -8,7 +8,7 @@ import time
 import pytest
 
 from agent.errors import Cancelled
-from agent.llm_factory import StubLLM, build_llm_runnable, stream_llm
+from agent.llm_factory import StubLLM, build_llm_runnable, estimate_tokens, stream_llm
 from agent.prompts import build_grounded_prompt
 from agent.tests.test_llm_factory import CHAT, DUNE, MOBY, SERVER_KEY, USER_KEY, make_settings
 
@@ -105,6 +105,10 @@ def test_a_stream_cut_after_text_is_not_retried(openai_server):
     assert "streamed chunk" in result["error"]["message"]
     assert result["content"] == "" and result["attempts"] == 1
     assert len(openai_server.requests(CHAT)) == 1
+    # The text that arrived was paid: its tokens (estimated, the usage chunk never came) and its cost.
+    assert result["usage_estimated"] is True
+    assert result["completion_tokens"] == estimate_tokens("".join(deltas)) > 0
+    assert result["prompt_tokens"] > 0 and result["cost_usd"] > 0
 
 
 def test_the_deadline_ends_a_slow_stream(openai_server):
@@ -128,10 +132,35 @@ def test_a_cancel_from_on_delta_closes_the_stream(openai_server):
             raise Cancelled("The job was cancelled.")
 
     started = time.monotonic()
-    with pytest.raises(Cancelled):
+    with pytest.raises(Cancelled) as cancel:
         stream_llm(llm, build_grounded_prompt("whales", [MOBY, DUNE], "en"), on_delta=on_delta)
     assert time.monotonic() - started < 1.0  # the remaining chunks were not waited for
     assert len(seen) == 2 and len(openai_server.requests(CHAT)) == 1
+    # The two chunks were paid: the cancel carries their cost for the budget and the job's row.
+    spent = cancel.value.llm_result
+    assert spent["completion_tokens"] == estimate_tokens("".join(seen)) and spent["prompt_tokens"] > 0
+    assert spent["cost_usd"] > 0 and spent["usage_estimated"] is True
+
+
+def test_a_failure_before_any_text_costs_nothing(openai_server):
+    openai_server.control(fault="500")
+    llm = build_llm_runnable(settings=make_settings(openai_server, max_retries=0))
+    result, deltas = collect(llm, "hello")
+    assert deltas == [] and result["error"]["code"] and result["cost_usd"] == 0
+
+
+def test_a_cancel_while_a_whole_answer_is_delivered_carries_the_calls_result():
+    # A runnable that cannot stream made its whole call before the text was passed on: all of it was paid.
+    class Whole:
+        def invoke(self, prompt, *, deadline=None):
+            return {"content": "whole answer", "error": None, "cost_usd": 0.25}
+
+    def cancel(text):
+        raise Cancelled("The job was cancelled.")
+
+    with pytest.raises(Cancelled) as stopped:
+        stream_llm(Whole(), "hi", on_delta=cancel)
+    assert stopped.value.llm_result["cost_usd"] == 0.25
 
 
 def test_byo_key_is_sent_and_never_in_errors(openai_server):

@@ -259,9 +259,9 @@ def _attempt_run(job: AgentJob) -> str | None:
             on_event=events,
             stream_answer=job.batch_id is None,  # a batch job's answer is one plain call
         )
-    except Cancelled:
+    except Cancelled as cancel:
         events.flush()
-        return _job_finish_cancelled(job, attempt)
+        return _job_finish_cancelled(job, attempt, llm_result=cancel.llm_result)
     events.flush()
     return _job_finish(job, attempt, result)
 
@@ -378,8 +378,18 @@ def _job_finish_failed(job: AgentJob, attempt: int, error: dict[str, Any]) -> st
     return JobStatus.FAILED if failed else None
 
 
-def _job_finish_cancelled(job: AgentJob, attempt: int) -> str | None:
-    cancelled = job_end(attempt_rows(job.id, attempt), job=job, status=JobStatus.CANCELLED)
+def _job_finish_cancelled(job: AgentJob, attempt: int, *, llm_result: dict | None = None) -> str | None:
+    """End the attempt as cancelled; `llm_result` is what a call stopped mid-answer had cost (the stream's
+    text so far was paid): kept on the row, where budgets are rebuilt from."""
+    spend = {}
+    if llm_result is not None:
+        spend = {
+            "prompt_tokens": int(llm_result.get("prompt_tokens") or 0),
+            "completion_tokens": int(llm_result.get("completion_tokens") or 0),
+            "usage_estimated": bool(llm_result.get("usage_estimated")),
+            "cost_usd": Decimal(str(round(float(llm_result.get("cost_usd") or 0.0), 6))),
+        }
+    cancelled = job_end(attempt_rows(job.id, attempt), job=job, status=JobStatus.CANCELLED, **spend)
     return JobStatus.CANCELLED if cancelled else None
 
 

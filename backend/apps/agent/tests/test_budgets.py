@@ -407,6 +407,30 @@ def test_a_cancel_during_the_paid_call_keeps_its_cost_on_the_row(paid, user, led
     assert job.cost_usd == Decimal("0.002") and job.prompt_tokens > 0
 
 
+def test_a_cancel_while_the_answer_streams_keeps_what_was_paid_on_the_row_and_in_the_budget(
+    paid, user, ledger, store, monkeypatch
+):
+    """The cancel stops the stream at its first delta: the call was paid, so the row that budgets are
+    rebuilt from and the live counter both hold its cost."""
+    UserBudget.objects.create(user=user, daily_usd=Decimal("10"))
+    job, _ = jobs.job_create(owner=user, query="whales", options=AgentOptions(top_k=2), enqueue=False)
+    monkeypatch.setattr(job_execution, "CANCEL_CHECK_INTERVAL_SEC", 0.0)  # every delta asks the row
+
+    class CancelledDuringCall(PaidStub):
+        def invoke(self, prompt, *, deadline=None):
+            AgentJob.objects.filter(id=job.id).update(cancel_requested=True)
+            return super().invoke(prompt, deadline=deadline)
+
+    wire_runtime(monkeypatch, llm_for=lambda job, key: CancelledDuringCall(model=job.model))
+
+    assert job_execution.job_run(job_id=job.id) == JobStatus.CANCELLED
+    job.refresh_from_db()
+    assert job.result is None  # stopped mid-answer, not finished and then discarded
+    assert job.cost_usd == Decimal("0.002") and job.prompt_tokens > 0 and job.completion_tokens > 0
+    day = budgets.budget_usage_get(user=user)["periods"]["day"]
+    assert day["spent_usd"] == 0.002 and day["reserved_usd"] == 0.0
+
+
 # --- the synchronous endpoint's spend is durable -------------------------------------------------------
 
 
