@@ -28,8 +28,8 @@ from django.db.models.functions import Least
 from django.utils import timezone
 
 from agent import pipeline
-from agent.config import LLMSettings
-from agent.errors import Cancelled
+from agent.cost_policy import CostDecision
+from agent.errors import Cancelled, ImproperlyConfigured
 from agent.llm_factory import build_llm_runnable, stream_llm
 from agent.types import AgentOptions, AgentResult
 from apps.agent.models import AgentJob, JobStatus, TraceStep
@@ -44,17 +44,14 @@ CANCEL_CHECK_INTERVAL_SEC = 0.2
 
 
 def runnable_for(job: AgentJob, byo_key: str | None):
-    """Rebuild the runnable from the decision recorded at submission (reused on every retry)."""
-    base: LLMSettings = settings.LLM
-    changes: dict[str, Any] = {"model": job.model, "cost_mode": type(base.cost_mode)(job.cost_mode)}
-    if job.provider == "stub":
-        changes["provider"] = "stub"
-    if job.key_source == "none":
-        changes["api_key"] = None
+    """Rebuild the runnable from the decision recorded at submission (reused on every retry): the provider,
+    model and key source the job was accepted with (and its budget admitted), whatever this worker's
+    settings would decide today. Raises `ImproperlyConfigured` when the recorded key is not here."""
+    decision = CostDecision(
+        mode=job.cost_mode, key_source=job.key_source, provider=job.provider, model=job.model
+    )
     return build_llm_runnable(
-        byo_api_key=byo_key if job.key_source == "user" else None,
-        settings=dataclasses.replace(base, **changes),
-        limiter=provider_limiter(),
+        byo_api_key=byo_key, settings=settings.LLM, decision=decision, limiter=provider_limiter()
     )
 
 
@@ -216,10 +213,14 @@ def _attempt_run(job: AgentJob) -> str | None:
                     "message": "The job's API key expired before it ran; submit again.",
                 },
             )
+    try:
+        runnable = runtime.llm_for(job, byo_key)
+    except ImproperlyConfigured as exc:  # e.g. a server-paid job on a worker without LLM_API_KEY
+        logger.error("job %s: its LLM cannot be built on this worker: %s", job.id, exc)
+        return _job_finish_failed(job, attempt, {"code": "llm_unavailable", "message": str(exc)})
     pooled = bool(connection.settings_dict["OPTIONS"].get("pool"))
     llm = JobLLM(
-        budgets.budget_guard(runtime.llm_for(job, byo_key), owner_id=job.owner_id, decision=job),
-        release_connection=pooled,
+        budgets.budget_guard(runnable, owner_id=job.owner_id, decision=job), release_connection=pooled
     )
     options = AgentOptions.from_dict(job.options)
     if pooled:

@@ -15,10 +15,12 @@ from decimal import Decimal
 import pytest
 
 from agent.budget import BudgetSettings, Refusal, Reservation
+from agent.config import CostMode
 from agent.llm_factory import StubLLM
 from agent.types import AgentOptions
 from apps.agent.models import AgentJob, JobStatus, SyncCall, UserBudget
 from apps.agent.services import budget_ledger, budgets, job_execution, jobs, key_vault
+from apps.agent.tests.factories import job_make
 from apps.agent.tests.wiring import wire_runtime
 
 pytestmark = pytest.mark.django_db
@@ -429,6 +431,38 @@ def test_a_cancel_while_the_answer_streams_keeps_what_was_paid_on_the_row_and_in
     assert job.cost_usd == Decimal("0.002") and job.prompt_tokens > 0 and job.completion_tokens > 0
     day = budgets.budget_usage_get(user=user)["periods"]["day"]
     assert day["spent_usd"] == 0.002 and day["reserved_usd"] == 0.0
+
+
+def test_a_job_runs_on_the_key_it_was_accepted_with_whatever_the_worker_decides_today(paid, user):
+    """A hybrid job accepted with the user's key (and so admitted without a budget) must not run on the
+    server's key, unbudgeted, because this worker has LLM_ALLOW_BYO_KEY=false."""
+    job = job_make(
+        user,
+        status=JobStatus.QUEUED,
+        cost_mode="hybrid",
+        key_source="user",
+        provider="openai_compatible",
+        model="m",
+    )
+    paid.LLM = dataclasses.replace(paid.LLM, cost_mode=CostMode.HYBRID, allow_byo_key=False)
+
+    runnable = job_execution.runnable_for(job, "sk-user")
+
+    assert runnable.decision.key_source == "user" and runnable.model == "m"
+
+
+def test_a_server_paid_job_on_a_worker_without_the_server_key_fails_naming_why(paid, user, store):
+    """Not answered by the stub as if it were the paid model: the job fails with a clear code."""
+    job = job_make(
+        user, status=JobStatus.QUEUED, key_source="server", provider="openai_compatible", model="m"
+    )
+    paid.LLM = dataclasses.replace(paid.LLM, api_key=None)
+
+    assert job_execution.job_run(job_id=job.id) == JobStatus.FAILED
+
+    job.refresh_from_db()
+    assert job.error["code"] == "llm_unavailable" and "server API key" in job.error["message"]
+    assert job.result is None and job.attempts == 1
 
 
 # --- the synchronous endpoint's spend is durable -------------------------------------------------------
