@@ -154,6 +154,10 @@ class BudgetedLLM:
     capped, so every call is refused with `budget_unpriced_model`. `lease_margin_sec` is added to the
     call's deadline for the reservation's lease: a worker killed mid-call leaves a reservation that the
     ledger drops once the lease ends.
+
+    With `enforce=False` nothing is reserved or refused (an unpriced model included): each call is only
+    settled, so that its cost still reaches the ledger's counters (no cap applies to this caller, but
+    counters shared with others, or kept for a cap set later, must not miss it).
     """
 
     def __init__(
@@ -164,12 +168,14 @@ class BudgetedLLM:
         price: tuple[float, float] | None,
         max_tokens: int,
         lease_margin_sec: float = 15.0,
+        enforce: bool = True,
     ):
         self._inner = inner
         self._ledger = ledger
         self._price = price
         self._max_tokens = max_tokens
         self._lease_margin_sec = lease_margin_sec
+        self._enforce = enforce
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._inner, name)
@@ -217,6 +223,8 @@ class BudgetedLLM:
         return result
 
     def _reserve(self, prompt: Any, deadline: float | None) -> Reservation | Refusal:
+        if not self._enforce:
+            return Reservation(id="", amount_usd=0.0)  # nothing held: the settlement only counts the cost
         model = self._inner.model
         if self._price is None:
             return Refusal(

@@ -234,6 +234,15 @@ def ledger_client() -> Any:
     return client
 
 
+def ledger_configured() -> bool:
+    """Whether the ledger has a Redis (the cache is Redis); asks nothing of the server."""
+    try:
+        ledger_client()
+    except RuntimeError:
+        return False
+    return True
+
+
 def scripts_for(client: Any) -> _Scripts:
     scripts = _scripts.get(id(client))
     if scripts is None:

@@ -93,13 +93,21 @@ def _is_server_paid(decision: CostDecision | AgentJob) -> bool:
 
 def budget_guard(runnable: Any, *, owner_id: int, decision: CostDecision | AgentJob) -> Any:
     """`runnable` wrapped in a `BudgetedLLM` when its calls are paid with the server's key (per the
-    recorded `decision`, a job row carries the same fields) and a cap applies to `owner_id`; else
-    `runnable` unchanged (BYO keys and the stub never count)."""
+    recorded `decision`, a job row carries the same fields); else `runnable` unchanged (BYO keys and the
+    stub never count).
+
+    When a cap applies to `owner_id` the wrapper enforces the caps. When none does it only counts: the
+    call's cost is added to those of its counters that Redis already keeps (nothing is reserved, nothing
+    refused, a Redis failure does not stop the call). Without that, the global counter that capped users'
+    calls keep would miss the uncapped users' spend, and a global cap set later in the period would start
+    from it; so would a user's own counter after a spell without caps.
+    """
     if not _is_server_paid(decision) or decision.provider == "stub":
         return runnable
     caps = budget_caps(owner_id=owner_id)
-    if not _applies(caps):
-        return runnable
+    enforce = _applies(caps)
+    if not enforce and not budget_ledger.ledger_configured():
+        return runnable  # no Redis cache: no counters to keep complete (a cap would need one)
     batch_id = decision.batch_id if isinstance(decision, AgentJob) else None
     return BudgetedLLM(
         runnable,
@@ -107,6 +115,7 @@ def budget_guard(runnable: Any, *, owner_id: int, decision: CostDecision | Agent
         price=settings.LLM.price_of(decision.model),
         max_tokens=settings.LLM.max_tokens,
         lease_margin_sec=settings.AGENT_RUNNING_GRACE_SEC,
+        enforce=enforce,
     )
 
 

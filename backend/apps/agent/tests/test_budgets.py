@@ -278,10 +278,45 @@ def test_jobs_paid_with_the_users_own_key_ignore_an_exhausted_budget(paid, user,
     assert job.degraded is False and paid_llm.calls == 1
 
 
-def test_without_any_budget_the_runnable_is_not_wrapped(paid, user):
-    job = AgentJob(owner=user, key_source="server", provider="openai_compatible", model="m")
-    inner = PaidStub(model="m")
-    assert budgets.budget_guard(inner, owner_id=user.pk, decision=job) is inner
+def server_job(owner, model="m"):
+    return AgentJob(owner=owner, key_source="server", provider="openai_compatible", model=model)
+
+
+def global_day_spent(user) -> float:
+    (cap,) = [c for c in budgets.budget_caps(owner_id=user.pk) if c.scope == "global" and c.period == "day"]
+    return budget_ledger.usd(budget_ledger.counters_read([cap], datetime.now(UTC))[0]["spent"])
+
+
+def test_an_uncapped_users_paid_calls_still_count_in_the_global_counter(paid, user, other_user, ledger):
+    """The counter that capped users' calls keep must hold everyone's spend: a global cap set later in
+    the period starts from it."""
+    UserBudget.objects.create(user=other_user, daily_usd=Decimal("10"))
+    capped = budgets.budget_guard(
+        PaidStub(model="m"), owner_id=other_user.pk, decision=server_job(other_user)
+    )
+    uncapped = budgets.budget_guard(PaidStub(model="m"), owner_id=user.pk, decision=server_job(user))
+
+    capped.invoke("whales", deadline=5)
+    uncapped.invoke("whales", deadline=5)
+
+    paid.BUDGETS = BudgetSettings(global_daily_usd=1.0)  # set later in the day
+    assert global_day_spent(user) == pytest.approx(0.004)
+
+
+def test_an_uncapped_call_is_never_held_back_by_the_ledger(paid, user, monkeypatch):
+    """No cap applies: neither Redis being down nor a model without a price stops the call."""
+    import redis
+
+    class Down:
+        def __getattr__(self, name):
+            raise redis.ConnectionError("down")
+
+    monkeypatch.setattr(budget_ledger, "ledger_client", lambda: Down())
+    PaidStub.calls = 0
+    for model in ("m", "unpriced"):
+        llm = budgets.budget_guard(PaidStub(model=model), owner_id=user.pk, decision=server_job(user, model))
+        assert llm.invoke("whales", deadline=5)["error"] is None
+    assert PaidStub.calls == 2
 
 
 # --- the API ---------------------------------------------------------------------------------------
