@@ -26,6 +26,7 @@ With DEBUG on, static files (the admin's, the API docs') are served too, as `run
 import os
 import re
 from concurrent.futures import Executor, ThreadPoolExecutor
+from urllib.parse import parse_qsl
 
 from a2wsgi import WSGIMiddleware
 from asgiref.sync import ThreadSensitiveContext
@@ -44,7 +45,7 @@ if settings.DEBUG:
 
 from apps.agent.apis import live  # noqa: E402 - once Django is set up (get_asgi_application)
 
-_WAIT = re.compile(rb"(^|&)wait=")
+_WAIT = re.compile(rb"(^|&)wait(=|&|$)")
 
 
 def is_live(scope) -> bool:
@@ -55,9 +56,17 @@ def is_live(scope) -> bool:
         view = resolve(scope["path"]).func
     except Resolver404:
         return False
-    if view is live.job_events_view:
-        return True
-    return view is live.job_detail and scope["method"] == "GET" and bool(_WAIT.search(scope["query_string"]))
+    if scope["method"] != "GET":
+        return False
+    return view is live.job_events_view or (view is live.job_detail and asks_to_wait(scope["query_string"]))
+
+
+def asks_to_wait(query: bytes) -> bool:
+    """Whether the query string has a `wait` parameter as Django will read it (`request.GET`): a
+    percent-encoded key (`w%61it`) is decoded first, or that request would wait on a thread."""
+    if b"%" not in query:
+        return bool(_WAIT.search(query))
+    return any(key == "wait" for key, _ in parse_qsl(query.decode("latin-1"), keep_blank_values=True))
 
 
 class SharedPool(Executor):

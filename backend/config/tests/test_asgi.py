@@ -84,6 +84,13 @@ JOB = "/api/agent/jobs/3f0e2b7c-1111-4222-8333-944445555666"
         ("GET", JOB, b"x=1&wait=5", True),
         ("GET", JOB, b"", False),
         ("GET", JOB, b"nowait=1", False),
+        # As Django reads it: a percent-encoded key, a key without a value (a 400 then, not a wait)
+        ("GET", JOB, b"w%61it=60", True),
+        ("GET", JOB, b"x=%20&%77ait=1", True),
+        ("GET", JOB, b"wait", True),
+        ("GET", JOB, b"waiting=1&x=%20", False),
+        ("OPTIONS", f"{JOB}/events", b"", False),
+        ("HEAD", f"{JOB}/events", b"", False),
         ("POST", JOB, b"wait=30", False),
         ("POST", "/api/agent/jobs", b"", False),
         ("GET", f"{JOB}/cancel", b"wait=1", False),

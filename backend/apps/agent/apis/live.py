@@ -147,6 +147,9 @@ class JobEventsApi(APIView):
     """Checks a stream request (auth, owner, `Last-Event-ID`); `job_events_view` then streams."""
 
     renderer_classes = [EventStreamRenderer, JSONRenderer]
+    # GET only: DRF answers OPTIONS itself with a 200 without calling `get`, that is without the owner
+    # check, and a 200 is what opens the stream.
+    http_method_names = ["get"]
 
     def finalize_response(self, request, response, *args, **kwargs):
         response = super().finalize_response(request, response, *args, **kwargs)
@@ -207,7 +210,7 @@ def _final_payload(job_id: Any) -> dict[str, Any]:
 
 async def _job_events(request: HttpRequest, call: Callable, job_id: Any) -> HttpResponseBase:
     response = await call(request, job_id=job_id)
-    if response.status_code != 200:
+    if request.method != "GET" or response.status_code != 200:
         return response
     events = job_events.event_stream(
         job_id=job_id,
@@ -227,4 +230,8 @@ async def _job_events(request: HttpRequest, call: Callable, job_id: Any) -> Http
     return stream
 
 
-job_events_view = _async_view(JobEventsApi, _job_events)
+def _streams(request: HttpRequest) -> bool:
+    return request.method == "GET"
+
+
+job_events_view = _async_view(JobEventsApi, _job_events, stays_open=_streams)

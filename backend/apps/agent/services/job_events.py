@@ -44,7 +44,9 @@ REBUILT_PREFIX = "0-"
 WAIT_MAX_SEC = 60.0
 #: Redis connections an API process may hold for open waits and streams (one each while it blocks).
 MAX_BLOCKING_CONNECTIONS = 50_000
-_EVENT_ID = re.compile(r"\d{1,20}-\d{1,20}")
+_EVENT_ID = re.compile(r"[0-9]{1,20}-[0-9]{1,20}", re.ASCII)
+#: Redis stream ids are two unsigned 64-bit integers: a larger one is refused by XREAD at every read.
+_EVENT_ID_PART_MAX = 2**64 - 1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,10 +65,10 @@ def event_id_parse(value: str | None, *, field: str = "last_event_id") -> str | 
     value = (value or "").strip()
     if not value:
         return None
-    if not _EVENT_ID.fullmatch(value):
+    if not _EVENT_ID.fullmatch(value) or any(int(part) > _EVENT_ID_PART_MAX for part in value.split("-")):
         raise ValidationFailed(
             "The last event id must look like 1764636000123-0.",
-            details={field: ["An event id is two integers joined by '-'."]},
+            details={field: ["An event id is two integers (each below 2**64) joined by '-'."]},
         )
     return value
 

@@ -79,6 +79,19 @@ def test_wait_and_events_are_owner_scoped(api, other_api, store, django_capture_
         assert anonymous.json()["error"]["code"] == "not_authenticated"
 
 
+@pytest.mark.parametrize("method", ["options", "head", "post", "delete"])
+def test_the_stream_answers_get_only(api, other_api, store, django_capture_on_commit_callbacks, method):
+    """DRF answers OPTIONS with a 200 without calling `get` (the owner check): that must not open the
+    stream of someone else's job (or of no job)."""
+    job_id = finished_job(api, django_capture_on_commit_callbacks)
+    for client, path in ((other_api, f"{URL}/{job_id}/events"), (api, f"{URL}/{uuid.uuid4()}/events")):
+        response = getattr(client, method)(path, HTTP_LAST_EVENT_ID="1-0")
+        assert response.status_code == 405
+        assert not response.streaming and "text/event-stream" not in response["Content-Type"]
+        if method != "head":
+            assert response.json()["error"]["code"] == "method_not_allowed"
+
+
 def test_events_of_an_ended_job_are_its_whole_history(api, store, django_capture_on_commit_callbacks):
     job_id = finished_job(api, django_capture_on_commit_callbacks)
     response = api.get(f"{URL}/{job_id}/events", HTTP_ACCEPT="text/event-stream")
@@ -142,7 +155,11 @@ def test_degraded_runs_say_why(api, store, django_capture_on_commit_callbacks):
     assert next(e for e in events if e["event"] == "retrieval")["data"]["source"] == "exact"
 
 
-@pytest.mark.parametrize("value", ["nope", "12", "1-2-3", "-1-0"])
+@pytest.mark.parametrize(
+    "value",
+    # Non-ASCII digits, and a part above 2**64 - 1: Redis would refuse them at every read (an endless stream)
+    ["nope", "12", "1-2-3", "-1-0", "\u0661-\u0660", "5-18446744073709551616", "99999999999999999999-0"],
+)
 def test_a_malformed_last_event_id_is_400(api, store, django_capture_on_commit_callbacks, value):
     job_id = finished_job(api, django_capture_on_commit_callbacks)
     for response in (
