@@ -197,3 +197,41 @@ def test_another_users_job_in_the_url_is_not_shown(streaming_stack, browser, con
     wait_for(lambda: status(browser) == "unknown", timeout=30, message="the page to give up on the job")
     assert "No such job" in text(browser, "job-error")
     assert text(browser, "answer") == ""
+
+
+def test_a_superseded_attempts_late_events_do_not_change_the_page(streaming_stack, browser, console_user):
+    """Attempt 1 was taken over (its worker hung) and woke up after attempt 2 started: its late
+    `degraded` must neither add a step nor leave a badge on a job that succeeded without degrading."""
+    import json
+
+    import redis as redis_lib
+
+    from apps.agent.models import JobStatus
+    from apps.agent.services.job_events import end_key, stream_key
+    from apps.agent.tests.factories import BOOK, job_make
+
+    user, password, _ = console_user
+    book = BOOK
+    result = {"message": "Read Moby-Dick.", "results": [book], "actions": []}
+    job = job_make(user, status=JobStatus.SUCCEEDED, result=result, attempts=2, degraded=False)
+    events = redis_lib.Redis.from_url(streaming_stack.env["REDIS_URL"], decode_responses=True)
+    key = stream_key(job.id)
+    for name, data in [
+        ("queued", {"status": "queued"}),
+        ("started", {"attempt": 1}),
+        ("started", {"attempt": 2}),
+        ("degraded", {"attempt": 1, "why": "llm_failed", "error": {"code": "timeout", "message": "late"}}),
+        ("retrieval", {"attempt": 2, "books": [book], "source": "vector"}),
+        ("llm.delta", {"attempt": 2, "text": "Read Moby-Dick."}),
+        ("job", {"status": "succeeded"}),
+    ]:
+        entry = events.xadd(key, {"e": name, "d": json.dumps(data)})
+    events.set(end_key(job.id), entry)
+    sign_in(browser, streaming_stack.base_url, user.username, password)
+
+    browser.open(f"{streaming_stack.base_url}/console/#job={job.id}")
+    wait_for(lambda: status(browser) == "succeeded", timeout=30, message="the job's end")
+    assert "Degraded answer" not in steps(browser)
+    assert "Started (attempt 2)" in steps(browser)
+    assert browser.driver.find_elements(By.ID, "job-degraded") == []
+    assert text(browser, "answer") == "Read Moby-Dick."

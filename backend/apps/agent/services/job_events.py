@@ -60,6 +60,13 @@ def stream_key(job_id: uuid.UUID | str) -> str:
     return f"agent:job-events:{job_id}"
 
 
+def end_key(job_id: uuid.UUID | str) -> str:
+    """The id of the job's final event, set (with the stream's expiry) by whoever appended it: only one
+    is ever appended, and a reader knows where the job's events end whatever came after (a superseded
+    attempt that woke up late)."""
+    return f"agent:job-events:{job_id}:end"
+
+
 def event_id_parse(value: str | None, *, field: str = "last_event_id") -> str | None:
     """A `Last-Event-ID` as given by a client: None when empty; `ValidationFailed` when malformed."""
     value = (value or "").strip()
@@ -158,7 +165,10 @@ def events_forget(*, job_ids: Sequence[uuid.UUID | str]) -> int:
     if not job_ids:
         return 0
     try:
-        return int(_client().delete(*(stream_key(job_id) for job_id in job_ids)))
+        pipe = _client().pipeline(transaction=False)
+        pipe.delete(*(stream_key(job_id) for job_id in job_ids))
+        pipe.delete(*(end_key(job_id) for job_id in job_ids))
+        return int(pipe.execute()[0])
     except Exception as exc:  # never raises: see "The writers below" above
         logger.warning("could not delete %d job event stream(s): %s", len(job_ids), type(exc).__name__)
         return 0
@@ -174,9 +184,36 @@ def events_count(*, job_ids: Sequence[uuid.UUID | str]) -> int:
         return 0
 
 
-def job_ended(*, job_id: uuid.UUID | str, status: str) -> None:
-    """The final `job` event: called after the terminal transaction commits; it wakes the waiters."""
-    event_append(job_id=job_id, name=FINAL_EVENT, data={"status": status})
+# KEYS: the stream, its end key. ARGV: event name, data, maxlen, ttl. Appends the final event unless it
+# was appended already (the worker's commit hook and a reader's repair can race): the new id, or false.
+_APPEND_FINAL = """
+if redis.call('EXISTS', KEYS[2]) == 1 then return false end
+local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[3], '*', 'e', ARGV[1], 'd', ARGV[2])
+redis.call('SET', KEYS[2], id, 'EX', ARGV[4])
+redis.call('EXPIRE', KEYS[1], ARGV[4])
+return id
+"""
+_final_scripts: dict[int, Any] = {}
+
+
+def job_ended(*, job_id: uuid.UUID | str, status: str) -> bool | None:
+    """Append the final `job` event, once: called after the terminal transaction commits (it wakes the
+    waiters), and by a reader that finds an ended job without it (its append failed).
+
+    Returns True when it appended it, False when the job's final event had been appended already (by the
+    other caller), None when Redis failed (never raises, see "The writers below").
+    """
+    client = _client()
+    script = _final_scripts.get(id(client))
+    if script is None:
+        script = _final_scripts[id(client)] = client.register_script(_APPEND_FINAL)
+    fields = _encode(FINAL_EVENT, {"status": status})
+    args = [fields["e"], fields["d"], settings.AGENT_EVENTS_MAXLEN, settings.AGENT_EVENTS_RETENTION_SEC]
+    try:
+        return bool(script(keys=[stream_key(job_id), end_key(job_id)], args=args))
+    except Exception as exc:  # never raises: see "The writers below" above
+        logger.warning("could not write a job's final event: %s", type(exc).__name__)
+        return None
 
 
 class AttemptEvents:
@@ -355,7 +392,8 @@ async def event_stream(
                 for event in _after(await job_history(), after):
                     yield await _served(event, final_payload)
                 return
-            if newest[1] == FINAL_EVENT and _id_key(newest[0]) <= _id_key(cursor):
+            final_id = await _final_id(client, job_id) or (newest[0] if newest[1] == FINAL_EVENT else None)
+            if final_id is not None and _id_key(final_id) <= _id_key(cursor):
                 return  # the client has seen the end
     while True:
         try:
@@ -370,7 +408,11 @@ async def event_stream(
             if status in TERMINAL_STATUSES:
                 newest = await _newest(client, key)
                 if newest is None or newest[1] != FINAL_EVENT:
-                    await asyncio.to_thread(job_ended, job_id=job_id, status=status)
+                    written = await asyncio.to_thread(job_ended, job_id=job_id, status=status)
+                    if written is False:
+                        # Its final event exists, and this reader is past it (it would have ended there):
+                        # what came after is a superseded attempt's, never the job's.
+                        return
                 elif _id_key(newest[0]) <= _id_key(cursor):
                     return
             continue
@@ -386,6 +428,14 @@ async def event_stream(
 def _id_key(entry_id: str) -> tuple[int, int]:
     ms, _, seq = entry_id.partition("-")
     return int(ms), int(seq or 0)
+
+
+async def _final_id(client: aioredis.Redis, job_id: uuid.UUID | str) -> str | None:
+    """The id of the job's final event (`end_key`); None when there is none or Redis cannot say."""
+    try:
+        return await client.get(end_key(job_id))
+    except redis.RedisError:
+        return None
 
 
 async def _newest(client: aioredis.Redis, key: str) -> tuple[str, str] | None:

@@ -15,10 +15,20 @@ from agent.types import AgentOptions
 from apps.agent.models import TERMINAL_STATUSES, AgentJob, Batch, JobStatus
 from apps.agent.services import jobs
 
+#: A result as the pipeline stores it (every field of the response contract: the GET serialises it).
+BOOK = {
+    "id": "1",
+    "title": "Moby-Dick",
+    "author": "Herman Melville",
+    "year": 1851,
+    "score": 0.9,
+    "why": "a whale hunt at sea",
+    "cited": True,
+}
 RESULT = {
     "message": "Try Moby-Dick.",
-    "results": [{"id": "1", "title": "Moby-Dick"}],
-    "actions": [{"type": "open", "id": "1"}],
+    "results": [BOOK],
+    "actions": [{"type": "view_book", "label": "Moby-Dick", "book_id": "1"}],
     "trace": [{"step": "retrieve", "big": "x" * 1000}],
 }
 FAILURE = {"code": "llm_error", "message": "boom"}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 
 import pytest
@@ -101,3 +102,46 @@ def test_a_malformed_last_event_id_is_refused(value):
     with pytest.raises(ValidationFailed) as caught:
         job_events.event_id_parse(value)
     assert caught.value.code == "validation_error"
+
+
+def test_the_final_event_is_appended_once_and_forgotten_with_the_stream():
+    # The worker's commit hook and a reader's repair (its heartbeat found the job ended) can race.
+    job_id = uuid.uuid4()
+    assert job_events.job_ended(job_id=job_id, status="succeeded") is True
+    assert job_events.job_ended(job_id=job_id, status="succeeded") is False
+    assert [name for name, _ in entries(job_id)] == ["job"]
+
+    assert job_events.events_forget(job_ids=[job_id]) == 1
+    assert job_events._client().exists(job_events.end_key(job_id)) == 0
+
+
+def _read(job_id, after, status="succeeded"):
+    async def answer(value):
+        return value
+
+    async def read():
+        stream = job_events.event_stream(
+            job_id=job_id,
+            after=after,
+            job_status=lambda: answer(status),
+            job_history=lambda: answer([]),
+            final_payload=lambda: answer({"status": status}),
+        )
+        return [event async for event in stream]
+
+    return asyncio.run(asyncio.wait_for(read(), timeout=5))
+
+
+def test_a_reader_past_the_end_gets_nothing_more_whatever_was_written_after_it(settings):
+    """A superseded attempt that woke up late wrote after the job's end: a client resuming after the
+    `job` event gets no late event and no second `job` event; one reading from the start ends at it."""
+    settings.AGENT_EVENTS_HEARTBEAT_SEC = 0.05
+    job_id = uuid.uuid4()
+    job_events.event_append(job_id=job_id, name="queued", data={"status": "queued"})
+    job_events.job_ended(job_id=job_id, status="succeeded")
+    job_events.event_append(job_id=job_id, name="llm.delta", data={"attempt": 1, "text": "late"})
+    final_id = job_events._client().get(job_events.end_key(job_id))
+
+    assert _read(job_id, after=final_id) == []
+    assert [event.name for event in _read(job_id, after=None)] == ["queued", "job"]
+    assert [name for name, _ in entries(job_id)] == ["queued", "job", "llm.delta"]

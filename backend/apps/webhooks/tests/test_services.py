@@ -16,7 +16,7 @@ from standardwebhooks.webhooks import WebhookVerificationError
 from apps.agent import selectors
 from apps.agent.models import JobStatus
 from apps.agent.services.events import batch_event_enqueue, job_event_enqueue, job_event_redeliver
-from apps.agent.tests.factories import batch_make, job_make
+from apps.agent.tests.factories import RESULT, batch_make, job_make
 from apps.core.http_errors import exception_handler
 from apps.webhooks import services
 from apps.webhooks.models import (
@@ -110,8 +110,8 @@ def test_delivery_is_signed_and_verifies_with_standardwebhooks(secret, job, rece
     assert data["status"] == "succeeded"
     assert data["degraded"] is False
     assert data["message"] == "Try Moby-Dick."
-    assert data["results"] == [{"id": "1", "title": "Moby-Dick"}]
-    assert data["actions"] == [{"type": "open", "id": "1"}]
+    assert data["results"] == RESULT["results"] and data["results"][0]["title"] == "Moby-Dick"
+    assert data["actions"] == [{"type": "view_book", "label": "Moby-Dick", "book_id": "1"}]
     assert data["error"] is None
     assert data["batch_id"] is None
     assert data["links"] == {"job": f"/api/agent/jobs/{job.id}"}

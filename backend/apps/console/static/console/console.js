@@ -106,6 +106,8 @@
     $("cancel").hidden = TERMINAL.has(status);
     if (degraded && !$("job-degraded")) {
       badge.after(el("span", { id: "job-degraded", className: "badge degraded", textContent: "degraded" }));
+    } else if (degraded === false && $("job-degraded")) {
+      $("job-degraded").remove(); // the stored job says so (a superseded attempt's "degraded" no longer counts)
     }
     markRecent(view.id, status);
   }
@@ -186,6 +188,8 @@
         } catch (_) {
           data = { text: event.data };
         }
+        // An attempt that was taken over and woke up late may still write: only the newest one counts.
+        if (data.attempt !== undefined && Number(data.attempt) < view.attempt) return;
         HANDLERS[name](data);
       });
     }
