@@ -113,7 +113,9 @@ async def _job_detail(request: HttpRequest, call: Callable, job_id: Any) -> Http
     left = wait_seconds(request) - (time.monotonic() - started)
     if cursor is None or left <= 0:  # Redis cannot be read (then no wait), or nothing to wait for
         return response
-    await job_events.end_wait(job_id=job_id, after=cursor, timeout=left)
+    await job_events.end_wait(
+        job_id=job_id, after=cursor, timeout=left, job_status=lambda: sync_to_async(_job_status)(job_id)
+    )
     return await call(request, job_id=job_id)
 
 

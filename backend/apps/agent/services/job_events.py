@@ -340,18 +340,28 @@ async def last_id(*, job_id: uuid.UUID | str) -> str | None:
     return newest[0][0] if newest else "0-0"
 
 
-async def end_wait(*, job_id: uuid.UUID | str, after: str, timeout: float) -> bool:
+async def end_wait(
+    *,
+    job_id: uuid.UUID | str,
+    after: str,
+    timeout: float,
+    job_status: Callable[[], Any] | None = None,
+) -> bool:
     """Block until the job's final event is appended after `after`, or `timeout` seconds pass.
 
-    Returns whether it was seen. No database access: a worker's terminal commit appends the event.
+    Returns whether the job ended. No database loop: a worker's terminal commit appends the event. Only
+    every `AGENT_EVENTS_HEARTBEAT_SEC` without it is `job_status()` (the view's database read) asked
+    whether the job ended without its final event reaching Redis (its write failed): then that event is
+    appended now (`job_ended`, for the other readers too) and the wait ends.
     """
     client = _async_client()
     key = stream_key(job_id)
     end = time.monotonic() + timeout
     cursor = after
     while (left := end - time.monotonic()) > 0:
+        block = min(left, settings.AGENT_EVENTS_HEARTBEAT_SEC)
         try:
-            reply = await client.xread({key: cursor}, count=100, block=max(1, int(left * 1000)))
+            reply = await client.xread({key: cursor}, count=100, block=max(1, int(block * 1000)))
         except redis.RedisError as exc:
             logger.warning("could not read job events: %s", type(exc).__name__)
             return False
@@ -360,6 +370,11 @@ async def end_wait(*, job_id: uuid.UUID | str, after: str, timeout: float) -> bo
                 cursor = entry_id
                 if fields.get("e") == FINAL_EVENT:
                     return True
+        if not reply and job_status is not None:
+            status = await job_status()
+            if status in TERMINAL_STATUSES:
+                await asyncio.to_thread(job_ended, job_id=job_id, status=status)
+                return True
     return False
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 
 import pytest
@@ -145,3 +146,23 @@ def test_a_reader_past_the_end_gets_nothing_more_whatever_was_written_after_it(s
     assert _read(job_id, after=final_id) == []
     assert [event.name for event in _read(job_id, after=None)] == ["queued", "job"]
     assert [name for name, _ in entries(job_id)] == ["queued", "job", "llm.delta"]
+
+
+def test_a_wait_ends_when_the_job_ended_without_its_final_event(settings):
+    """The final event's write failed (Redis refused it, reads work): the waiter learns the end from the
+    database at the next heartbeat instead of waiting out its `wait`, and writes the event for the others."""
+    settings.AGENT_EVENTS_HEARTBEAT_SEC = 0.05
+    job_id = uuid.uuid4()
+    queued = job_events.event_append(job_id=job_id, name="queued", data={"status": "queued"})
+
+    async def ended():
+        return "succeeded"
+
+    async def wait():
+        started = time.monotonic()
+        seen = await job_events.end_wait(job_id=job_id, after=queued, timeout=5, job_status=ended)
+        return seen, time.monotonic() - started
+
+    seen, took = asyncio.run(wait())
+    assert seen is True and took < 2
+    assert [name for name, _ in entries(job_id)] == ["queued", "job"]
