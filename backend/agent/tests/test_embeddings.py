@@ -176,3 +176,22 @@ def test_openai_compatible_failure_is_an_unavailable_store(testserver):
     # The pipeline catches VectorStoreUnavailable and degrades; an embedding failure is one.
     assert isinstance(caught.value, VectorStoreUnavailable)
     assert caught.value.code == "embedding_unavailable"
+
+
+def test_an_embedding_error_never_carries_the_key(testserver):
+    """A 401 that quotes the key (the test server echoes it in full): the error reaches logs, the trace,
+    the `degraded` event and the anonymous /api/health, so the key is scrubbed, and not chained either."""
+    testserver.reset()
+    testserver.control(fault="401")
+    key = "sk-server-SECRET-0123456789abcdef"
+    embedder = OpenAICompatibleEmbedder(
+        base_url=testserver.base_url, api_key=key, model="test-embedding", max_retries=0
+    )
+    try:
+        with pytest.raises(EmbeddingUnavailable) as caught:
+            embedder.embed_query("anything")
+    finally:
+        testserver.reset()
+    assert "AuthenticationError" in caught.value.message and "[REDACTED]" in caught.value.message
+    assert key not in caught.value.message and "SECRET" not in str(caught.value)
+    assert caught.value.__cause__ is None and caught.value.__suppress_context__

@@ -115,42 +115,50 @@ def job_create(
                 "The key hand-off store is unavailable; retry later.", code="key_vault_unavailable"
             ) from None
 
+    created = False
     try:
-        with transaction.atomic():
-            job = AgentJob.objects.create(
-                id=job_id,
-                owner=owner,
-                query=query,
-                options=options.to_dict(),
-                timeout_sec=settings.AGENT_JOB_TIMEOUT_SEC,
-                cost_mode=decision.mode,
-                key_source=decision.key_source,
-                provider=decision.provider,
-                model=decision.model,
-                parent=parent,
-                batch=batch,
-                webhook_url=webhook_url,
-                idempotency_key=idempotency_key,
-                request_fingerprint=fingerprint,
-                # Marked as published in the INSERT rather than by an UPDATE after the publish: one write
-                # less per job. A refused publish clears the mark (`_job_publish_created`); a process that
-                # dies between commit and publish leaves the job to the sweep's stale-queue rule.
-                enqueued_at=timezone.now() if enqueue and not admit else None,
-            )
-            if admit:
-                transaction.on_commit(
-                    lambda: fairness.admit_and_publish(owner_id=job.owner_id, batch=job.batch_id is not None)
+        try:
+            with transaction.atomic():
+                job = AgentJob.objects.create(
+                    id=job_id,
+                    owner=owner,
+                    query=query,
+                    options=options.to_dict(),
+                    timeout_sec=settings.AGENT_JOB_TIMEOUT_SEC,
+                    cost_mode=decision.mode,
+                    key_source=decision.key_source,
+                    provider=decision.provider,
+                    model=decision.model,
+                    parent=parent,
+                    batch=batch,
+                    webhook_url=webhook_url,
+                    idempotency_key=idempotency_key,
+                    request_fingerprint=fingerprint,
+                    # Marked as published in the INSERT rather than by an UPDATE after the publish: one
+                    # write less per job. A refused publish clears the mark (`_job_publish_created`); a
+                    # process that dies between commit and publish leaves the job to the sweep's
+                    # stale-queue rule.
+                    enqueued_at=timezone.now() if enqueue and not admit else None,
                 )
-            elif enqueue:
-                transaction.on_commit(lambda: _job_publish_created(job))
-    except DatabaseError:
-        # The Idempotency-Key was used before (or by a concurrent request that won the insert).
-        existing = _job_by_idempotency_key(owner, idempotency_key)
-        if existing is not None:
-            if decision.key_source == "user":
-                key_vault.key_delete(job_id=job_id)
-            return _idempotent_repeat(existing, fingerprint), False
-        raise
+                if admit:
+                    transaction.on_commit(
+                        lambda: fairness.admit_and_publish(
+                            owner_id=job.owner_id, batch=job.batch_id is not None
+                        )
+                    )
+                elif enqueue:
+                    transaction.on_commit(lambda: _job_publish_created(job))
+            created = True
+        except DatabaseError:
+            # The Idempotency-Key was used before (or by a concurrent request that won the insert).
+            existing = _job_by_idempotency_key(owner, idempotency_key)
+            if existing is not None:
+                return _idempotent_repeat(existing, fingerprint), False
+            raise
+    finally:
+        if not created and decision.key_source == "user":
+            # No job of this id will ever run (a repeat, or the INSERT failed): its key goes now.
+            key_vault.key_delete(job_id=job_id)
     return job, True
 
 

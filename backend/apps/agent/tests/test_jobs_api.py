@@ -103,6 +103,31 @@ def test_byo_key_mode_without_key_is_400_before_anything_is_stored(api, store, s
     assert AgentJob.objects.count() == 0
 
 
+def test_a_post_whose_insert_fails_leaves_no_key_behind(api, store, settings, monkeypatch):
+    """The key is handed off before the row exists; when the INSERT fails no job will ever delete it."""
+    from django.db import OperationalError
+
+    from apps.agent.services import key_vault
+
+    settings.LLM = dataclasses.replace(
+        settings.LLM, provider="openai_compatible", cost_mode=type(settings.LLM.cost_mode)("byo_key")
+    )
+    canary = "sk-canary-" + uuid.uuid4().hex
+    tried: list = []
+
+    def insert_fails(**fields):
+        tried.append(fields["id"])
+        assert key_vault.key_get(job_id=fields["id"]) == canary  # handed off first
+        raise OperationalError("the database went away")
+
+    monkeypatch.setattr(AgentJob.objects, "create", insert_fails)
+    api.raise_request_exception = False  # the client's view of a database outage (docs/operations.md)
+    response = submit(api, **{"X-LLM-API-Key": canary})
+
+    assert response.status_code >= 500 and canary not in response.content.decode()
+    assert len(tried) == 1 and key_vault.key_get(job_id=tried[0]) is None
+
+
 def test_byo_key_is_handed_off_encrypted_and_never_stored(api, store, settings):
     settings.LLM = dataclasses.replace(
         settings.LLM, provider="openai_compatible", cost_mode=type(settings.LLM.cost_mode)("byo_key")
