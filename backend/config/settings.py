@@ -306,6 +306,9 @@ REST_FRAMEWORK = {
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     # JSON only: every input is a JSON object; form and multipart parsers would only add surface.
     "DEFAULT_PARSER_CLASSES": ["apps.agent.parsers.JSONParser"],
+    # JSON only, too: DRF's browsable API answered `Accept: text/html` with pages (and its errors with a
+    # generic shape once ApiErrorShapeMiddleware replaced them); the API's docs are /api/docs/.
+    "DEFAULT_RENDERER_CLASSES": ["apps.core.renderers.JSONRenderer"],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.LimitOffsetPagination",
     "PAGE_SIZE": 20,

@@ -7,7 +7,6 @@ from django.urls import reverse
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiExample, OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import status
-from rest_framework.renderers import JSONRenderer
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
@@ -27,6 +26,7 @@ from apps.agent.reports import CSVRenderer, HTMLRenderer
 from apps.agent.serializers import BatchCreateInputSerializer, BatchSerializer, BatchSummarySerializer
 from apps.agent.services import batches as batch_services
 from apps.agent.throttling import BatchCreateThrottle
+from apps.core.renderers import JSONRenderer
 from apps.core.serializers import ErrorResponseSerializer
 from core.errors import ValidationFailed
 

@@ -17,7 +17,7 @@ from asgiref.sync import iscoroutinefunction, markcoroutinefunction, sync_to_asy
 from django.http import HttpRequest, HttpResponseBase, StreamingHttpResponse
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
-from rest_framework.renderers import BaseRenderer, JSONRenderer
+from rest_framework.renderers import BaseRenderer
 from rest_framework.response import Response
 from rest_framework.utils.encoders import JSONEncoder
 from rest_framework.views import APIView
@@ -28,6 +28,7 @@ from apps.agent.apis.jobs import JobDetailApi, job_payload, wait_seconds
 from apps.agent.models import AgentJob
 from apps.agent.serializers import JobSerializer
 from apps.agent.services import job_events
+from apps.core.renderers import JSONRenderer
 
 LAST_EVENT_ID_HEADER = "Last-Event-ID"
 LAST_EVENT_ID_PARAM = "last_event_id"
