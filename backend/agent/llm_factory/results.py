@@ -79,6 +79,9 @@ def result(
     error: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """Build the result dict and log its one line. `prices=None` means free (the stub)."""
+    # A model may write NUL characters; no database stores them in text (PostgreSQL refuses the whole
+    # row: the job's finish failed and every retry was another paid call).
+    content = content.replace("\x00", "")
     if prices is None:
         cost, cost_unknown = 0.0, False
     else:

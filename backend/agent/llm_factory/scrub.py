@@ -8,7 +8,9 @@ _SECRET_PATTERNS = (re.compile(r"(?i)bearer\s+\S+"), re.compile(r"\bsk-[A-Za-z0-
 
 
 def scrub_secrets(text: str, *secrets: str | None) -> str:
-    """Remove `secrets` and anything that looks like a bearer token or an OpenAI key from `text`."""
+    """Remove `secrets` and anything that looks like a bearer token or an OpenAI key from `text`, and NUL
+    characters (a provider's message is stored in the trace; PostgreSQL cannot store NUL in text)."""
+    text = text.replace("\x00", "")
     for secret in secrets:
         if secret:
             text = text.replace(secret, "[REDACTED]")

@@ -172,3 +172,19 @@ def test_byo_key_is_sent_and_never_in_errors(openai_server):
     assert result["error"]["code"] == "auth_failed"
     assert USER_KEY not in str(result) and SERVER_KEY not in str(result)
     assert openai_server.requests(CHAT)[-1]["headers"]["Authorization"] == f"Bearer {USER_KEY}"
+
+
+def test_nul_characters_of_a_model_never_reach_the_result(openai_server):
+    # No database stores NUL in text: PostgreSQL refused the job's finish, and each retry was paid again.
+    openai_server.control(content="Moby\x00-Dick, a whale\x00 of a book.")
+    llm = build_llm_runnable(settings=make_settings(openai_server))
+    invoked = llm.invoke("hello")
+    streamed, _ = collect(llm, "hello")
+    assert invoked["content"] == streamed["content"] == "Moby-Dick, a whale of a book."
+
+
+def test_a_providers_error_message_is_stored_without_nul_characters_or_the_key():
+    from agent.llm_factory.scrub import scrub_secrets
+
+    message = "bad request \x00near\x00 sk-abcdefghijklmnop and key-123"
+    assert scrub_secrets(message, "key-123") == "bad request near [REDACTED] and [REDACTED]"

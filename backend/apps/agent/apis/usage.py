@@ -35,7 +35,9 @@ class UsageApi(APIView):
         username = request.query_params.get("user")
         if username is not None and username != user.get_username():
             # For anyone but staff another user is exactly an unknown one: no existence oracle.
-            other = get_user_model().objects.filter(username=username).first() if user.is_staff else None
+            # A NUL cannot be in a username (nor in PostgreSQL's text: a DataError, not "no such user").
+            known = user.is_staff and "\x00" not in username
+            other = get_user_model().objects.filter(username=username).first() if known else None
             if other is None:
                 raise NotFound("No such user.")
             user = other

@@ -407,6 +407,8 @@ def test_usage_is_the_users_own_and_staff_may_see_anyones(
     other_user.is_staff = True
     other_user.save()
     assert other_api.get("/api/agent/usage?user=alice").json()["periods"]["month"]["spent_usd"] == 0.25
+    # No username holds a NUL (PostgreSQL's text cannot: it was a DataError, a 500)
+    assert other_api.get("/api/agent/usage?user=al%00ice").json()["error"]["code"] == "not_found"
     rows = other_api.get("/api/agent/usage/users").json()
     assert [(r["user"]["username"], r["month_spent_usd"], r["month_limit_usd"]) for r in rows] == [
         ("alice", 0.25, 10.0)

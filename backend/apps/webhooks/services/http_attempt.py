@@ -99,4 +99,6 @@ def read_excerpt(response: httpx.Response) -> str:
     except httpx.HTTPError:
         pass
     text = bytes(data[:limit]).decode("utf-8", errors="replace")
-    return text[: settings.WEBHOOK_RESPONSE_EXCERPT_CHARS]
+    # Without NUL characters, which PostgreSQL cannot store in text: a receiver answering one had its
+    # success lost with the attempt's row (a DataError), and the event was sent again and again.
+    return text.replace("\x00", "")[: settings.WEBHOOK_RESPONSE_EXCERPT_CHARS]

@@ -209,6 +209,19 @@ def test_retries_on_5xx_then_succeeds_with_the_same_id_and_fresh_signatures(
     assert attempts == [(1, 500, "retry", "oops"), (2, 503, "retry", "ok"), (3, 200, "succeeded", "ok")]
 
 
+def test_a_receivers_answer_with_nul_characters_is_recorded_without_them(secret, job, receiver):
+    """PostgreSQL cannot store NUL in text: the attempt's row failed, and the 2xx was sent again later."""
+    receiver.program(Reply(200, body=b"ok\x00thanks"))
+    delivery = enqueue(job)
+
+    outcome = delivery_send(delivery_id=delivery.id)
+
+    assert outcome.status == "succeeded" and len(receiver.requests) == 1
+    assert list(delivery.attempt_log.values_list("outcome", "response_excerpt")) == [
+        ("succeeded", "okthanks")
+    ]
+
+
 def test_retries_on_timeout_then_succeeds(secret, job, receiver):
     receiver.program(Reply(200, delay=1.0), Reply(200))
     delivery = enqueue(job)
