@@ -65,7 +65,8 @@ MIDDLEWARE = [
     # Oversized bodies get 413 in the API's error shape before anything reads them.
     "apps.core.http_errors.RequestSizeLimitMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
-    "django.middleware.common.CommonMiddleware",
+    # Django's, without redirecting a POST under /api/ that lacks its trailing slash (its docstring).
+    "apps.core.http_errors.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",

@@ -16,6 +16,7 @@ from asgiref.sync import iscoroutinefunction, markcoroutinefunction
 from django.conf import settings
 from django.core.exceptions import PermissionDenied, RequestDataTooBig, SuspiciousOperation
 from django.http import Http404, JsonResponse
+from django.middleware import common
 from rest_framework import exceptions
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
@@ -185,3 +186,31 @@ class ApiErrorShapeMiddleware(SyncAndAsyncMiddleware):
                 shaped["Allow"] = response["Allow"]
             return shaped
         return response
+
+
+class CommonMiddleware(common.CommonMiddleware):
+    """Django's, except that under /api/ a POST (or any unsafe method) to a URL that lacks its trailing
+    slash is not redirected: a 301 loses the body (clients resend a GET), and with DEBUG Django raises a
+    RuntimeError instead (a 500). It gets a 404 in the error shape that names the URL to use."""
+
+    def should_redirect_with_slash(self, request):
+        return not _unsafe_api_request(request) and super().should_redirect_with_slash(request)
+
+    def process_response(self, request, response):
+        if (
+            response.status_code == 404
+            and _unsafe_api_request(request)
+            and super().should_redirect_with_slash(request)
+        ):
+            path = request.path + "/"
+            return JsonResponse(
+                error_body(
+                    "not_found", f"No such endpoint: the URL ends with a slash, {path}", {"path": path}
+                ),
+                status=404,
+            )
+        return super().process_response(request, response)
+
+
+def _unsafe_api_request(request) -> bool:
+    return request.path_info.startswith("/api/") and request.method not in ("GET", "HEAD", "OPTIONS")

@@ -94,3 +94,16 @@ def test_an_oversized_body_is_413_in_the_error_shape_in_every_mode(client, setti
 
     assert response.status_code == 413
     assert response.json()["error"]["code"] == "request_too_large"
+
+
+@modes
+@pytest.mark.django_db
+def test_a_post_to_an_api_url_without_its_slash_is_a_404_naming_the_url(api, settings, debug):
+    """Not a 301 (a client resends the redirect as a GET, without its body) nor, with DEBUG, a 500."""
+    settings.DEBUG = debug
+    response = api.post("/api/agent", {"query": "whales"}, format="json")
+    assert response.status_code == 404
+    assert response.json()["error"]["code"] == "not_found"
+    assert response.json()["error"]["details"] == {"path": "/api/agent/"}
+    # A GET (a person typing the URL) is still redirected.
+    assert api.get("/api/docs")["Location"] == "/api/docs/"
