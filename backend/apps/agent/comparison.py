@@ -132,7 +132,11 @@ def item_compare(*, parent: JobFacts, rerun: JobFacts) -> dict[str, Any]:
         "parent_cost_usd": round(parent.cost_usd, 6),
         "cost_delta_usd": round(rerun.cost_usd - parent.cost_usd, 6),
         "parent_model": parent.model,
-        "store_changed": parent.store_build != rerun.store_build,
+        # Unknown (None) when either job never ran on a store (cancelled while queued, failed first):
+        # an item that never ran did not run "on another build".
+        "store_changed": parent.store_build != rerun.store_build
+        if parent.store_build and rerun.store_build
+        else None,
     }
     if compared:
         same_set = set(parent_ids) == set(ids)

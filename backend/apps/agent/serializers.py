@@ -342,7 +342,13 @@ class ItemComparisonSerializer(serializers.Serializer):
     parent_cost_usd = serializers.FloatField()
     cost_delta_usd = serializers.FloatField(help_text="Re-run minus parent.")
     parent_model = serializers.CharField(allow_blank=True)
-    store_changed = serializers.BooleanField(help_text="The vector store build differs from the parent's.")
+    store_changed = serializers.BooleanField(
+        allow_null=True,
+        help_text=(
+            "The vector store build differs from the parent's; null when either build is unknown "
+            "(a job that never ran: cancelled while queued)."
+        ),
+    )
 
 
 class BatchItemSerializer(serializers.Serializer):

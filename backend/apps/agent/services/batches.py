@@ -8,6 +8,7 @@ when a batch's last job ends.
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
@@ -215,11 +216,13 @@ def _size_check(count: int) -> None:
 
 
 def _options(base: dict[str, Any] | None, overrides: dict[str, Any]) -> AgentOptions:
-    """A job's options with the batch's overrides applied; `filters` replaces the filters whole."""
+    """A job's options with the batch's overrides applied; `filters` replaces the filters whole. The rest
+    (the answer language the original asked for) is kept: a re-run differs by its overrides only."""
     options = (
         AgentOptions.from_dict(base) if base is not None else AgentOptions(top_k=settings.AGENT_TOP_K_DEFAULT)
     )
-    return AgentOptions(
+    return dataclasses.replace(
+        options,
         top_k=overrides.get("top_k", options.top_k),
         filters=Filters.from_dict(overrides["filters"]) if "filters" in overrides else options.filters,
     )

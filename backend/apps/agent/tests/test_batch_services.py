@@ -81,6 +81,15 @@ def test_filters_override_replaces_the_parents_filters(user):
     assert AgentJob.objects.get(batch=batch).options == {"top_k": 3, "filters": {"genres": ["fantasy"]}}
 
 
+def test_a_rerun_keeps_the_answer_language_its_original_asked_for(user):
+    """Only the overrides may differ: a re-run that detected the language anew answered in another one."""
+    asked = AgentOptions(top_k=3, language="es", language_source="header")
+    parent = job_finished(user, "books about whales", options=asked)
+    batch, _ = batches.batch_create(owner=user, job_ids=[parent.id], overrides={"top_k": 2})
+    child = AgentJob.objects.get(batch=batch)
+    assert child.options == {"top_k": 2, "filters": {}, "language": "es", "language_source": "header"}
+
+
 def test_repeated_ids_count_once_in_first_order(user):
     a, b = job_finished(user, "a"), job_finished(user, "b")
     batch, _ = batches.batch_create(owner=user, job_ids=[b.id, a.id, b.id])

@@ -98,6 +98,15 @@ def test_item_compare_changed_books_degraded_latency_cost_and_store():
     assert out["store_changed"] is True
 
 
+def test_an_item_that_never_ran_did_not_run_on_another_build():
+    """A re-run cancelled while queued has no store: not counted as "ran on another build"."""
+    parent = facts(["1", "2"], build="b1")
+    never_ran = facts([], status="cancelled", latency=None, cost=0.0, build=None)
+    out = comparison.item_compare(parent=parent, rerun=never_ran)
+    assert out["store_changed"] is None
+    assert comparison.summary([(parent, never_ran, out)])["store_changed"] == 0
+
+
 def test_item_compare_recovered_and_reordered():
     out = comparison.item_compare(parent=facts(["1", "2", "3"], degraded=True), rerun=facts(["3", "1", "2"]))
     assert out["degraded_change"] == "recovered"
