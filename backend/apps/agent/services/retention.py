@@ -7,7 +7,8 @@ and an interrupted purge has deleted whole jobs only; the next run goes on where
 are plain ORM (no vendor SQL), the same on SQLite and PostgreSQL.
 
 Jobs that have not finished are never purged, however old: a job always ends (the sweep sees to it), and
-is purged afterwards.
+is purged afterwards. Nor is a finished job that something under way still needs: a webhook delivery of it
+still pending, or a re-run of it in a batch that has not completed; it goes at a later run.
 """
 
 from __future__ import annotations
@@ -19,12 +20,12 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from django.db import transaction
-from django.db.models import Exists, OuterRef, QuerySet
+from django.db.models import Exists, OuterRef, Q, QuerySet
 from django.utils import timezone
 
 from apps.agent.models import TERMINAL_STATUSES, AgentJob, Batch, TraceStep
 from apps.agent.services import job_events
-from apps.webhooks.models import Delivery, DeliveryAttempt
+from apps.webhooks.models import Delivery, DeliveryAttempt, DeliveryStatus
 
 #: The report's key for the jobs' event streams (in Redis, not rows).
 EVENT_STREAMS = "event_streams"
@@ -68,17 +69,38 @@ class PurgeReport:
         }
 
 
+def _pending_deliveries(field: str) -> QuerySet[Delivery]:
+    return Delivery.objects.filter(**{field: OuterRef("pk")}, status=DeliveryStatus.PENDING)
+
+
+def _purgeable(cutoff: datetime) -> Q:
+    """A job that may go: finished, created before `cutoff`, and no longer needed by anything still under
+    way: no webhook delivery of it pending (its remaining retries would be lost with it) and no re-run of
+    it in a batch that has not completed (the batch's comparison reads its parents when it completes)."""
+    rerun_under_way = AgentJob.objects.filter(
+        parent_id=OuterRef("pk"), batch__isnull=False, batch__completed_at__isnull=True
+    )
+    return (
+        Q(created_at__lt=cutoff, status__in=TERMINAL_STATUSES)
+        & ~Exists(_pending_deliveries("job_id"))
+        & ~Exists(rerun_under_way)
+    )
+
+
 def purgeable_jobs(*, cutoff: datetime) -> QuerySet[AgentJob]:
-    """Finished jobs created before `cutoff`."""
-    return AgentJob.objects.filter(created_at__lt=cutoff, status__in=TERMINAL_STATUSES)
+    """Finished jobs created before `cutoff` that nothing under way needs (`_purgeable`)."""
+    return AgentJob.objects.filter(_purgeable(cutoff))
 
 
 def purgeable_batches(*, cutoff: datetime) -> QuerySet[Batch]:
-    """Batches created before `cutoff` none of whose jobs stays (every job is gone or purgeable)."""
-    staying = AgentJob.objects.filter(batch_id=OuterRef("pk")).exclude(
-        created_at__lt=cutoff, status__in=TERMINAL_STATUSES
+    """Batches created before `cutoff` none of whose jobs stays (every job is gone or purgeable) and with
+    no webhook delivery pending (a batch goes with its jobs: Django's cascade)."""
+    staying = AgentJob.objects.filter(batch_id=OuterRef("pk")).exclude(_purgeable(cutoff))
+    return (
+        Batch.objects.filter(created_at__lt=cutoff)
+        .filter(~Exists(staying))
+        .exclude(Exists(_pending_deliveries("batch_id")))
     )
-    return Batch.objects.filter(created_at__lt=cutoff).filter(~Exists(staying))
 
 
 def _count(*, cutoff: datetime, report: PurgeReport) -> None:

@@ -22,6 +22,7 @@ from apps.webhooks.models import (
     AttemptOutcome,
     Delivery,
     DeliveryAttempt,
+    DeliveryStatus,
     EventType,
     WebhookEndpointBlock,
 )
@@ -42,13 +43,15 @@ def run_job(api, capture, query: str, *, age: timedelta = timedelta(0)) -> Agent
     return job
 
 
-def with_delivery(job: AgentJob, *, attempts: int = 2) -> Delivery:
+def with_delivery(job: AgentJob, *, attempts: int = 2, status: str = DeliveryStatus.FAILED) -> Delivery:
+    """A delivery of `job` after `attempts` refused sends: given up (failed) unless `status` says more."""
     delivery = Delivery.objects.create(
         event_type=EventType.JOB_SUCCEEDED,
         owner=job.owner,
         job=job,
         url="https://hooks.example.com/x",
         payload={"type": EventType.JOB_SUCCEEDED},
+        status=status,
     )
     for number in range(1, attempts + 1):
         DeliveryAttempt.objects.create(
@@ -238,7 +241,12 @@ def test_an_old_batch_goes_with_its_last_job_and_its_delivery(user):
     Batch.objects.filter(id=batch.id).update(created_at=timezone.now() - 5 * DAY)
     jobs = [aged(job_make(user, batch=batch), 5 * DAY) for _ in range(3)]
     Delivery.objects.create(
-        event_type=EventType.BATCH_COMPLETED, owner=user, batch=batch, url=batch.webhook_url, payload={}
+        event_type=EventType.BATCH_COMPLETED,
+        owner=user,
+        batch=batch,
+        url=batch.webhook_url,
+        payload={},
+        status=DeliveryStatus.SUCCEEDED,
     )
     assert retention.jobs_purge(older_than=DAY, chunk_size=10, dry_run=True).counts["batches"] == 1
 
@@ -356,3 +364,53 @@ def test_a_redis_outage_does_not_stop_the_purge_of_rows(user, monkeypatch):
 
     assert (report.counts["jobs"], report.counts["event_streams"], report.complete) == (1, 0, True)
     assert not AgentJob.objects.filter(id=job.id).exists()
+
+
+def test_a_job_whose_webhook_is_still_being_retried_stays_until_its_delivery_ends(user):
+    """Its remaining retries would be lost with it (the retry schedule spans about a day)."""
+    from apps.agent.tests.factories import job_make
+
+    job = aged(job_make(user), 5 * DAY)
+    delivery = with_delivery(job, status=DeliveryStatus.PENDING)
+
+    assert retention.jobs_purge(older_than=DAY, chunk_size=10, dry_run=True).counts["jobs"] == 0
+    assert retention.jobs_purge(older_than=DAY, chunk_size=10).counts["jobs"] == 0
+    assert Delivery.objects.filter(id=delivery.id, status=DeliveryStatus.PENDING).exists()
+
+    Delivery.objects.filter(id=delivery.id).update(status=DeliveryStatus.SUCCEEDED)
+    report = retention.jobs_purge(older_than=DAY, chunk_size=10)
+    assert (report.counts["jobs"], report.counts["deliveries"]) == (1, 1)
+
+
+def test_the_parents_of_a_rerun_batch_under_way_stay_until_it_completes(user):
+    """The batch's comparison reads them when it completes."""
+    from apps.agent.tests.factories import batch_make, job_make
+
+    parent = aged(job_make(user), 5 * DAY)
+    batch = batch_make(user, completed=False)
+    rerun = job_make(user, batch=batch, parent=parent, status=JobStatus.QUEUED)
+
+    assert retention.jobs_purge(older_than=DAY, chunk_size=10).counts["jobs"] == 0
+    assert AgentJob.objects.filter(id=parent.id).exists()
+
+    AgentJob.objects.filter(id=rerun.id).update(status=JobStatus.SUCCEEDED, finished_at=timezone.now())
+    Batch.objects.filter(id=batch.id).update(completed_at=timezone.now())
+    assert retention.jobs_purge(older_than=DAY, chunk_size=10).counts["jobs"] == 1
+    assert not AgentJob.objects.filter(id=parent.id).exists()
+
+
+def test_an_old_batch_whose_webhook_is_still_being_retried_stays_with_its_jobs(user):
+    from apps.agent.tests.factories import batch_make, job_make
+
+    batch = batch_make(user, webhook_url="https://hooks.example.com/b")
+    Batch.objects.filter(id=batch.id).update(created_at=timezone.now() - 5 * DAY)
+    job = aged(job_make(user, batch=batch), 5 * DAY)
+    Delivery.objects.create(
+        event_type=EventType.BATCH_COMPLETED, owner=user, batch=batch, url=batch.webhook_url, payload={}
+    )
+
+    report = retention.jobs_purge(older_than=DAY, chunk_size=10)
+
+    # The job goes (nothing of its own is pending); the batch, with its pending delivery, stays.
+    assert (report.counts["jobs"], report.counts["batches"], report.counts["deliveries"]) == (1, 0, 0)
+    assert Batch.objects.filter(id=batch.id).exists() and not AgentJob.objects.filter(id=job.id).exists()
