@@ -17,7 +17,7 @@ from typing import Any
 
 from django.conf import settings
 from django.db import DatabaseError, transaction
-from django.db.models import Q
+from django.db.models import Exists, OuterRef, Q
 from django.utils import timezone
 
 from agent import pipeline
@@ -26,8 +26,9 @@ from agent.cost_policy import CostDecision, resolve_cost_decision
 from agent.errors import ImproperlyConfigured
 from agent.llm_factory import build_llm_runnable
 from agent.types import AgentOptions, AgentResult
-from apps.agent.models import AgentJob, Batch, JobStatus
+from apps.agent.models import TERMINAL_STATUSES, AgentJob, Batch, JobStatus
 from apps.agent.services import budgets, fairness, job_events, job_execution, key_vault, spend
+from apps.agent.services.events import batch_completion_check
 from apps.agent.services.rate_limit import provider_limiter
 from apps.core import publish
 from core.errors import Conflict, IdempotencyMismatch, ServiceUnavailable, ValidationFailed
@@ -309,8 +310,19 @@ def jobs_sweep() -> dict[str, int]:
             )
             counts["recovered"] += 1
             job_enqueue(job=job)
+    counts["batches_completed"] = _batches_complete_left_over()
     counts["holds_renewed"] = budgets.batch_holds_renew()  # running batches keep their spending hold
     return counts
+
+
+def _batches_complete_left_over() -> int:
+    """Complete the batches with no job left to run that nothing completed: a batch is completed by the
+    end of its last job, and a job deleted before its end (the admin) never ends. Returns how many."""
+    unfinished = AgentJob.objects.filter(batch_id=OuterRef("pk")).exclude(status__in=TERMINAL_STATUSES)
+    left_over = Batch.objects.filter(completed_at__isnull=True).exclude(Exists(unfinished))
+    return sum(
+        batch_completion_check(batch_id=batch_id) for batch_id in left_over.values_list("id", flat=True)[:100]
+    )
 
 
 # --- synchronous run (POST /api/agent/) ---------------------------------------------------------------

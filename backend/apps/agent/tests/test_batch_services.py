@@ -419,6 +419,24 @@ def test_sweep_gives_waiting_batch_jobs_longer_before_republishing(user, setting
     assert sorted(map(str, published)) == sorted([str(interactive.id), str(lost.id)])
 
 
+def test_the_sweep_completes_a_batch_whose_last_unfinished_job_was_deleted(user, monkeypatch):
+    """A batch is completed by the end of its last job: a job deleted before it ended (the admin) never
+    ends, and the batch stayed `running` for ever (with its spending hold renewed by every sweep)."""
+    monkeypatch.setattr(jobs, "job_enqueue", lambda *, job: True)
+    batch, _ = batches.batch_create(owner=user, queries=["ends", "deleted"])
+    ends, deleted = AgentJob.objects.filter(batch=batch).order_by("created_at")
+    AgentJob.objects.filter(id=ends.id).update(status=JobStatus.SUCCEEDED, finished_at=timezone.now())
+    deleted.delete()
+    batch.refresh_from_db()
+    assert batch.completed_at is None
+
+    assert jobs.jobs_sweep()["batches_completed"] == 1
+
+    batch.refresh_from_db()
+    assert batch.completed_at is not None
+    assert jobs.jobs_sweep()["batches_completed"] == 0  # once
+
+
 # --- publishing ----------------------------------------------------------------------------------
 
 

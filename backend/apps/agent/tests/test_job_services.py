@@ -95,7 +95,7 @@ def test_sweep_enqueues_forgotten_and_recovers_abandoned(user, store, monkeypatc
 
     counts = jobs.jobs_sweep()
 
-    assert counts == {"enqueued": 1, "recovered": 1, "failed": 1, "holds_renewed": 0}
+    assert counts == {"enqueued": 1, "recovered": 1, "failed": 1, "batches_completed": 0, "holds_renewed": 0}
     assert sorted(published) == sorted([str(forgotten.id), str(abandoned.id)])
     statuses = {j.id: j.status for j in AgentJob.objects.all()}
     assert statuses[abandoned.id] == JobStatus.QUEUED
