@@ -20,6 +20,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
+import httpx
+
 ALLOWED_SCHEMES = ("http", "https")
 DEFAULT_PORTS = {"http": 80, "https": 443}
 MAX_URL_LENGTH = 2000
@@ -149,8 +151,13 @@ def address_rejection(ip: IPAddress) -> str | None:
 def _reject_address(ip: IPAddress, *, host: str) -> WebhookURLRejected:
     reason = address_rejection(ip)
     assert reason is not None
-    where = f"{host} resolves to {ip}" if str(ip) != host else f"{ip}"
-    return WebhookURLRejected(reason, f"{where}, which is not a public address ({reason.replace('_', ' ')}).")
+    if str(ip) == host:
+        return WebhookURLRejected(reason, f"{ip} is not a public address ({reason.replace('_', ' ')}).")
+    # Not the address itself: the message reaches the user who gave the URL, and the addresses that names
+    # resolve to on the server's network (postgres, redis.default.svc...) are not theirs to learn.
+    return WebhookURLRejected(
+        reason, f"{host} resolves to an address that is not public ({reason.replace('_', ' ')})."
+    )
 
 
 def _split_netloc(netloc: str) -> tuple[str, str | None, bool]:
@@ -187,8 +194,10 @@ def _normalize_hostname(host: str) -> str:
     if "%" in host:
         raise WebhookURLRejected("invalid_host", "Percent-encoded hosts are not allowed.")
     try:
-        ascii_host = host.encode("idna").decode("ascii").lower()
-    except UnicodeError:
+        # A non-ASCII name in the IDNA form that httpx contacts (IDNA 2008: straße.de is xn--strae-oqa.de,
+        # where Python's codec, IDNA 2003, makes it strasse.de, another domain).
+        ascii_host = host.lower() if host.isascii() else httpx.URL(f"http://{host}/").raw_host.decode("ascii")
+    except (httpx.InvalidURL, UnicodeError):
         raise WebhookURLRejected("invalid_host", f"{host!r} is not a valid host name.") from None
     if ascii_host.endswith("."):
         ascii_host = ascii_host[:-1]
@@ -277,6 +286,13 @@ def validate_webhook_url(
     if literal_ip is not None:
         if not allow_listed and address_rejection(literal_ip):
             raise _reject_address(literal_ip, host=host)
+        if bracketed and host != host_text.lower():
+            # The HTTP client connects to the literal as written: a form other than the one checked here
+            # would be accepted, then refused at every delivery by the transport's host pinning.
+            raise WebhookURLRejected(
+                "non_canonical_ip",
+                f"[{host_text}] is an IPv6 address in a non-standard form; write it as [{host}].",
+            )
         return ResolvedTarget(url, scheme, host, port, (str(literal_ip),), allow_listed)
 
     try:

@@ -20,6 +20,9 @@ def delivery_redeliver(*, job_id: Any, owner_id: int, url: str) -> Delivery | No
     Lifts a 410 block on (owner, url): the owner says the endpoint is back. Returns the delivery, pending,
     with its send enqueued after commit; None when the job has no delivery yet (the caller records the
     event then, `apps.agent.services.events.job_event_redeliver`). Call it inside a transaction.
+
+    An attempt in flight keeps its lease (`locked_until`): the new series is sent once it has ended (the
+    enqueued send skips a locked row; the sweep sends it when the lease is over), never beside it.
     """
     now = timezone.now()
     WebhookEndpointBlock.objects.filter(owner_id=owner_id, url=url).delete()
@@ -31,7 +34,6 @@ def delivery_redeliver(*, job_id: Any, owner_id: int, url: str) -> Delivery | No
         series=F("series") + 1,
         attempts=0,
         next_attempt_at=now,
-        locked_until=None,
         finished_at=None,
         last_status_code=None,
         last_error="",

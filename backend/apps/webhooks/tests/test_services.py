@@ -558,6 +558,21 @@ def test_redeliver_sends_the_same_event_again_in_a_new_series(
     assert list(delivery.attempt_log.values_list("series", "number")) == [(1, 1), (2, 1)]
 
 
+def test_a_redelivery_asked_during_an_attempt_is_sent_after_it_not_beside_it(user, secret, job, receiver):
+    """Two POSTs with one webhook-id at once, and the first attempt's outcome lost, were the alternative."""
+    delivery = enqueue(job)
+    in_flight = timezone.now() + timedelta(seconds=60)
+    Delivery.objects.filter(pk=delivery.pk).update(locked_until=in_flight, attempts=1)  # as a claim does
+
+    job_event_redeliver(job=job)
+
+    assert delivery_send(delivery_id=delivery.id, series=2).status == "skipped"
+    assert receiver.requests == []
+    Delivery.objects.filter(pk=delivery.pk).update(locked_until=timezone.now() - timedelta(seconds=1))
+    assert delivery_send(delivery_id=delivery.id, series=2).status == "succeeded"
+    assert len(receiver.requests) == 1
+
+
 def test_redeliver_lifts_a_410_block(user, secret, job, receiver):
     delivery = enqueue(job)
     receiver.program(Reply(410))

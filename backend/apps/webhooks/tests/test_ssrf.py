@@ -94,3 +94,31 @@ def test_allow_list_does_not_relax_encodings_or_other_hosts(resolver):
 )
 def test_address_classes(address, reason):
     assert address_rejection(ipaddress.ip_address(address)) == reason
+
+
+def test_a_unicode_host_is_checked_as_the_name_the_http_client_contacts(resolver):
+    """IDNA 2008, as httpx encodes it: straße.de is xn--strae-oqa.de (Python's IDNA 2003 codec made it
+    strasse.de: another domain checked, and every delivery refused by the transport's host pinning)."""
+    resolver.table["xn--strae-oqa.de"] = [PUBLIC_IP]
+    target = validate_webhook_url("https://straße.de/hook")
+    assert target.host == "xn--strae-oqa.de" and resolver.lookups == ["xn--strae-oqa.de"]
+    with pytest.raises(WebhookURLRejected) as caught:
+        validate_webhook_url("https://☃.net/hook")  # no IDNA 2008 form: httpx could not send to it
+    assert caught.value.reason == "invalid_host"
+
+
+def test_an_ipv6_literal_must_be_written_in_its_canonical_form(resolver):
+    public = "2606:4700::1111"
+    assert validate_webhook_url(f"http://[{public}]/h").address == public
+    assert validate_webhook_url("http://[2606:4700::AB]/h").address == "2606:4700::ab"
+    with pytest.raises(WebhookURLRejected) as caught:
+        validate_webhook_url("http://[2606:4700:0:0::1111]/h")
+    assert caught.value.reason == "non_canonical_ip" and f"[{public}]" in caught.value.message
+
+
+def test_a_refusal_does_not_tell_which_internal_address_a_name_has(resolver):
+    resolver.table["postgres"] = ["172.18.0.3"]
+    with pytest.raises(WebhookURLRejected) as caught:
+        validate_webhook_url("http://postgres/hook")
+    assert caught.value.reason == "private_address" and "172.18" not in caught.value.message
+    assert "postgres resolves to an address that is not public" in caught.value.message
