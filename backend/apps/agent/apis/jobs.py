@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import uuid
 
 from django.conf import settings
@@ -188,17 +189,18 @@ class JobListCreateApi(APIView):
 WAIT_MAX_SEC = job_events.WAIT_MAX_SEC
 
 
+_DECIMAL = re.compile(r"[0-9]+(\.[0-9]*)?|\.[0-9]+", re.ASCII)
+
+
 def wait_seconds(request) -> float:
     """The `wait` query parameter in seconds (0 when absent). Raises `ValidationFailed` when it is not a
     number from 0 to WAIT_MAX_SEC."""
     raw = request.GET.get("wait")
     if raw is None or raw.strip() == "":
         return 0.0
-    try:
-        value = float(raw)
-    except ValueError:
-        value = -1.0
-    if not 0 <= value <= WAIT_MAX_SEC:  # also refuses nan and inf
+    # A plain decimal number: Python's float() also reads "1_0" as 10 and other scripts' digits.
+    value = float(raw) if _DECIMAL.fullmatch(raw.strip()) else -1.0
+    if not 0 <= value <= WAIT_MAX_SEC:
         raise ValidationFailed(
             f"wait must be a number of seconds from 0 to {WAIT_MAX_SEC:g}.",
             details={"wait": [f"A number from 0 to {WAIT_MAX_SEC:g}."]},
