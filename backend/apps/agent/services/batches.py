@@ -168,8 +168,23 @@ def batch_create(
             existing = Batch.objects.filter(owner=owner, idempotency_key=idempotency_key).first()
             if existing is not None:
                 return _idempotent_repeat(existing, fingerprint), False
+        _parents_check(items)
         raise
     return batch, True
+
+
+def _parents_check(items: list[_Item]) -> None:
+    """After a failed commit: a parent deleted since the selection was read (a retention purge between the
+    two) fails its re-run's foreign key. Raises `jobs_not_found`, as for a selection naming a job that
+    does not exist, instead of the IntegrityError (a 500)."""
+    parents = {str(item.parent.id) for item in items if item.parent is not None}
+    left = {str(i) for i in AgentJob.objects.filter(id__in=parents).values_list("id", flat=True)}
+    if gone := sorted(parents - left):
+        raise ValidationFailed(
+            f"{len(gone)} of the selected jobs were deleted while the batch was created; select again.",
+            code="jobs_not_found",
+            details={"missing": gone},
+        ) from None
 
 
 def _idempotent_repeat(existing: Batch, fingerprint: str) -> Batch:

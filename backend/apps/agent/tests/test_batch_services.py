@@ -467,3 +467,24 @@ def test_a_failed_publish_leaves_the_batch_for_the_sweep(user, monkeypatch, capl
         AgentJob.objects.filter(batch=batch, enqueued_at__isnull=True, status=JobStatus.QUEUED).count() == 2
     )
     assert "could not enqueue 2 jobs (ConnectionError); the sweep will retry" in caplog.text
+
+
+@pytest.mark.django_db(transaction=True)  # the foreign key is checked when the batch's transaction commits
+def test_a_parent_purged_while_its_batch_is_created_is_jobs_not_found_not_a_500(user, monkeypatch):
+    from apps.agent.services import budgets
+    from core.errors import ValidationFailed
+
+    parent = job_finished(user, "whales")
+    hold = budgets.batch_hold
+
+    def purged_meanwhile(**kwargs):
+        # A retention purge commits between the selection's read and the batch's transaction.
+        AgentJob.objects.filter(id=parent.id).delete()
+        return hold(**kwargs)
+
+    monkeypatch.setattr(budgets, "batch_hold", purged_meanwhile)
+    with pytest.raises(ValidationFailed) as caught:
+        batches.batch_create(owner=user, job_ids=[parent.id])
+
+    assert caught.value.code == "jobs_not_found" and caught.value.details == {"missing": [str(parent.id)]}
+    assert not Batch.objects.exists() and not AgentJob.objects.exists()
