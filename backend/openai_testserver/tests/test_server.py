@@ -315,16 +315,19 @@ def test_rpm_limit_answers_429_with_retry_after_beyond_the_burst(openai_server, 
 # Timing-bound (slow marker): its bound holds beside other tests on the 2-core machine.
 @pytest.mark.slow
 def test_rpm_limit_sustains_its_rate():
-    # 600 RPM with a 0.1 s burst: 1 request at once, then one per 0.1 s.
+    # 600 RPM with a 0.1 s burst: 1 request at once, then one per 0.1 s: 21 in 2 s at most. A slot the
+    # client is too slow to take is lost (the burst holds one): on a loaded machine a 1 s window once saw
+    # 9 of 10 (CI), so the window is 2 s and the floor 75% of the rate, still far above a limiter that
+    # admits only its burst or half its rate, and the ceiling catches one that admits more than its rate.
     with start_in_thread(rate_rpm=600, rate_burst_sec=0.1) as openai_server:
         passed = 0
         started = time.monotonic()
-        while time.monotonic() - started < 1.0:
+        while time.monotonic() - started < 2.0:
             status, _, _ = raw_post(openai_server, "/v1/chat/completions", json.dumps({"messages": []}))
             passed += status == 200
             time.sleep(0.005)
-        assert 10 <= passed <= 12
-        assert openai_server.stats()["rate_limited"] > 50
+        assert 15 <= passed <= 22
+        assert openai_server.stats()["rate_limited"] > 100
 
 
 def test_tpm_limit_counts_prompt_and_max_tokens(openai_server, client):
