@@ -213,7 +213,7 @@ def _final_payload(job_id: Any) -> dict[str, Any]:
 
 async def _job_events(request: HttpRequest, call: Callable, job_id: Any) -> HttpResponseBase:
     response = await call(request, job_id=job_id)
-    if request.method != "GET" or response.status_code != 200:
+    if response.status_code != 200:  # a method other than GET included (JobEventsApi: 405)
         return response
     events = job_events.event_stream(
         job_id=job_id,

@@ -12,7 +12,6 @@ import dataclasses
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
-from decimal import Decimal
 from typing import Any
 
 from django.conf import settings
@@ -21,7 +20,7 @@ from django.utils import timezone
 
 from agent.types import AgentOptions, Filters
 from apps.agent.models import TERMINAL_STATUSES, AgentJob, Batch, JobStatus
-from apps.agent.services import budgets, fairness, retrieval
+from apps.agent.services import budgets, fairness, retrieval, spend
 from apps.agent.services import jobs as job_services
 from apps.agent.services.events import batch_completion_check
 from core.errors import Conflict, IdempotencyMismatch, ValidationFailed
@@ -138,7 +137,7 @@ def batch_create(
                 selection=selection,
                 overrides=overrides,
                 size=len(items),
-                estimated_cost_usd=None if estimate is None else Decimal(str(round(estimate, 6))),
+                estimated_cost_usd=None if estimate is None else spend.usd_amount(estimate),
                 webhook_url=webhook_url,
                 idempotency_key=idempotency_key,
                 request_fingerprint=fingerprint,

@@ -193,7 +193,6 @@ redis.call('SET', KEYS[2], id, 'EX', ARGV[4])
 redis.call('EXPIRE', KEYS[1], ARGV[4])
 return id
 """
-_final_scripts: dict[int, Any] = {}
 
 
 def job_ended(*, job_id: uuid.UUID | str, status: str) -> bool | None:
@@ -203,10 +202,7 @@ def job_ended(*, job_id: uuid.UUID | str, status: str) -> bool | None:
     Returns True when it appended it, False when the job's final event had been appended already (by the
     other caller), None when Redis failed (never raises, see "The writers below").
     """
-    client = _client()
-    script = _final_scripts.get(id(client))
-    if script is None:
-        script = _final_scripts[id(client)] = client.register_script(_APPEND_FINAL)
+    script = _client().register_script(_APPEND_FINAL)  # local only: calls run EVALSHA (loaded once)
     fields = _encode(FINAL_EVENT, {"status": status})
     args = [fields["e"], fields["d"], settings.AGENT_EVENTS_MAXLEN, settings.AGENT_EVENTS_RETENTION_SEC]
     try:

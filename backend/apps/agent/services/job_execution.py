@@ -18,7 +18,6 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from datetime import timedelta
-from decimal import Decimal
 from typing import Any
 
 from django.conf import settings
@@ -33,7 +32,7 @@ from agent.errors import Cancelled, ImproperlyConfigured
 from agent.llm_factory import build_llm_runnable, stream_llm
 from agent.types import AgentOptions, AgentResult
 from apps.agent.models import AgentJob, JobStatus, TraceStep
-from apps.agent.services import budgets, fairness, job_events, key_vault, retrieval, worker_liveness
+from apps.agent.services import budgets, fairness, job_events, key_vault, retrieval, spend, worker_liveness
 from apps.agent.services.events import job_terminal_event
 from apps.agent.services.rate_limit import provider_limiter
 
@@ -338,7 +337,7 @@ def _job_finish(job: AgentJob, attempt: int, result: AgentResult) -> str | None:
         "prompt_tokens": result.prompt_tokens,
         "completion_tokens": result.completion_tokens,
         "usage_estimated": any(s.outputs.get("usage_estimated") for s in result.trace if s.name == "llm"),
-        "cost_usd": Decimal(str(round(result.cost_usd, 6))),
+        "cost_usd": spend.usd_amount(result.cost_usd),
         "latency_ms": (now - job.started_at).total_seconds() * 1000,
         "vector_store": runtime.store_identity(),
     }
@@ -356,12 +355,12 @@ def _job_finish(job: AgentJob, attempt: int, result: AgentResult) -> str | None:
     # took over (we were presumed dead): only the first ends the job, as cancelled.
     # The call was made (and paid) all the same: its cost stays on the row, where budgets are rebuilt from.
     cancelled = attempt_rows(job.id, attempt).filter(cancel_requested=True)
-    spend = {
+    spent = {
         "prompt_tokens": result.prompt_tokens,
         "completion_tokens": result.completion_tokens,
-        "cost_usd": Decimal(str(round(result.cost_usd, 6))),
+        "cost_usd": spend.usd_amount(result.cost_usd),
     }
-    ended = job_end(cancelled, job=job, status=JobStatus.CANCELLED, **spend)
+    ended = job_end(cancelled, job=job, status=JobStatus.CANCELLED, **spent)
     if ended:
         return JobStatus.CANCELLED
     logger.warning(
@@ -382,15 +381,15 @@ def _job_finish_failed(job: AgentJob, attempt: int, error: dict[str, Any]) -> st
 def _job_finish_cancelled(job: AgentJob, attempt: int, *, llm_result: dict | None = None) -> str | None:
     """End the attempt as cancelled; `llm_result` is what a call stopped mid-answer had cost (the stream's
     text so far was paid): kept on the row, where budgets are rebuilt from."""
-    spend = {}
+    spent: dict[str, Any] = {}
     if llm_result is not None:
-        spend = {
+        spent = {
             "prompt_tokens": int(llm_result.get("prompt_tokens") or 0),
             "completion_tokens": int(llm_result.get("completion_tokens") or 0),
             "usage_estimated": bool(llm_result.get("usage_estimated")),
-            "cost_usd": Decimal(str(round(float(llm_result.get("cost_usd") or 0.0), 6))),
+            "cost_usd": spend.usd_amount(float(llm_result.get("cost_usd") or 0.0)),
         }
-    cancelled = job_end(attempt_rows(job.id, attempt), job=job, status=JobStatus.CANCELLED, **spend)
+    cancelled = job_end(attempt_rows(job.id, attempt), job=job, status=JobStatus.CANCELLED, **spent)
     return JobStatus.CANCELLED if cancelled else None
 
 

@@ -21,6 +21,11 @@ from agent.types import AgentResult
 from apps.agent.models import AgentJob, SyncCall
 
 
+def usd_amount(value: float) -> Decimal:
+    """A USD amount as the cost columns keep it (6 decimals)."""
+    return Decimal(str(round(value, 6)))
+
+
 def sync_call_record(*, owner_id: Any, decision: CostDecision, result: AgentResult) -> SyncCall | None:
     """Record what a synchronous call cost, when it was paid with the server's key and cost something.
 
@@ -35,7 +40,7 @@ def sync_call_record(*, owner_id: Any, decision: CostDecision, result: AgentResu
         model=decision.model,
         prompt_tokens=result.prompt_tokens,
         completion_tokens=result.completion_tokens,
-        cost_usd=Decimal(str(round(result.cost_usd, 6))),
+        cost_usd=usd_amount(result.cost_usd),
     )
 
 
